@@ -1,0 +1,1 @@
+"""Synthetic-data generators that enlarge rare OVCamo training classes (DESIGN §7)."""

@@ -1,0 +1,126 @@
+"""Datasets over an OVCamo-format folder: train split, test split, held-out base-validation part."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ovcamo.data.io import read_image, read_mask
+from ovcamo.data.ovcamo_format import (
+    ClassInfo,
+    DataPaths,
+    Record,
+    Split,
+    ValidationReport,
+    load_class_info,
+    load_sample_info,
+    resolve_records,
+)
+
+
+def load_sample(record: Record) -> dict[str, Any]:
+    """Read one sample: RGB uint8 image resized to its mask (official behaviour), bool mask."""
+    image = read_image(record.image_path)
+    mask = read_mask(record.mask_path)
+    if image.shape[:2] != mask.shape:
+        h, w = mask.shape
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return {
+        "image": image,
+        "mask": mask,
+        "class_name": record.class_name,
+        "unique_id": record.unique_id,
+    }
+
+
+def holdout_split(
+    records: Sequence[Record], fraction: float, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """Split records into (kept, held-out) per class, deterministically.
+
+    Within each class, samples are ordered by a seeded hash of their ``unique_id`` and the first
+    ``round(fraction · n)`` (at least one when ``fraction > 0`` and the class has two or more) are held out.
+    The split does not depend on the order of ``sample_info.json``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    by_class: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        by_class[r.class_name].append(r)
+    held: set[str] = set()
+    for name, rs in by_class.items():
+        n_hold = round(fraction * len(rs))
+        if fraction > 0 and len(rs) >= 2:
+            n_hold = max(1, min(n_hold, len(rs) - 1))
+        ordered = sorted(
+            rs, key=lambda r: hashlib.sha256(f"{seed}:{name}:{r.unique_id}".encode()).hexdigest()
+        )
+        held.update(r.unique_id for r in ordered[:n_hold])
+    kept = [r for r in records if r.unique_id not in held]
+    out = [r for r in records if r.unique_id in held]
+    return kept, out
+
+
+class OVCamoDataset(Dataset):
+    """One split of an OVCamo-format dataset.
+
+    Yields dicts ``{"image": uint8 H×W×3, "mask": bool H×W, "class_name": str, "unique_id": str}``
+    passed through ``transform`` when given. ``part`` selects, for the train split, the whole split
+    (``"all"``), the training part (``"train"``) or the held-out base-validation part (``"val"``).
+    """
+
+    def __init__(
+        self,
+        paths: DataPaths,
+        split: Split,
+        *,
+        part: str = "all",
+        holdout_fraction: float = 0.0,
+        holdout_seed: int = 0,
+        classes: Sequence[ClassInfo] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        strict: bool = False,
+        check_files: str = "header",
+    ):
+        if part not in ("all", "train", "val"):
+            raise ValueError(f"part must be 'all', 'train' or 'val', got {part!r}")
+        if part != "all" and split != "train":
+            raise ValueError("a held-out part exists only for the train split")
+        self.paths = paths
+        self.split = split
+        self.classes = list(classes) if classes is not None else load_class_info(paths.class_info)
+        records, self.report = resolve_records(
+            paths,
+            split,
+            self.classes,
+            load_sample_info(paths.sample_info),
+            strict=strict,
+            check_files=check_files,
+        )
+        if part != "all":
+            kept, held = holdout_split(records, holdout_fraction, holdout_seed)
+            records = kept if part == "train" else held
+        self.records: list[Record] = records
+        self.transform = transform
+
+    @property
+    def class_names(self) -> list[str]:
+        """Names of this split's classes, ordered by class id."""
+        return [c.name for c in sorted(self.classes, key=lambda c: c.id) if c.split == self.split]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = load_sample(self.records[index])
+        return self.transform(sample) if self.transform is not None else sample
+
+    @property
+    def validation(self) -> ValidationReport:
+        return self.report

@@ -1,0 +1,123 @@
+"""File I/O shared by every part of the toolkit: atomic writes, safe paths, image and mask reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile
+
+# Truncated files must raise, not decode half an image silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class PathEscapeError(ValueError):
+    """A name taken from a data file would resolve outside its root directory."""
+
+
+def safe_join(root: str | os.PathLike, name: str) -> Path:
+    """Join ``name`` (taken from a data file) under ``root`` and refuse anything that escapes it.
+
+    Absolute names, ``..`` components and symlinks pointing outside ``root`` are refused.
+    """
+    root_path = Path(root).resolve()
+    if not name or os.path.isabs(name) or "\x00" in name:
+        raise PathEscapeError(f"refusing path {name!r}: must be a relative name under {root_path}")
+    candidate = (root_path / name).resolve()
+    if candidate != root_path and root_path not in candidate.parents:
+        raise PathEscapeError(f"refusing path {name!r}: it resolves outside {root_path}")
+    return candidate
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Encode a uint8 HxW or HxWxC array as PNG bytes."""
+    import io
+
+    if array.dtype != np.uint8:
+        raise TypeError(f"PNG arrays must be uint8, got {array.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Atomically write a uint8 array as a PNG file."""
+    atomic_write_bytes(path, encode_png(array))
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) or np.issubdtype(
+        arr.dtype, np.integer
+    ):
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(np.round(arr.astype(np.float64) / peak * 255.0), 0, 255).astype(np.uint8)
+    arr = arr.astype(np.float64)
+    peak = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+    return np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as RGB uint8 ``H×W×3``; grayscale, palette, RGBA and 16-bit files are converted."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            arr = _to_uint8(np.asarray(im))
+            return np.repeat(arr[..., None], 3, axis=2)
+        if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA").convert("RGB")
+        elif im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel uint8 ``H×W`` map (16-bit and float files are rescaled to 0–255)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            return _to_uint8(np.asarray(im))
+        if im.mode != "L":
+            im = im.convert("L")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a GT mask as bool ``H×W``: any non-zero pixel is foreground (the official reader's rule)."""
+    with Image.open(path) as im:
+        im.load()
+        arr = np.asarray(im)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+    return arr > 0
