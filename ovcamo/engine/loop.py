@@ -1,0 +1,530 @@
+"""``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report (DESIGN §8).
+
+Every stage is cached under ``<cache_dir>/loop/<stage>/<key>``, where the key is a content hash of the
+stage's resolved config and of the keys of the stages it depends on, never of paths or wall clock.
+A stage counts as done only when its ``stage.json`` marker exists (written atomically after the
+stage's own outputs), so a killed loop reruns exactly the stages that had not finished, and training
+resumes from its last checkpoint inside the unfinished stage's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from ovcamo.data.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+MARKER = "stage.json"
+VARIANTS = ("without", "with")
+# Keys of the loop config that are not the training run's.
+LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check", "report_dir")
+
+
+def content_hash(obj: Any) -> str:
+    """A short, stable hash of a JSON-able value (dict keys sorted)."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def to_plain(node: Any) -> Any:
+    """A resolved plain container of a config node (or the value itself)."""
+    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+@dataclass
+class StageRecord:
+    """What one stage did in this run: ``status`` is ``ran`` or ``cached``."""
+
+    name: str
+    key: str
+    status: str
+    seconds: float
+    compute_seconds: float
+    directory: Path
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+class StageCache:
+    """Runs named stages once per content key; a finished stage is skipped on every later run."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.records: list[StageRecord] = []
+
+    def directory(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def is_done(self, kind: str, key: str) -> bool:
+        return self._load(self.directory(kind, key)) is not None
+
+    def run(
+        self,
+        name: str,
+        kind: str,
+        inputs: Mapping[str, Any],
+        fn: Callable[[Path], dict[str, Any]],
+    ) -> StageRecord:
+        """Run ``fn(stage_dir) -> outputs`` unless a finished stage with the same inputs exists."""
+        key = content_hash({"kind": kind, **inputs})
+        directory = self.directory(kind, key)
+        t0 = time.perf_counter()
+        done = self._load(directory)
+        if done is not None:
+            record = StageRecord(
+                name,
+                key,
+                "cached",
+                time.perf_counter() - t0,
+                float(done["compute_seconds"]),
+                directory,
+                done["outputs"],
+            )
+            log.info("stage %s: cached (%s)", name, directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            log.info("stage %s: running in %s", name, directory)
+            outputs = fn(directory)
+            seconds = time.perf_counter() - t0
+            atomic_write_json(
+                directory / MARKER,
+                {
+                    "name": name,
+                    "kind": kind,
+                    "key": key,
+                    "inputs": inputs,
+                    "outputs": outputs,
+                    "compute_seconds": seconds,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+            )
+            record = StageRecord(name, key, "ran", seconds, seconds, directory, outputs)
+            log.info("stage %s: done in %.1f s", name, seconds)
+        self.records.append(record)
+        return record
+
+    @staticmethod
+    def _load(directory: Path) -> dict[str, Any] | None:
+        marker = directory / MARKER
+        if not marker.is_file():
+            return None
+        try:
+            done = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        # Outputs that live outside the stage folder (e.g. the world's own cache) may have been deleted.
+        for value in done.get("outputs", {}).values():
+            if isinstance(value, str) and value.startswith("/") and not Path(value).exists():
+                return None
+        return done
+
+
+@dataclass
+class StagePlan:
+    """The keys of every stage, computed from the config alone (before any compute)."""
+
+    inputs: dict[str, dict[str, Any]]
+    kinds: dict[str, str]
+
+    def key(self, name: str) -> str:
+        return content_hash({"kind": self.kinds[name], **self.inputs[name]})
+
+
+def _without_keys(node: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if k not in keys}
+
+
+def plan_stages(cfg: DictConfig) -> StagePlan:
+    """Inputs of each stage, so keys change exactly when something the stage reads changes.
+
+    The run without synthetic data does not depend on the generator, the planner or
+    ``data.synthetic_ratio``: a sweep over those trains the baseline once.
+    """
+    world = to_plain(cfg.data.get("world"))
+    clip = to_plain(cfg.get("clip"))
+    data = _without_keys(to_plain(cfg.data), ("world", "synthetic", "synthetic_ratio"))
+    inputs: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+
+    def add(name: str, kind: str, value: dict[str, Any]) -> str:
+        inputs[name], kinds[name] = value, kind
+        return content_hash({"kind": kind, **value})
+
+    world_key = add("data", "data", {"world": world, "data": data if not world else None})
+    clip_key = add("micro_clip", "clip", {"world": world_key, "clip": clip}) if world else None
+    gen_key = None
+    if "with" in cfg.loop.variants:
+        gen_key = add(
+            "generate",
+            "generate",
+            {
+                # The planner never draws sources from the held-out part: data.holdout_* matter.
+                "world": world_key,
+                "data": data,
+                "generator": to_plain(cfg.generator),
+                "planner": to_plain(cfg.planner),
+            },
+        )
+    training = {
+        "world": world_key,
+        "clip": clip_key,
+        "data": data,
+        "model": to_plain(cfg.model),
+        "backbone": to_plain(cfg.get("backbone")),
+        "train": to_plain(cfg.train),
+    }
+    for variant in cfg.loop.variants:
+        if variant not in VARIANTS:
+            raise KeyError(f"loop.variants: unknown variant {variant!r}; choose from {VARIANTS}")
+        synthetic = (
+            {"set": gen_key, "ratio": float(cfg.data.synthetic_ratio)}
+            if variant == "with"
+            else None
+        )
+        for seed in cfg.loop.seeds:
+            train_key = add(
+                f"train/{variant}/seed{seed}",
+                "train",
+                {**training, "synthetic": synthetic, "seed": int(seed)},
+            )
+            add(
+                f"eval/{variant}/seed{seed}",
+                "eval",
+                {"train": train_key, "eval": to_plain(cfg.loop.eval)},
+            )
+    return StagePlan(inputs, kinds)
+
+
+@dataclass
+class LoopContext:
+    """What the stage functions share: the loop config and where things are cached."""
+
+    cfg: DictConfig
+    cache_dir: Path
+    stages: StageCache
+    plan: StagePlan
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+        record = self.stages.run(name, self.plan.kinds[name], self.plan.inputs[name], fn)
+        self.outputs[name] = record.outputs
+        return record.outputs
+
+
+def training_config(
+    cfg: DictConfig, variant: str, seed: int, out_dir: Path, ctx: LoopContext
+) -> DictConfig:
+    """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data.
+
+    The two variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``.
+    """
+    plain = _without_keys(OmegaConf.to_container(cfg, resolve=False), LOOP_ONLY_KEYS)
+    tcfg = OmegaConf.create(plain)
+    tcfg.seed = int(seed)
+    tcfg.out_dir = str(out_dir)
+    tcfg.cache_dir = str(ctx.cache_dir)
+    tcfg.resume = True
+    tcfg.check = False
+    if variant == "with":
+        tcfg.data.synthetic = [ctx.outputs["generate"]["set_dir"]]
+        tcfg.data.synthetic_ratio = float(cfg.data.synthetic_ratio)
+    else:
+        tcfg.data.synthetic = []
+        tcfg.data.synthetic_ratio = 0.0
+    return tcfg
+
+
+def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.data.config import resolve_data_paths
+
+        paths = resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir))
+        return {"paths": paths.to_json(), "class_info": str(paths.class_info)}
+
+    return fn
+
+
+def _clip_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.models.micro_clip import ensure_micro_clip
+
+        checkpoint = ensure_micro_clip(ctx.cfg.clip, ctx.cfg.data.world, ctx.cache_dir)
+        return {"checkpoint": str(checkpoint)}
+
+    return fn
+
+
+def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from generation.run import generate
+
+        gcfg = OmegaConf.create(
+            {
+                "data": OmegaConf.to_container(ctx.cfg.data, resolve=False),
+                "generator": OmegaConf.to_container(ctx.cfg.generator, resolve=False),
+                "planner": OmegaConf.to_container(ctx.cfg.planner, resolve=False),
+                **OmegaConf.to_container(ctx.cfg.loop.generate, resolve=False),
+                "output_dir": str(directory / "set"),
+                "cache_dir": str(ctx.cache_dir),
+            }
+        )
+        gcfg.data.synthetic = []
+        set_dir = generate(gcfg)
+        return {"set_dir": str(Path(set_dir).resolve())}
+
+    return fn
+
+
+def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.engine.train import run
+
+        tcfg = training_config(ctx.cfg, variant, seed, directory / "run", ctx)
+        result = run(tcfg)
+        return {
+            "run_dir": str(Path(result.run_dir).resolve()),
+            "best_checkpoint": str(Path(result.best_checkpoint).resolve()),
+            "last_checkpoint": str(Path(result.last_checkpoint).resolve()),
+            "train_seconds": float(result.train_seconds),
+        }
+
+    return fn
+
+
+def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.data import OVCamoDataset
+        from ovcamo.data.config import resolve_data_paths
+        from ovcamo.engine.evaluate import score_prediction_dir, write_results
+        from ovcamo.engine.predict import predict_to_dir
+
+        trained = ctx.outputs[f"train/{variant}/seed{seed}"]
+        pcfg = training_config(ctx.cfg, variant, seed, directory, ctx)
+        pcfg.checkpoint = trained["best_checkpoint"]
+        paths = resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir))
+        outputs: dict[str, Any] = {}
+        # Official protocol: the novel (test) classes, candidates = all test class names.
+        pred_novel = predict_to_dir(pcfg, split="test", part="all")
+        write_results(score_prediction_dir(pred_novel, paths, split="test"), directory / "novel")
+        outputs.update(novel=str(directory / "novel"), pred_novel=str(Path(pred_novel).resolve()))
+        # Base validation: the held-out part of the train split, scored per class.
+        val_ids = [
+            r.unique_id
+            for r in OVCamoDataset(
+                paths,
+                "train",
+                part="val",
+                holdout_fraction=float(ctx.cfg.data.holdout_fraction),
+                holdout_seed=int(ctx.cfg.data.get("holdout_seed", 0)),
+            ).records
+        ]
+        pred_val = predict_to_dir(pcfg, split="train", part="val")
+        write_results(
+            score_prediction_dir(pred_val, paths, split="train", unique_ids=val_ids),
+            directory / "base_val",
+        )
+        outputs.update(base_val=str(directory / "base_val"), pred_val=str(Path(pred_val).resolve()))
+        return outputs
+
+    return fn
+
+
+def stage_order(cfg: DictConfig) -> list[str]:
+    """Stage names in the order they run: data, micro CLIP, generation, then per seed both runs."""
+    names = ["data"]
+    if cfg.data.get("world"):
+        names.append("micro_clip")
+    if "with" in cfg.loop.variants:
+        names.append("generate")
+    for seed in cfg.loop.seeds:
+        for variant in cfg.loop.variants:
+            names += [f"train/{variant}/seed{seed}", f"eval/{variant}/seed{seed}"]
+    return names
+
+
+def describe_plan(cfg: DictConfig, plan: StagePlan, stages: StageCache) -> str:
+    """What the loop will do, stage by stage, and which stages are already cached."""
+    lines = [
+        f"ovcamo-loop plan (cache {stages.root}):",
+        f"  data: {'micro-world' if cfg.data.get('world') else cfg.data.get('root', 'from config')}",
+        f"  model: {cfg.model.get('name', '?')}  backbone: {cfg.backbone.get('name', '?')} "
+        f"(pretrained {cfg.backbone.get('pretrained')})",
+        f"  seeds: {list(cfg.loop.seeds)}  runs: {list(cfg.loop.variants)}",
+    ]
+    if "with" in cfg.loop.variants:
+        lines.append(
+            f"  generator: {cfg.generator.get('name', '?')}  planner rule: "
+            f"{cfg.planner.get('rule', '?')}  synthetic ratio: {cfg.data.synthetic_ratio}"
+        )
+    for name in stage_order(cfg):
+        key = plan.key(name)
+        state = "cached" if stages.is_done(plan.kinds[name], key) else "to run"
+        lines.append(f"  - {name:<24} {key}  {state}")
+    return "\n".join(lines)
+
+
+def _is_local_path(value: str) -> bool:
+    return value.startswith(("/", "~", ".")) or value.endswith(
+        (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+    )
+
+
+def check_inputs(cfg: DictConfig) -> list[str]:
+    """Problems with data paths and weights files, found without any compute."""
+    from ovcamo.data import DATA_KEYS, load_class_info
+
+    problems: list[str] = []
+    if not cfg.data.get("world"):
+        for k in DATA_KEYS:
+            value = cfg.data.get(k)
+            if not value or not Path(os.path.expanduser(str(value))).exists():
+                problems.append(f"data.{k}: {value} does not exist")
+        if not problems:
+            try:
+                load_class_info(os.path.expanduser(str(cfg.data.class_info)))
+            except (OSError, ValueError) as e:
+                problems.append(f"data.class_info: {e}")
+    pretrained = cfg.backbone.get("pretrained")
+    if pretrained and pretrained != "micro":
+        if _is_local_path(str(pretrained)):
+            if not Path(os.path.expanduser(str(pretrained))).is_file():
+                problems.append(f"backbone.pretrained: weights file {pretrained} does not exist")
+        else:
+            import open_clip
+
+            if (cfg.backbone.name, pretrained) not in open_clip.list_pretrained():
+                problems.append(
+                    f"backbone.pretrained: open_clip knows no tag {pretrained!r} for {cfg.backbone.name!r}"
+                )
+    sam = cfg.model.get("sam_checkpoint")
+    if sam and not Path(os.path.expanduser(str(sam))).is_file():
+        problems.append(
+            f"model.sam_checkpoint: {sam} does not exist (official SAM files: "
+            "https://github.com/facebookresearch/segment-anything#model-checkpoints)"
+        )
+    if "with" in cfg.loop.variants:
+        for key, value in to_plain(cfg.generator).items():
+            if (
+                isinstance(value, str)
+                and any(w in key for w in ("pretrained", "checkpoint", "weights", "model_dir"))
+                and not Path(os.path.expanduser(value)).exists()
+            ):
+                problems.append(f"generator.{key}: {value} does not exist")
+    return problems
+
+
+def _summary(ctx: LoopContext) -> Any:
+    from ovcamo.data.config import resolve_data_paths
+    from ovcamo.report.loop_report import LoopSummary, RunFiles
+
+    cfg = ctx.cfg
+    runs: dict[str, list[RunFiles]] = {}
+    for variant in cfg.loop.variants:
+        for seed in cfg.loop.seeds:
+            o = ctx.outputs[f"eval/{variant}/seed{seed}"]
+            runs.setdefault(variant, []).append(
+                RunFiles(
+                    int(seed),
+                    Path(o["novel"]),
+                    Path(o["base_val"]),
+                    Path(o["pred_novel"]),
+                    Path(o["pred_val"]),
+                )
+            )
+    gen = ctx.outputs.get("generate")
+    return LoopSummary(
+        data=resolve_data_paths(cfg.data, cache_dir=str(ctx.cache_dir)),
+        runs=runs,
+        stages=[
+            {
+                "name": r.name,
+                "status": r.status,
+                "seconds": r.seconds,
+                "compute_seconds": r.compute_seconds,
+            }
+            for r in ctx.stages.records
+        ],
+        meta={
+            "data": "micro-world" if cfg.data.get("world") else str(cfg.data.get("root", "")),
+            "model": cfg.model.get("name", "?"),
+            "backbone": cfg.backbone.get("name", "?"),
+            "generator": cfg.generator.get("name", "?"),
+            "synthetic_ratio": float(cfg.data.synthetic_ratio),
+        },
+        synthetic_dir=Path(gen["set_dir"]) if gen else None,
+        grid_samples=int(cfg.loop.report.grid_samples),
+        prediction_samples=int(cfg.loop.report.prediction_samples),
+    )
+
+
+def run_loop(cfg: DictConfig) -> Path:
+    """Run (or resume) every stage, then write the report; returns ``report.md``'s path."""
+    from ovcamo.report.loop_report import write_loop_report
+
+    cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
+    out_dir = Path(os.path.expanduser(str(cfg.out_dir)))
+    if not cfg.loop.variants or not cfg.loop.seeds:
+        raise ValueError("loop.variants and loop.seeds must not be empty")
+    plan = plan_stages(cfg)
+    ctx = LoopContext(cfg, cache_dir, StageCache(cache_dir / "loop"), plan)
+    print(describe_plan(cfg, plan, ctx.stages), flush=True)
+    t0 = time.perf_counter()
+    ctx.run("data", _data_stage(ctx))
+    if cfg.data.get("world"):
+        ctx.run("micro_clip", _clip_stage(ctx))
+    if "with" in cfg.loop.variants:
+        ctx.run("generate", _generate_stage(ctx))
+    for seed in cfg.loop.seeds:
+        for variant in cfg.loop.variants:
+            ctx.run(f"train/{variant}/seed{seed}", _train_stage(ctx, variant, int(seed)))
+            ctx.run(f"eval/{variant}/seed{seed}", _eval_stage(ctx, variant, int(seed)))
+    t_report = time.perf_counter()
+    summary = _summary(ctx)
+    report = write_loop_report(summary, out_dir)
+    summary.stages.append(
+        {
+            "name": "report",
+            "status": "ran",
+            "seconds": time.perf_counter() - t_report,
+            "compute_seconds": time.perf_counter() - t_report,
+        }
+    )
+    atomic_write_json(
+        out_dir / "loop.json",
+        {
+            "report": str(report),
+            "stages": summary.stages,
+            "outputs": ctx.outputs,
+            "total_seconds": time.perf_counter() - t0,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+    )
+    print(f"report: {report}", flush=True)
+    return report
+
+
+def main(cfg: DictConfig) -> Path | None:
+    """``ovcamo-loop``; with ``check=true`` validates inputs and prints the plan, computing nothing."""
+    if cfg.get("check"):
+        plan = plan_stages(cfg)
+        cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
+        print(describe_plan(cfg, plan, StageCache(cache_dir / "loop")))
+        problems = check_inputs(cfg)
+        if problems:
+            print("check failed:\n" + "\n".join(f"  - {p}" for p in problems))
+            raise SystemExit(2)
+        print("check passed: data paths and weights files are in place")
+        return None
+    return run_loop(cfg)

@@ -1,0 +1,458 @@
+"""The loop's report: novel-class table, rare vs common classes, the planner, grids, stage times.
+
+Reads only files the stages wrote (``metrics.json``, ``per_class.csv``, ``plan.json``, the
+synthetic set and the prediction folders), so a report can be rebuilt from a finished loop's cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovcamo.data import DataPaths, load_class_info, load_sample, load_sample_info, resolve_records
+from ovcamo.data.io import atomic_write_text, read_gray, read_image, read_mask, safe_join
+from ovcamo.report.grids import image_grid, prediction_grid
+from ovcamo.report.plots import class_key, grouped_bar, per_class_bar
+from ovcamo.report.tables import SIX_METRICS, Spread, markdown_table, paired_difference
+
+TREATED, CONTROL = "with", "without"
+
+
+@dataclass
+class RunFiles:
+    """Where one evaluated run's files are: score folders and prediction folders."""
+
+    seed: int
+    novel: Path
+    base_val: Path
+    pred_novel: Path
+    pred_val: Path
+
+
+@dataclass
+class LoopSummary:
+    """Everything the report reads, as plain paths and values."""
+
+    data: DataPaths
+    runs: dict[str, list[RunFiles]]
+    stages: list[dict[str, Any]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    synthetic_dir: Path | None = None
+    grid_samples: int = 12
+    prediction_samples: int = 6
+
+
+def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
+    """The scalar metrics of a ``metrics.json`` written by ``ovcamo.engine.evaluate.write_results``."""
+    path = Path(directory) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file missing: {path} (did the evaluation stage finish?)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    flat = data.get("metrics", data) if isinstance(data, dict) else {}
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
+
+
+def read_per_class(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``per_class.csv``: the class column as text, every other numeric column as float."""
+    path = Path(directory) / "per_class.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"per-class table missing: {path}")
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out: dict[str, Any] = {}
+            for k, v in row.items():
+                try:
+                    out[k] = float(v)
+                except (TypeError, ValueError):
+                    out[k] = v
+            rows.append(out)
+    return rows
+
+
+def group_means(
+    rows: Sequence[Mapping[str, Any]], rare: set[str], metric: str = "cIoU"
+) -> dict[str, float]:
+    """Mean of ``metric`` over rare classes, over the other (common) classes and over all classes.
+
+    Classes weigh equally (a macro average), so a rare class with few validation images counts as
+    much as a common one; a group without classes gives nan.
+    """
+    key = class_key(rows)
+    values = {str(r[key]): float(r[metric]) for r in rows}
+    groups = {
+        "rare": [v for c, v in values.items() if c in rare],
+        "common": [v for c, v in values.items() if c not in rare],
+        "all": list(values.values()),
+    }
+    return {g: float(np.mean(v)) if v else float("nan") for g, v in groups.items()}
+
+
+def load_plan(synthetic_dir: Path | None) -> dict[str, Any] | None:
+    if synthetic_dir is None or not (synthetic_dir / "plan.json").is_file():
+        return None
+    return json.loads((synthetic_dir / "plan.json").read_text(encoding="utf-8"))
+
+
+def planner_table(plan: Mapping[str, Any], synthetic_dir: Path) -> str:
+    """Train count, rarity, fill target, planned and written synthetic samples per train class."""
+    written: dict[str, int] = {}
+    info = synthetic_dir / "sample_info.json"
+    if info.is_file():
+        for s in load_sample_info(info):
+            written[s.base_class] = written.get(s.base_class, 0) + 1
+    planned: dict[str, int] = {}
+    for item in plan.get("items", []):
+        planned[item["class_name"]] = planned.get(item["class_name"], 0) + 1
+    counts = plan.get("counts", {})
+    targets = plan.get("targets", {})
+    names = sorted(set(counts) | set(planned), key=lambda c: (counts.get(c, 0), c))
+    rows = [
+        [
+            c,
+            counts.get(c, 0),
+            "rare" if c in targets else "",
+            targets.get(c, ""),
+            planned.get(c, 0),
+            written.get(c, 0),
+        ]
+        for c in names
+    ]
+    headers = ["class", "train samples", "rare", "fill to", "planned", "written"]
+    return markdown_table(headers, rows)
+
+
+def synthetic_grid(synthetic_dir: Path, path: Path, n: int) -> Path | None:
+    """A grid of ``n`` synthetic samples spread over the generated classes, masks outlined."""
+    info = synthetic_dir / "sample_info.json"
+    if not info.is_file():
+        return None
+    samples = load_sample_info(info)
+    if not samples:
+        return None
+    paths = DataPaths.from_paths_json(synthetic_dir / "paths.json")
+    chosen = _spread_over_classes(samples, n, lambda s: s.base_class)
+    images, masks, titles = [], [], []
+    for s in chosen:
+        images.append(read_image(safe_join(paths.train_image_dir, s.image_name)))
+        masks.append(read_mask(safe_join(paths.train_mask_dir, s.mask_name)))
+        titles.append(s.base_class)
+    return image_grid(images, path, titles=titles, masks=masks, ncols=6)
+
+
+def _spread_over_classes(items: Sequence[Any], n: int, cls: Any) -> list[Any]:
+    """Up to ``n`` items taken round-robin over classes (sorted), in each class in file order."""
+    by_class: dict[str, list[Any]] = {}
+    for it in items:
+        by_class.setdefault(cls(it), []).append(it)
+    out: list[Any] = []
+    depth = 0
+    while len(out) < n and any(depth < len(v) for v in by_class.values()):
+        for c in sorted(by_class):
+            if depth < len(by_class[c]) and len(out) < n:
+                out.append(by_class[c][depth])
+        depth += 1
+    return out
+
+
+def _prediction_files(pred_dir: Path) -> dict[str, tuple[str, Path]]:
+    """``unique_id -> (predicted class, file)`` for ``[<class>]<unique_id>.png`` predictions."""
+    out = {}
+    for p in pred_dir.glob("*.png"):
+        if p.name.startswith("[") and "]" in p.name:
+            cls, rest = p.name[1:].split("]", 1)
+            out[rest[: -len(".png")]] = (cls, p)
+    return out
+
+
+def prediction_items(
+    data: DataPaths,
+    split: str,
+    pred_dirs: Mapping[str, Path],
+    n: int,
+    classes: set[str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The same ``n`` samples (spread over classes) from each run's predictions, ready for a grid."""
+    records, _ = resolve_records(
+        data, split, load_class_info(data.class_info), load_sample_info(data.sample_info)
+    )
+    preds = {name: _prediction_files(d) for name, d in pred_dirs.items()}
+    common = set.intersection(*(set(p) for p in preds.values())) if preds else set()
+    pool = [r for r in records if r.unique_id in common]
+    if classes is not None:
+        pool = [r for r in pool if r.class_name in classes]
+    chosen = _spread_over_classes(pool, n, lambda r: r.class_name)
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in pred_dirs}
+    for r in chosen:
+        sample = load_sample(r)
+        for name in pred_dirs:
+            pred_class, file = preds[name][r.unique_id]
+            out[name].append(
+                {
+                    "image": sample["image"],
+                    "gt": sample["mask"],
+                    "pred": read_gray(file),
+                    "gt_class": r.class_name,
+                    "pred_class": pred_class,
+                    "title": r.unique_id,
+                }
+            )
+    return out
+
+
+def _fmt(x: float, signed: bool = False) -> str:
+    return "n/a" if x != x else (f"{x:+.3f}" if signed else f"{x:.3f}")
+
+
+def _verdict(label: str, diff: Spread) -> str:
+    within = diff.within_spread
+    if within is None:
+        tail = "with a single seed there is no spread to judge it by"
+    elif within:
+        tail = "this is **within the spread over seeds**: no effect can be claimed from these runs"
+    else:
+        tail = "every seed moves the same way and the mean exceeds one standard deviation"
+    per_seed = ", ".join(f"{v:+.3f}" for v in diff.values)
+    return f"- {label}: Δ = {diff.format(signed=True)} (per seed: {per_seed}); {tail}."
+
+
+def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
+    """Write ``report.md`` and its PNGs into ``out_dir``; returns the report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = summary.meta
+    runs = summary.runs
+    compare = TREATED in runs and CONTROL in runs
+    plan = load_plan(summary.synthetic_dir)
+    rare = set(plan.get("targets", {})) if plan else set()
+    md: list[str] = ["# ovcamo loop report\n"]
+    md.append(_intro(meta, runs))
+    if plan and plan.get("outside_ov_protocol"):
+        md.append(
+            "**This run is outside the open-vocabulary protocol: synthetic samples of novel (test) "
+            "classes were generated and trained on.**\n"
+        )
+
+    novel = {name: [read_metrics(r.novel) for r in rs] for name, rs in runs.items()}
+    md.append("## Novel classes (official OVCOS protocol)\n")
+    md.append(
+        "Class-aware metrics on the test split; candidates are all test class names. "
+        "Mean ± standard deviation over seeds.\n"
+    )
+    md.append(_six_table(novel, compare))
+    md.append(_per_seed_table(novel, runs))
+
+    base = {name: [read_per_class(r.base_val) for r in rs] for name, rs in runs.items()}
+    md.append("## Base validation: rare vs common classes\n")
+    md.append(
+        f"cIoU on the held-out part of the train split, macro-averaged over classes. Rare classes "
+        f"(chosen by the planner): {', '.join(sorted(rare)) or 'none'}.\n"
+    )
+    groups = {
+        name: [group_means(rows, rare) for rows in per_seed] for name, per_seed in base.items()
+    }
+    md.append(_group_table(groups, compare))
+    names = list(groups)
+    grouped_bar(
+        ["rare", "common", "all"],
+        {
+            n: [Spread.of([g[k] for g in groups[n]]).mean for k in ("rare", "common", "all")]
+            for n in names
+        },
+        out / "base_val_rare_common.png",
+        errors={
+            n: [_std0(Spread.of([g[k] for g in groups[n]])) for k in ("rare", "common", "all")]
+            for n in names
+        },
+        ylabel="cIoU",
+        title="Base validation cIoU (mean ± std over seeds)",
+    )
+    md.append("![rare vs common](base_val_rare_common.png)\n")
+    md.append(_per_class_section(base, rare, out))
+
+    if compare:
+        md.append("## Did the synthetic set help?\n")
+        md.append(
+            _verdict(
+                "novel classes, cIoU", paired_difference(novel[TREATED], novel[CONTROL], "cIoU")
+            )
+        )
+        md.append(
+            _verdict("novel classes, cSm", paired_difference(novel[TREATED], novel[CONTROL], "cSm"))
+        )
+        for g in ("rare", "common"):
+            diff = Spread.of(
+                [t[g] - c[g] for t, c in zip(groups[TREATED], groups[CONTROL], strict=True)]
+            )
+            md.append(_verdict(f"base validation, {g} classes, cIoU", diff))
+        md.append("")
+
+    if plan is not None and summary.synthetic_dir is not None:
+        md.append("## Planner\n")
+        md.append(f"Rule `{plan.get('rule')}`, generator `{plan.get('generator')}`.\n")
+        md.append(planner_table(plan, summary.synthetic_dir))
+        grid = synthetic_grid(
+            summary.synthetic_dir, out / "synthetic_grid.png", summary.grid_samples
+        )
+        if grid is not None:
+            md.append("## Synthetic samples\n")
+            md.append("Generated samples, one class after another; the exact mask is outlined.\n")
+            md.append("![synthetic samples](synthetic_grid.png)\n")
+
+    md.append(_prediction_section(summary, rare, out))
+    md.append(_stage_section(summary.stages))
+    report = out / "report.md"
+    atomic_write_text(report, "\n".join(md))
+    return report
+
+
+def _std0(s: Spread) -> float:
+    return 0.0 if s.std != s.std else s.std
+
+
+def _intro(meta: Mapping[str, Any], runs: Mapping[str, Sequence[RunFiles]]) -> str:
+    seeds = sorted({r.seed for rs in runs.values() for r in rs})
+    lines = [
+        f"- data: {meta.get('data', '?')}",
+        f"- model: {meta.get('model', '?')} (backbone {meta.get('backbone', '?')})",
+        f"- runs: {', '.join(runs)}; seeds: {', '.join(map(str, seeds))}",
+    ]
+    if TREATED in runs:
+        lines.append(
+            f"- synthetic set: generator `{meta.get('generator', '?')}`, "
+            f"synthetic ratio {meta.get('synthetic_ratio', '?')}"
+        )
+    lines.append(
+        "- the runs differ only in `data.synthetic` / `data.synthetic_ratio`; all else, "
+        "seeds included, is identical"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _six_table(novel: Mapping[str, list[dict[str, float]]], compare: bool) -> str:
+    from ovcamo.report.tables import six_metric_table
+
+    return six_metric_table(novel, difference=(TREATED, CONTROL) if compare else None)
+
+
+def _per_seed_table(
+    novel: Mapping[str, list[dict[str, float]]], runs: Mapping[str, Sequence[RunFiles]]
+) -> str:
+    rows = []
+    for name, per_seed in novel.items():
+        for r, m in zip(runs[name], per_seed, strict=True):
+            rows.append([name, r.seed, *(_fmt(m[k]) for k in SIX_METRICS)])
+    return "Per seed:\n\n" + markdown_table(["run", "seed", *SIX_METRICS.values()], rows)
+
+
+def _group_table(groups: Mapping[str, list[dict[str, float]]], compare: bool) -> str:
+    rows = []
+    for name, per_seed in groups.items():
+        rows.append(
+            [
+                name,
+                *(Spread.of([g[k] for g in per_seed]).format() for k in ("rare", "common", "all")),
+            ]
+        )
+    if compare:
+        row = [f"Δ ({TREATED} − {CONTROL})"]
+        for k in ("rare", "common", "all"):
+            d = [t[k] - c[k] for t, c in zip(groups[TREATED], groups[CONTROL], strict=True)]
+            row.append(Spread.of(d).format(signed=True))
+        rows.append(row)
+    return markdown_table(["run", "rare cIoU", "common cIoU", "all cIoU"], rows)
+
+
+def _per_class_section(
+    base: Mapping[str, list[list[dict[str, Any]]]], rare: set[str], out: Path
+) -> str:
+    """Per-class cIoU (mean over seeds) for each run, and a bar chart per run."""
+    names = list(base)
+    per_run: dict[str, dict[str, float]] = {}
+    for name in names:
+        acc: dict[str, list[float]] = {}
+        for rows in base[name]:
+            key = class_key(rows)
+            for r in rows:
+                acc.setdefault(str(r[key]), []).append(float(r["cIoU"]))
+        per_run[name] = {c: float(np.mean(v)) for c, v in acc.items()}
+    classes = sorted(set().union(*(set(v) for v in per_run.values())))
+    headers = ["class", "rare", *(f"{n} cIoU" for n in names)]
+    rows = [
+        [c, "rare" if c in rare else "", *(_fmt(per_run[n].get(c, float("nan"))) for n in names)]
+        for c in classes
+    ]
+    text = "Per class (mean over seeds):\n\n" + markdown_table(headers, rows)
+    for name in names:
+        per_class_bar(
+            [{"class": c, "cIoU": v} for c, v in per_run[name].items()],
+            out / f"base_val_per_class_{name}.png",
+            highlight=sorted(rare),
+            title=f"Base validation cIoU per class, {name} synthetic data (rare highlighted)",
+        )
+        text += f"\n![per-class cIoU, {name}](base_val_per_class_{name}.png)\n"
+    return text
+
+
+def _prediction_section(summary: LoopSummary, rare: set[str], out: Path) -> str:
+    first = {name: rs[0] for name, rs in summary.runs.items() if rs}
+    if not first:
+        return ""
+    seed = next(iter(first.values())).seed
+    text = [
+        "## Predictions\n",
+        f"Seed {seed}; image | ground truth | prediction (class in green when right, red when wrong; "
+        "a wrong class scores as an empty mask).\n",
+    ]
+    novel = prediction_items(
+        summary.data,
+        "test",
+        {n: r.pred_novel for n, r in first.items()},
+        summary.prediction_samples,
+    )
+    for name, items in novel.items():
+        if items:
+            prediction_grid(
+                items, out / f"pred_novel_{name}.png", suptitle=f"novel classes, {name}"
+            )
+            text.append(f"Novel classes, {name} synthetic data:\n\n![](pred_novel_{name}.png)\n")
+    if rare:
+        val = prediction_items(
+            summary.data,
+            "train",
+            {n: r.pred_val for n, r in first.items()},
+            summary.prediction_samples,
+            rare,
+        )
+        for name, items in val.items():
+            if items:
+                prediction_grid(
+                    items, out / f"pred_rare_{name}.png", suptitle=f"rare base classes, {name}"
+                )
+                text.append(
+                    f"Rare base classes (validation), {name} synthetic data:\n\n![](pred_rare_{name}.png)\n"
+                )
+    return "\n".join(text)
+
+
+def _stage_section(stages: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        [s["name"], s["status"], f"{s['seconds']:.1f}", f"{s['compute_seconds']:.1f}"]
+        for s in stages
+    ]
+    total_now = sum(s["seconds"] for s in stages)
+    total_compute = sum(s["compute_seconds"] for s in stages)
+    rows.append(["**total**", "", f"{total_now:.1f}", f"{total_compute:.1f}"])
+    return (
+        "## Wall time per stage\n\n"
+        "`this run`: seconds spent now (a cached stage only checks its marker); "
+        "`when computed`: seconds the stage took when it ran.\n\n"
+        + markdown_table(["stage", "status", "this run (s)", "when computed (s)"], rows)
+    )
