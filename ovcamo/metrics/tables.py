@@ -1,0 +1,152 @@
+"""Per-class tables and the hard-class subset of an OVCOS evaluation.
+
+The hard classes are the bottom quarter of classes by per-class cIoU (``avgiou``), taken from a
+reference run's ``per_class.csv`` when one is given (so two methods are compared on the same
+classes) or from this run otherwise. Per-class numbers average over that class's samples exactly as
+the headline numbers average over all samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovcamo.metrics.ovcos import METRIC_KEYS, PAPER_ALIASES, summarize
+
+#: Columns of ``per_class.csv``.
+PER_CLASS_COLUMNS = ("class", "num_samples", "accuracy", *METRIC_KEYS)
+#: Fraction of classes that form the hard subset.
+HARD_FRACTION = 0.25
+
+
+def per_class_table(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    records: Sequence[tuple[str, str, str]],
+    class_order: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per GT class: ``class``, ``num_samples``, ``accuracy`` (class predicted right) and the
+    twelve official keys, class-aware.
+
+    ``scores``: float64 ``(N, SCORE_LENGTH)`` raw; ``correct``: bool ``(N,)``; ``records``:
+    ``(unique_id, pred_class, gt_class)`` per row. Rows follow ``class_order`` (classes without
+    samples are left out), else sorted by name.
+    """
+    gt_classes = np.array([r[2] for r in records], dtype=object)
+    present = set(gt_classes.tolist())
+    order = [c for c in class_order if c in present] if class_order is not None else sorted(present)
+    rows = []
+    for name in order:
+        sel = gt_classes == name
+        row: dict[str, Any] = {
+            "class": name,
+            "num_samples": int(sel.sum()),
+            "accuracy": float(np.mean(correct[sel])),
+        }
+        metrics = summarize(scores[sel], correct[sel])
+        row.update({k: metrics[k] for k in METRIC_KEYS})
+        rows.append(row)
+    return rows
+
+
+def per_class_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``per_class.csv`` text for rows of :func:`per_class_table`."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in PER_CLASS_COLUMNS})
+    return buf.getvalue()
+
+
+def read_class_ciou(path: str | os.PathLike) -> dict[str, float]:
+    """Per-class cIoU of a reference run, from its ``per_class.csv`` (column ``avgiou`` or ``cIoU``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference per-class table not found: {path}")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        col = next((c for c in ("avgiou", "cIoU") if c in fields), None)
+        if "class" not in fields or col is None:
+            raise ValueError(
+                f"{path}: a reference per-class table needs the columns 'class' and 'avgiou' "
+                f"(or 'cIoU'); found {fields}"
+            )
+        out = {}
+        for i, row in enumerate(reader, start=2):
+            try:
+                out[row["class"]] = float(row[col])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}, line {i}: {col}={row.get(col)!r} is not a number") from e
+    return out
+
+
+def hard_classes(
+    class_ciou: Mapping[str, float],
+    classes: Sequence[str] | None = None,
+    fraction: float = HARD_FRACTION,
+) -> list[str]:
+    """The bottom ``fraction`` of classes by cIoU, hardest first (ties broken by name).
+
+    ``class_ciou``: per-class cIoU (this run's or a reference's); ``classes``: restrict the ranking to
+    these (the classes of the run being reported). The count is ``ceil(fraction · n)``, at least one.
+    """
+    names = [c for c in class_ciou if classes is None or c in set(classes)]
+    if not names:
+        return []
+    ranked = sorted(names, key=lambda c: (class_ciou[c], c))
+    return ranked[: max(1, math.ceil(fraction * len(ranked)))]
+
+
+def hard_subset(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    records: Sequence[tuple[str, str, str]],
+    per_class_rows: Sequence[Mapping[str, Any]],
+    reference: str | os.PathLike | Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Metrics over the samples of the hard classes.
+
+    Returns ``{"source": "reference" | "this run", "classes": [...], "num_samples": n,
+    "metrics": {official keys and aliases}, "class_ciou": {class: cIoU used for ranking}}``.
+    """
+    run_classes = [r["class"] for r in per_class_rows]
+    if reference is None:
+        ciou = {r["class"]: float(r["avgiou"]) for r in per_class_rows}
+        source = "this run"
+    else:
+        ciou = dict(reference) if isinstance(reference, Mapping) else read_class_ciou(reference)
+        source = "reference"
+    chosen = hard_classes(ciou, run_classes)
+    if not chosen:
+        raise ValueError(
+            "the reference per-class table shares no class with this run; "
+            f"run classes: {run_classes[:5]}..."
+        )
+    sel = np.array([r[2] in set(chosen) for r in records], dtype=bool)
+    return {
+        "source": source,
+        "classes": chosen,
+        "num_samples": int(sel.sum()),
+        "metrics": summarize(scores[sel], correct[sel]),
+        "class_ciou": {c: ciou[c] for c in chosen},
+    }
+
+
+def paper_table(metrics: Mapping[str, float], title: str = "OVCamo", digits: int = 3) -> str:
+    """Markdown table of the paper's six numbers (cSm, cFωβ, cMAE, cFβ, cEm, cIoU)."""
+    heads = ["cSm ↑", "cFωβ ↑", "cMAE ↓", "cFβ ↑", "cEm ↑", "cIoU ↑"]
+    vals = [f"{metrics[a]:.{digits}f}" for a in PAPER_ALIASES]
+    return (
+        "| | " + " | ".join(heads) + " |\n"
+        "|---|" + "---:|" * len(heads) + "\n"
+        f"| {title} | " + " | ".join(vals) + " |\n"
+    )
