@@ -1,0 +1,221 @@
+"""BaCLIP, the open-vocabulary camouflaged object segmenter (DESIGN §5), and its ablation rungs.
+
+Data flow (SAM decoder variants)::
+
+    images ─ frozen CLIP ─┬─ stages 3+4 ─ MREM (f_v) ─ E_v ─ CCE ─ E_v* ─ 1×1 ─┐
+                          │                    ▲  └─ E_t ─ prompt adapter ─ P ─┤ SAM mask decoder
+    class names ─ CamoPrompts embeddings ──────┘                               │ (one prompt set
+                          │                                                    ▼  per image)
+                          └─ dense map ─ mask-weighted pooling ─ CLIP head ─ cosine → class logits
+
+The ``conv`` variant (first rung of the ladder) replaces everything between CLIP and the mask by
+an FPN decoder over the four trunk maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import Tensor, nn
+
+from ovcamo.models.cce import CCE
+from ovcamo.models.clip_backbone import CLIPBackbone, SimpleFeaturePyramid
+from ovcamo.models.conv_decoder import ConvDecoder
+from ovcamo.models.losses import segmentation_loss
+from ovcamo.models.mrem import MREM
+from ovcamo.models.prompt_adapter import PromptAdapter
+from ovcamo.models.sam_decoder import SamLoadReport, decode_masks
+
+
+class BaCLIP(nn.Module):
+    """CLIP backbone + MREM + CCE + adaptive text prompts + SAM mask decoder + CLIP classifier.
+
+    Build it with :func:`ovcamo.models.build_model` from a ``model`` config; the modules are
+    passed in built, as in segment-anything's ``Sam``. ``conv_decoder`` given means the baseline
+    rung (``mrem``, ``cce``, ``prompt_adapter``, ``prompt_encoder``, ``mask_decoder`` are then
+    ``None``).
+
+    Args:
+        backbone: the frozen CLIP backbone.
+        pyramid: the trainable simple feature pyramid of a ViT backbone, else ``None``.
+        loss_config: keyword arguments of :func:`ovcamo.models.losses.segmentation_loss`.
+        config: the resolved ``model`` config, stored with saved models.
+        frozen_prompt_encoder_from_checkpoint: the prompt encoder came from a SAM checkpoint and
+            is therefore left out of :meth:`trainable_state_dict`.
+    """
+
+    def __init__(
+        self,
+        backbone: CLIPBackbone,
+        *,
+        pyramid: SimpleFeaturePyramid | None = None,
+        conv_decoder: ConvDecoder | None = None,
+        mrem: MREM | None = None,
+        cce: CCE | None = None,
+        image_proj: nn.Module | None = None,
+        prompt_adapter: PromptAdapter | None = None,
+        prompt_encoder: PromptEncoder | None = None,
+        mask_decoder: MaskDecoder | None = None,
+        loss_config: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        frozen_prompt_encoder_from_checkpoint: bool = False,
+        sam_load_report: SamLoadReport | None = None,
+    ) -> None:
+        super().__init__()
+        sam_parts = (mrem, cce, image_proj, prompt_adapter, prompt_encoder, mask_decoder)
+        if conv_decoder is None and any(m is None for m in sam_parts):
+            raise ValueError(
+                "a SAM-decoder BaCLIP needs mrem, cce, image_proj, prompt_adapter, "
+                "prompt_encoder and mask_decoder"
+            )
+        self.backbone = backbone
+        self.pyramid = pyramid
+        self.conv_decoder = conv_decoder
+        self.mrem = mrem
+        self.cce = cce
+        self.image_proj = image_proj
+        self.prompt_adapter = prompt_adapter
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.loss_config = dict(loss_config or {})
+        self.config = dict(config or {})
+        self.sam_load_report = sam_load_report
+        self._frozen_prefixes = ("backbone.",) + (
+            ("prompt_encoder.",) if frozen_prompt_encoder_from_checkpoint else ()
+        )
+        if prompt_encoder is not None:
+            for p in prompt_encoder.parameters():
+                p.requires_grad_(False)
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward(self, images: Tensor, class_names: Sequence[str]) -> dict[str, Tensor]:
+        """Segment and classify.
+
+        Args:
+            images: ``B×3×H×W`` float RGB in [0, 1] (CLIP normalisation is applied inside).
+            class_names: the K candidate classes (the base classes when training).
+        Returns:
+            ``mask_logits`` ``B×1×H×W``; ``class_logits`` ``B×K`` (mask-pooled CLIP features vs
+            class embeddings × logit scale); ``image_text_logits`` ``B×K`` (whole-image CLIP
+            scores, which weight or rank the prompts).
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
+        feats = self.backbone(images)
+        features = self.pyramid(feats.features[-1]) if self.pyramid is not None else feats.features
+        text = self.backbone.text_embeddings(class_names).to(images.dtype)
+        scale = self.backbone.logit_scale
+        global_image = F.normalize(self.backbone.project(feats.dense.mean((2, 3))), dim=-1)
+        image_text_logits = scale * global_image @ text.t()
+
+        if self.conv_decoder is not None:
+            low_res = self.conv_decoder(features)
+        else:
+            low_res = self._decode_with_prompts(features, text, image_text_logits)
+        mask_logits = F.interpolate(
+            low_res, size=images.shape[-2:], mode="bilinear", align_corners=False
+        )
+        class_logits = self.classify(feats.dense, mask_logits, text)
+        return {
+            "mask_logits": mask_logits,
+            "class_logits": class_logits,
+            "image_text_logits": image_text_logits,
+        }
+
+    def _decode_with_prompts(
+        self, features: Sequence[Tensor], text: Tensor, image_text_logits: Tensor
+    ) -> Tensor:
+        """Stride-16 and stride-32 maps + class embeddings → low-res mask logits ``B×1×4h×4w``."""
+        coarse = F.interpolate(
+            features[3], size=features[2].shape[-2:], mode="bilinear", align_corners=False
+        )
+        e_v, e_t = self.mrem(torch.cat([features[2], coarse], dim=1), text)
+        image_embeddings = self.image_proj(self.cce(e_v))
+        b, _, h, w = image_embeddings.shape
+        prompts = self.prompt_adapter(e_t, image_text_logits)
+        image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).to(image_embeddings.dtype)
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
+        return decode_masks(self.mask_decoder, image_embeddings, image_pe, prompts, dense)
+
+    def classify(self, dense: Tensor, mask_logits: Tensor, text: Tensor) -> Tensor:
+        """Mask-weighted pooling of the dense CLIP map → CLIP head → cosine × logit scale.
+
+        Args:
+            dense: ``B×C_d×h×w`` pre-head CLIP map.
+            mask_logits: ``B×1×H×W``.
+            text: ``K×D`` normalised class embeddings.
+        Returns:
+            ``B×K`` class logits.
+        """
+        weights = F.adaptive_avg_pool2d(torch.sigmoid(mask_logits), dense.shape[-2:])
+        # The small floor makes an empty mask fall back to CLIP's global average pooling.
+        weights = weights.to(dense.dtype) + 1e-6
+        pooled = (dense * weights).sum((2, 3)) / weights.sum((2, 3))
+        embedding = F.normalize(self.backbone.project(pooled), dim=-1)
+        return self.backbone.logit_scale * embedding @ text.t()
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
+        """Inference in eval mode: ``mask_probs`` ``B×1×H×W``, ``class_probs`` ``B×K``,
+        ``class_names`` (the B predicted names). The previous train/eval mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(images, class_names)
+        finally:
+            self.train(was_training)
+        class_probs = out["class_logits"].float().softmax(dim=-1)
+        names = list(class_names)
+        return {
+            "mask_probs": torch.sigmoid(out["mask_logits"].float()),
+            "class_probs": class_probs,
+            "class_names": [names[i] for i in class_probs.argmax(dim=-1).tolist()],
+        }
+
+    def loss(self, outputs: Mapping[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
+        """Weighted BCE + Dice on ``outputs["mask_logits"]`` against ``masks`` ``B×1×H×W``."""
+        return segmentation_loss(outputs["mask_logits"], masks, **self.loss_config)
+
+    # ------------------------------------------------------------------- training helpers
+
+    def train(self, mode: bool = True) -> BaCLIP:
+        """Sets train/eval mode; the CLIP backbone stays in eval mode either way."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (CLIP, the prompt encoder and SAM's unused output heads
+        are frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Every parameter and buffer except the frozen backbone's (and the prompt encoder's when
+        it came from a SAM checkpoint): what a checkpoint must store."""
+        return {
+            k: v for k, v in self.state_dict().items() if not k.startswith(self._frozen_prefixes)
+        }
+
+    def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` saved; missing or unexpected keys raise."""
+        expected = set(self.trainable_state_dict())
+        given = set(state_dict)
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        if missing or unexpected:
+            raise KeyError(
+                f"state dict does not match this BaCLIP variant: missing {missing[:10]}"
+                f"{' …' if len(missing) > 10 else ''} ({len(missing)}), unexpected "
+                f"{unexpected[:10]}{' …' if len(unexpected) > 10 else ''} ({len(unexpected)})"
+            )
+        self.load_state_dict(dict(state_dict), strict=False)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``{"trainable": …, "frozen": …}`` parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable": trainable, "frozen": total - trainable}

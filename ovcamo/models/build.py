@@ -1,0 +1,191 @@
+"""Config → BaCLIP, and saving/loading trained models (safetensors + ``config.json``).
+
+Every variant of the ablation ladder is one ``conf/model/*.yaml`` read by :func:`build_model`;
+:func:`model_config` composes one of those files outside a Hydra application.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
+from ovcamo.data.io import atomic_write_json
+from ovcamo.models.baclip import BaCLIP
+from ovcamo.models.cce import CCE
+from ovcamo.models.clip_backbone import SimpleFeaturePyramid, build_clip_backbone
+from ovcamo.models.conv_decoder import ConvDecoder
+from ovcamo.models.mrem import MREM
+from ovcamo.models.prompt_adapter import PromptAdapter
+from ovcamo.models.sam_decoder import (
+    SAM_CHECKPOINTS,
+    SAM_DECODER_DIM,
+    build_mask_decoder,
+    build_prompt_encoder,
+    load_sam_weights,
+    unused_decoder_parameters,
+)
+
+CONFIG_FILE = "config.json"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DECODER_TYPES = ("sam", "conv")
+
+
+def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def _section(cfg: Mapping[str, Any], key: str, where: str = "model") -> dict[str, Any]:
+    if key not in cfg or cfg[key] is None:
+        raise KeyError(
+            f"`{where}.{key}` is missing from the model config (see conf/model/baclip.yaml)"
+        )
+    return dict(cfg[key])
+
+
+def _require(section: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in section:
+        raise KeyError(
+            f"`{where}.{key}` is missing from the model config (see conf/model/baclip.yaml)"
+        )
+    return section[key]
+
+
+def build_model(cfg: DictConfig | Mapping[str, Any]) -> BaCLIP:
+    """Build any BaCLIP variant from its ``model`` config node.
+
+    The node holds ``backbone`` (``name``, ``pretrained``, ``image_size``), ``dim``,
+    ``sam_checkpoint`` (an official SAM file or null), ``sam_type`` (``vit_b|vit_l|vit_h``),
+    ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem`` (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``,
+    ``num_frequencies``, ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``,
+    ``k``) and ``loss`` (keyword arguments of ``segmentation_loss``). See ``conf/model/``.
+    """
+    config = _as_dict(cfg)
+    backbone = build_clip_backbone(_section(config, "backbone"))
+    pyramid = SimpleFeaturePyramid(backbone.feature_channels[-1]) if backbone.is_vit else None
+    channels = pyramid.out_channels if pyramid is not None else backbone.feature_channels
+    decoder = _section(config, "decoder")
+    loss = _section(config, "loss")
+    kind = _require(decoder, "type", "model.decoder")
+    if kind not in DECODER_TYPES:
+        raise ValueError(f"model.decoder.type must be one of {DECODER_TYPES}, got {kind!r}")
+    if kind == "conv":
+        return BaCLIP(
+            backbone,
+            pyramid=pyramid,
+            conv_decoder=ConvDecoder(channels, int(_require(decoder, "dim", "model.decoder"))),
+            loss_config=loss,
+            config=config,
+        )
+
+    dim = int(_require(config, "dim", "model"))
+    decoder_dim = int(_require(decoder, "dim", "model.decoder"))
+    sam_checkpoint = config.get("sam_checkpoint")
+    sam_type = str(config.get("sam_type", "vit_b"))
+    if sam_checkpoint:
+        if sam_type not in SAM_CHECKPOINTS:
+            raise ValueError(
+                f"model.sam_type must be one of {tuple(SAM_CHECKPOINTS)}, got {sam_type!r}"
+            )
+        if decoder_dim != SAM_DECODER_DIM:
+            raise ValueError(
+                f"model.decoder.dim is {decoder_dim} but a SAM checkpoint fixes the decoder width "
+                f"at {SAM_DECODER_DIM}; set model.decoder.dim={SAM_DECODER_DIM}"
+            )
+    mrem_cfg = _section(config, "mrem")
+    cce_cfg = _section(config, "cce")
+    prompt_cfg = _section(config, "prompt")
+    prompt_encoder = build_prompt_encoder(decoder_dim, backbone.image_size)
+    mask_decoder = build_mask_decoder(
+        decoder_dim,
+        depth=int(_require(decoder, "depth", "model.decoder")),
+        mlp_dim=int(_require(decoder, "mlp_dim", "model.decoder")),
+        num_heads=int(_require(decoder, "num_heads", "model.decoder")),
+    )
+    report = None
+    if sam_checkpoint:
+        report = load_sam_weights(prompt_encoder, mask_decoder, sam_checkpoint, sam_type)
+    for p in unused_decoder_parameters(mask_decoder):
+        p.requires_grad_(False)
+    return BaCLIP(
+        backbone,
+        pyramid=pyramid,
+        mrem=MREM(
+            channels[2] + channels[3],
+            backbone.embed_dim,
+            dim,
+            num_heads=int(_require(mrem_cfg, "num_heads", "model.mrem")),
+            mode=_require(mrem_cfg, "mode", "model.mrem"),
+        ),
+        cce=CCE(
+            dim,
+            num_blocks=int(_require(cce_cfg, "num_blocks", "model.cce")),
+            reduction=int(_require(cce_cfg, "reduction", "model.cce")),
+            num_frequencies=int(_require(cce_cfg, "num_frequencies", "model.cce")),
+            dct_size=int(_require(cce_cfg, "dct_size", "model.cce")),
+        ),
+        image_proj=nn.Conv2d(dim, decoder_dim, 1) if dim != decoder_dim else nn.Identity(),
+        prompt_adapter=PromptAdapter(
+            dim,
+            decoder_dim,
+            self_attention=bool(_require(prompt_cfg, "self_attention", "model.prompt")),
+            num_heads=int(_require(prompt_cfg, "num_heads", "model.prompt")),
+            mode=_require(prompt_cfg, "mode", "model.prompt"),
+            k=int(_require(prompt_cfg, "k", "model.prompt")),
+        ),
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
+        loss_config=loss,
+        config=config,
+        frozen_prompt_encoder_from_checkpoint=bool(sam_checkpoint),
+        sam_load_report=report,
+    )
+
+
+def model_config(
+    model: str = "baclip_micro", backbone: str = "micro", overrides: Sequence[str] = ()
+) -> DictConfig:
+    """Compose ``conf/model/<model>.yaml`` with ``conf/backbone/<backbone>.yaml`` (outside a Hydra
+    app), apply Hydra ``overrides`` such as ``"backbone.pretrained=null"`` or
+    ``"model.cce.num_blocks=5"``, and return the resolved ``model`` node."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(overrides=[f"+backbone={backbone}", f"+model={model}", *overrides])
+    node = cfg.model
+    OmegaConf.resolve(node)
+    return node
+
+
+def save_model(model: BaCLIP, directory: str | os.PathLike) -> None:
+    """Write ``model.safetensors`` (:meth:`BaCLIP.trainable_state_dict`) then ``config.json``
+    into ``directory``; the frozen CLIP is rebuilt from the config when loading."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_weights(directory / WEIGHTS_FILE, model.trainable_state_dict())
+    atomic_write_json(directory / CONFIG_FILE, model.config)
+
+
+def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLIP:
+    """Rebuild a model saved by :func:`save_model` (its backbone ``pretrained`` must resolve here)."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"no {CONFIG_FILE} in {directory}: not a directory written by save_model"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    model = build_model(config)
+    model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
+    return model.to(map_location)

@@ -1,0 +1,247 @@
+"""The frozen CLIP backbone of BaCLIP (DESIGN §5, "CLIP backbone"): multi-scale trunk features,
+the dense pre-head map, the head that maps pooled dense features into the joint space, and the
+CamoPrompts class embeddings, cached per class list."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+from ovcamo.models.camo_prompts import class_text_embeddings
+
+#: Value of ``backbone.pretrained`` that the micro-world engine replaces by its checkpoint path.
+MICRO_PLACEHOLDER = "micro"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights named by a config are not on this machine and cannot be fetched."""
+
+
+@dataclass
+class BackboneFeatures:
+    """What the frozen CLIP image tower gives the decoder.
+
+    ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt stages; for a ViT the single-scale
+    token map at every position, the simple feature pyramid is built by the trainable side).
+    ``dense``: the pre-head map ``B×C_d×h×w`` that :meth:`CLIPBackbone.project` maps to the joint
+    space once pooled.
+    """
+
+    features: list[Tensor]
+    dense: Tensor
+
+
+def _weights_message(name: str, pretrained: str, reason: str) -> str:
+    hub = (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("hf_hub", "")
+    where = (
+        f"the file `open_clip_pytorch_model.bin` (or `open_clip_model.safetensors`) from the "
+        f"Hugging Face repository `{hub.rstrip('/')}`"
+        if hub
+        else f"the open_clip checkpoint of `{name}` / `{pretrained}`"
+    )
+    return (
+        f"Could not load CLIP weights for model `{name}` with pretrained=`{pretrained}`: {reason}. "
+        f"Download {where} on a machine with internet access, copy it here and set "
+        f"`backbone.pretrained=/path/to/that/file`; or set `backbone.pretrained=null` for random "
+        f"weights (tests and benchmarks only)."
+    )
+
+
+def resolve_pretrained(name: str, pretrained: str | os.PathLike | None) -> str | None:
+    """Check ``pretrained`` (open_clip tag, local file or ``None``) before any hub client runs.
+
+    Raises :class:`WeightsNotFoundError` with one readable paragraph for a missing file, an unknown
+    tag, or the unresolved micro placeholder.
+    """
+    if pretrained is None or str(pretrained) == "":
+        return None
+    pretrained = str(pretrained)
+    if pretrained == MICRO_PLACEHOLDER:
+        raise WeightsNotFoundError(
+            "backbone.pretrained is still the placeholder `micro`: the micro-world engine replaces "
+            "it by the path of the trained micro CLIP checkpoint before the model is built. Run "
+            "`ovcamo-micro-clip` (or build the model through the training entry point), or pass "
+            "the checkpoint path explicitly as backbone.pretrained=/path/to/micro_clip.pt."
+        )
+    if pretrained in open_clip.list_pretrained_tags_by_model(name):
+        return pretrained
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return str(path)
+    tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
+    raise WeightsNotFoundError(
+        _weights_message(
+            name,
+            pretrained,
+            f"no such file `{path}`, and it is not an open_clip tag of this model (tags: {tags})",
+        )
+    )
+
+
+def create_clip(
+    name: str, pretrained: str | None, image_size: int | None = None
+) -> tuple[nn.Module, Any]:
+    """``open_clip.create_model`` + tokenizer, with hub failures turned into one clear message."""
+    resolved = resolve_pretrained(name, pretrained)
+    kwargs: dict[str, Any] = {"pretrained": resolved}
+    if image_size is not None:
+        kwargs["force_image_size"] = image_size
+    try:
+        model = open_clip.create_model(name, **kwargs)
+    except Exception as err:
+        if resolved is None or Path(resolved).is_file():
+            raise
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsNotFoundError(
+            _weights_message(name, resolved, f"the download failed ({first_line})")
+        ) from None
+    return model, open_clip.get_tokenizer(name)
+
+
+class CLIPBackbone(nn.Module):
+    """A frozen open_clip model (ConvNeXt or ViT image tower) seen as a segmentation backbone.
+
+    Args:
+        clip_model: an ``open_clip`` ``CLIP`` model; its parameters are frozen here.
+        tokenizer: the matching open_clip tokenizer.
+        image_size: the side a ViT is run at (its position embeddings are fixed); ConvNeXt runs at
+            the input size.
+    """
+
+    def __init__(self, clip_model: nn.Module, tokenizer: Any, image_size: int) -> None:
+        super().__init__()
+        self.clip = clip_model
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.is_vit = isinstance(clip_model.visual, VisionTransformer)
+        if self.is_vit and clip_model.visual.attn_pool is not None:
+            raise ValueError("ViT towers with attentional pooling are not supported as backbones")
+        mean, std = self._mean_std(clip_model)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+        self._text_cache: dict[tuple[str, ...], Tensor] = {}
+        with torch.no_grad():
+            probe = self.forward(torch.zeros(1, 3, self.image_size, self.image_size))
+        self.feature_channels = [f.shape[1] for f in probe.features]
+        self.dense_channels = probe.dense.shape[1]
+        self.embed_dim = int(self.project(probe.dense.mean((2, 3))).shape[1])
+
+    @staticmethod
+    def _mean_std(clip_model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
+        cfg = getattr(clip_model.visual, "preprocess_cfg", None) or {}
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        return tuple(mean), tuple(std)
+
+    def train(self, mode: bool = True) -> CLIPBackbone:
+        """Always stays in eval mode: CLIP is frozen (its dropout/drop-path must stay off)."""
+        return super().train(False)
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """CLIP's learned temperature, ``exp(logit_scale)``, a 0-d tensor."""
+        return self.clip.logit_scale.exp()
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """``B×3×H×W`` in [0, 1] → CLIP-normalised (and resized to ``image_size`` for a ViT)."""
+        x = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
+        if self.is_vit and x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
+        return x
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> BackboneFeatures:
+        """Run the frozen image tower without autograd.
+
+        Args:
+            images: ``B×3×H×W`` float in [0, 1].
+        Returns:
+            :class:`BackboneFeatures`: four trunk maps and the dense pre-head map.
+        """
+        x = self.normalize(images)
+        visual = self.clip.visual
+        if self.is_vit:
+            # ln_post per token, as CLIP applies it before pooling the class token.
+            out = visual.forward_intermediates(
+                x, indices=1, normalize_intermediates=True, intermediates_only=True
+            )
+            dense = out["image_intermediates"][-1]
+            return BackboneFeatures(features=[dense] * 4, dense=dense)
+        final, stages = visual.trunk.forward_intermediates(x, indices=4)
+        return BackboneFeatures(features=list(stages), dense=final)
+
+    def project(self, pooled: Tensor) -> Tensor:
+        """Map pooled dense features ``B×C_d`` to the joint space ``B×D`` (not normalised).
+
+        This is CLIP's own head after its global pooling (ConvNeXt: head norm + projection MLP;
+        ViT: the projection), so uniform pooling reproduces ``encode_image`` exactly.
+        """
+        visual = self.clip.visual
+        if self.is_vit:
+            return pooled @ visual.proj if visual.proj is not None else pooled
+        x = visual.trunk.forward_head(pooled[:, :, None, None], pre_logits=True)
+        return visual.head(x)
+
+    def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
+        """CamoPrompts class embeddings ``K×D`` (L2-normalised), cached per class list."""
+        key = tuple(class_names)
+        if not key:
+            raise ValueError("class_names is empty: give at least one candidate class")
+        if key not in self._text_cache:
+            emb = class_text_embeddings(self.clip, self.tokenizer, list(key))
+            self._text_cache[key] = F.normalize(emb.float(), dim=-1)
+        return self._text_cache[key].to(self.pixel_mean.device)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> CLIPBackbone:
+        # Device/dtype moves invalidate cached text embeddings.
+        self._text_cache.clear()
+        return super()._apply(fn, recurse)
+
+
+def build_clip_backbone(cfg: Mapping[str, Any]) -> CLIPBackbone:
+    """Build the frozen backbone from a ``backbone`` config node (``name``, ``pretrained``,
+    ``image_size``)."""
+    for key in ("name", "image_size"):
+        if key not in cfg:
+            raise KeyError(f"backbone config is missing `{key}` (see conf/backbone/*.yaml)")
+    name = str(cfg["name"])
+    image_size = int(cfg["image_size"])
+    pretrained = cfg.get("pretrained")
+    clip_model, tokenizer = create_clip(name, pretrained, image_size)
+    return CLIPBackbone(clip_model, tokenizer, image_size)
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (trainable): one stride-``p`` ViT map → four maps at
+    ``p/4, p/2, p, 2p`` with ``C/4, C/2, C, C`` channels, standing in for ConvNeXt's stages."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        c = channels
+        self.up4 = nn.Sequential(
+            nn.ConvTranspose2d(c, c // 2, 2, stride=2),
+            nn.GroupNorm(1, c // 2),
+            nn.GELU(),
+            nn.ConvTranspose2d(c // 2, c // 4, 2, stride=2),
+        )
+        self.up2 = nn.ConvTranspose2d(c, c // 2, 2, stride=2)
+        self.down2 = nn.MaxPool2d(2, ceil_mode=True)
+        self.out_channels = [c // 4, c // 2, c, c]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``B×C×h×w`` → ``[B×C/4×4h×4w, B×C/2×2h×2w, B×C×h×w, B×C×⌈h/2⌉×⌈w/2⌉]``."""
+        return [self.up4(x), self.up2(x), x, self.down2(x)]

@@ -1,0 +1,188 @@
+"""segment-anything's prompt encoder and mask decoder as BaCLIP uses them (DESIGN §5, "Mask
+decoder"): one prompt set per image, and initialisation from an official SAM checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+#: Width of every official SAM mask decoder (vit_b, vit_l and vit_h share the decoder's shape).
+SAM_DECODER_DIM = 256
+SAM_CHECKPOINTS = {
+    "vit_b": "sam_vit_b_01ec64.pth",
+    "vit_l": "sam_vit_l_0b3195.pth",
+    "vit_h": "sam_vit_h_4b8939.pth",
+}
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+SAM_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+
+
+@dataclass
+class SamLoadReport:
+    """What copying a SAM checkpoint into the prompt encoder and mask decoder did."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+
+def build_prompt_encoder(dim: int, image_size: int, stride: int = 16) -> PromptEncoder:
+    """segment-anything ``PromptEncoder`` at width ``dim`` (frozen by the caller)."""
+    side = max(image_size // stride, 1)
+    return PromptEncoder(
+        embed_dim=dim,
+        image_embedding_size=(side, side),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=16,
+    )
+
+
+def build_mask_decoder(
+    dim: int, depth: int = 2, mlp_dim: int = 2048, num_heads: int = 8
+) -> MaskDecoder:
+    """segment-anything ``MaskDecoder`` + ``TwoWayTransformer`` (SAM's layout: 3 multimask outputs)."""
+    return MaskDecoder(
+        transformer_dim=dim,
+        transformer=TwoWayTransformer(
+            depth=depth, embedding_dim=dim, mlp_dim=mlp_dim, num_heads=num_heads
+        ),
+        num_multimask_outputs=3,
+        iou_head_hidden_dim=dim,
+    )
+
+
+def unused_decoder_parameters(decoder: MaskDecoder) -> list[nn.Parameter]:
+    """Parameters of SAM's decoder that the single-mask output never reaches: the IoU head and
+    the hypernetworks of the three multimask tokens. Kept for the checkpoint layout, frozen."""
+    params = list(decoder.iou_prediction_head.parameters())
+    for mlp in decoder.output_hypernetworks_mlps[1:]:
+        params.extend(mlp.parameters())
+    return params
+
+
+def decode_masks(
+    decoder: MaskDecoder,
+    image_embeddings: Tensor,
+    image_pe: Tensor,
+    sparse_prompt_embeddings: Tensor,
+    dense_prompt_embeddings: Tensor,
+) -> Tensor:
+    """SAM's ``predict_masks`` with one prompt set per image, returning the single-mask output.
+
+    SAM's own ``MaskDecoder.forward`` repeats every image embedding once per prompt set, which for
+    a batch of B images with B prompt sets would decode B² pairs; here image i only meets prompt
+    set i.
+
+    Args:
+        image_embeddings: ``B×C×h×w``.
+        image_pe: ``1×C×h×w`` (or ``B×C×h×w``) positional encoding.
+        sparse_prompt_embeddings: ``B×N×C``.
+        dense_prompt_embeddings: ``B×C×h×w`` (or ``1×C×h×w``).
+    Returns:
+        Mask logits ``B×1×4h×4w`` (SAM's mask token 0, the single-mask output).
+    """
+    b = image_embeddings.shape[0]
+    if sparse_prompt_embeddings.shape[0] != b:
+        raise ValueError(
+            f"one prompt set per image expected: {b} images, "
+            f"{sparse_prompt_embeddings.shape[0]} prompt sets"
+        )
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat(
+        [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
+    )
+    src = image_embeddings + dense_prompt_embeddings
+    pos_src = image_pe.expand(b, -1, -1, -1)
+    _, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    mask_token_out = hs[:, 1, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = decoder.output_hypernetworks_mlps[0](mask_token_out)
+    _, cu, hu, wu = upscaled.shape
+    return (hyper_in.unsqueeze(1) @ upscaled.view(b, cu, hu * wu)).view(b, 1, hu, wu)
+
+
+def sam_checkpoint_hint(sam_type: str) -> str:
+    name = SAM_CHECKPOINTS.get(sam_type, SAM_CHECKPOINTS["vit_b"])
+    return (
+        f"Download the official segment-anything checkpoint (for {sam_type}: {SAM_URL}{name}, "
+        f"listed in the segment-anything README) and set model.sam_checkpoint to its path, "
+        f"or set model.sam_checkpoint=null to start the decoder from random weights."
+    )
+
+
+def load_sam_weights(
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+    path: str | os.PathLike,
+    sam_type: str = "vit_b",
+) -> SamLoadReport:
+    """Copy ``prompt_encoder.*`` and ``mask_decoder.*`` of an official SAM checkpoint.
+
+    Tensors whose shape differs from the module's are skipped and reported, as are keys missing
+    from the file and keys of those two prefixes the modules do not have; ``image_encoder.*`` is
+    ignored. The report is logged (warning when incomplete) and returned.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SAM checkpoint not found: {path}. {sam_checkpoint_hint(sam_type)}"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"could not read SAM checkpoint {path} as a state dict ({err}). "
+            f"{sam_checkpoint_hint(sam_type)}"
+        ) from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    report = SamLoadReport(path=str(path))
+    targets = {"prompt_encoder.": prompt_encoder, "mask_decoder.": mask_decoder}
+    for prefix, module in targets.items():
+        own = module.state_dict()
+        theirs = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        update = {}
+        for key, tensor in own.items():
+            if key not in theirs:
+                report.missing.append(prefix + key)
+            elif theirs[key].shape != tensor.shape:
+                report.mismatched.append(
+                    f"{prefix}{key}: checkpoint {tuple(theirs[key].shape)} vs model {tuple(tensor.shape)}"
+                )
+            else:
+                update[key] = theirs[key]
+                report.loaded.append(prefix + key)
+        report.unexpected.extend(prefix + k for k in theirs if k not in own)
+        module.load_state_dict(update, strict=False)
+    if not report.loaded:
+        raise ValueError(
+            f"{path} holds no usable `prompt_encoder.*`/`mask_decoder.*` tensors; is it a SAM "
+            f"checkpoint? {sam_checkpoint_hint(sam_type)}"
+        )
+    if report.complete:
+        logger.info("loaded %d SAM tensors from %s", len(report.loaded), path)
+    else:
+        logger.warning(
+            "SAM checkpoint %s: %d loaded, missing %s, unexpected %s, shape mismatch %s",
+            path,
+            len(report.loaded),
+            report.missing,
+            report.unexpected,
+            report.mismatched,
+        )
+    return report
