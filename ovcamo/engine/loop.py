@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 MARKER = "stage.json"
 VARIANTS = ("without", "with")
 # Keys of the loop config that are not the training run's.
-LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check", "report_dir")
+LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check")
 
 
 def content_hash(obj: Any) -> str:
@@ -293,9 +293,11 @@ def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], 
 
         tcfg = training_config(ctx.cfg, variant, seed, directory / "run", ctx)
         result = run(tcfg)
+        # Without a validation part there is no best checkpoint: the last one is scored.
+        best = result.best_checkpoint or result.last_checkpoint
         return {
             "run_dir": str(Path(result.run_dir).resolve()),
-            "best_checkpoint": str(Path(result.best_checkpoint).resolve()),
+            "best_checkpoint": str(Path(best).resolve()),
             "last_checkpoint": str(Path(result.last_checkpoint).resolve()),
             "train_seconds": float(result.train_seconds),
         }
@@ -313,6 +315,8 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
         trained = ctx.outputs[f"train/{variant}/seed{seed}"]
         pcfg = training_config(ctx.cfg, variant, seed, directory, ctx)
         pcfg.checkpoint = trained["best_checkpoint"]
+        for key, value in ctx.cfg.loop.eval.items():
+            pcfg[key] = value
         paths = resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir))
         outputs: dict[str, Any] = {}
         # Official protocol: the novel (test) classes, candidates = all test class names.
