@@ -385,6 +385,30 @@ def _is_local_path(value: str) -> bool:
     )
 
 
+def _check_open_clip_tag(name: str, tag: str) -> list[str]:
+    """An open_clip tag must exist and, with no network, be in the local Hugging Face cache."""
+    import open_clip
+
+    if (name, tag) not in open_clip.list_pretrained():
+        return [f"backbone.pretrained: open_clip knows no tag {tag!r} for {name!r}"]
+    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
+    if not hub:
+        return []
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(hub, filename), str):
+            return []
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return [
+            f"backbone.pretrained: {name}/{tag} is not in the local Hugging Face cache and "
+            f"HF_HUB_OFFLINE=1; download it once with network (hub repo {hub}) or pass a local "
+            "weights file as backbone.pretrained"
+        ]
+    print(f"note: {name}/{tag} is not cached yet; open_clip downloads it from {hub} on first use")
+    return []
+
+
 def check_inputs(cfg: DictConfig) -> list[str]:
     """Problems with data paths and weights files, found without any compute."""
     from ovcamo.data import DATA_KEYS, load_class_info
@@ -406,12 +430,7 @@ def check_inputs(cfg: DictConfig) -> list[str]:
             if not Path(os.path.expanduser(str(pretrained))).is_file():
                 problems.append(f"backbone.pretrained: weights file {pretrained} does not exist")
         else:
-            import open_clip
-
-            if (cfg.backbone.name, pretrained) not in open_clip.list_pretrained():
-                problems.append(
-                    f"backbone.pretrained: open_clip knows no tag {pretrained!r} for {cfg.backbone.name!r}"
-                )
+            problems += _check_open_clip_tag(str(cfg.backbone.name), str(pretrained))
     sam = cfg.model.get("sam_checkpoint")
     if sam and not Path(os.path.expanduser(str(sam))).is_file():
         problems.append(
