@@ -9,12 +9,13 @@ resumes from its last checkpoint inside the unfinished stage's folder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,28 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
     return StagePlan(inputs, kinds)
 
 
+@contextlib.contextmanager
+def _outside_hydra_job() -> Iterator[None]:
+    """Hide the Hydra job from the stages while they run.
+
+    Inside a multirun job, ``ovcamo-train`` takes the job's folder as its run folder; the loop's
+    training runs must live in their own stage folders instead, or the runs of one job (without and
+    with synthetic data, every seed) would share one folder.
+    """
+    try:
+        from hydra.core.hydra_config import HydraConfig
+    except ImportError:
+        yield
+        return
+    hydra_config = HydraConfig.instance()
+    saved = hydra_config.cfg
+    hydra_config.cfg = None
+    try:
+        yield
+    finally:
+        hydra_config.cfg = saved
+
+
 @dataclass
 class LoopContext:
     """What the stage functions share: the loop config and where things are cached."""
@@ -218,7 +241,8 @@ class LoopContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        record = self.stages.run(name, self.plan.kinds[name], self.plan.inputs[name], fn)
+        with _outside_hydra_job():
+            record = self.stages.run(name, self.plan.kinds[name], self.plan.inputs[name], fn)
         self.outputs[name] = record.outputs
         return record.outputs
 
