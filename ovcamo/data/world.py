@@ -1,0 +1,479 @@
+"""The micro-world (DESIGN §6): a procedural OVCamo-format dataset rendered from a config, cached.
+
+A rendered world is one folder::
+
+    paths.json          the six ``data.*`` keys (relative to this folder) + ``salient_captions``
+    world.json          the resolved config, its content hash and the per-class counts
+    class_info.json     OVCamo's own entries of the chosen classes (names, ids, splits byte-exact);
+                        ``num_samples`` is the count rendered here
+    sample_info.json    ``{unique_id, base_class, image, mask, id}``, ``unique_id = f"{id:06d}_{name}"``
+    train/image, train/mask, test/image, test/mask     PNG files ``<unique_id>.png``
+    salient/image/*.png, salient/mask/*.png, salient/captions.json
+
+``salient/captions.json`` is the captioned "web" set the micro CLIP trains on: a list of
+``{"image": "image/<file>.png", "mask": "mask/<file>.png", "class_name", "caption", "split"}``
+with paths relative to ``salient/``; ``split`` is ``"train"`` (contrastive training) or
+``"val"`` (held out, scored for zero-shot accuracy). Every class of the world, train and test,
+has salient renders: the micro CLIP plays web-scale CLIP, which knows every class name.
+
+Train classes get long-tailed counts: a geometric ramp from ``train_counts.min`` to
+``train_counts.max`` in the order of the real OVCamo ``num_samples`` (rarest real class gets the
+fewest), so the ratio is ``max / min`` (OVCamo: 186 to 1,209, about 1:6.5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ovcamo.data.io import atomic_write_json, encode_png, read_image, read_mask
+from ovcamo.data.ovcamo_format import (
+    ClassInfo,
+    DataPaths,
+    SampleInfo,
+    load_class_info,
+    write_class_info,
+    write_sample_info,
+)
+from ovcamo.data.world_render import (
+    ClassStyle,
+    Scene,
+    class_style,
+    render_camouflaged,
+    render_salient,
+    stable_seed,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever rendering changes pixels, so old cache entries are not mistaken for new ones.
+RENDERER_VERSION = 1
+#: OVCamo's class list, shipped with the package (a copy of the dataset's ``class_info.json``).
+PACKAGED_CLASS_LIST = Path(__file__).resolve().parent / "ovcamo_classes.json"
+#: Keys every ``world`` config node carries (defaults live in ``conf/world/*.yaml``).
+WORLD_KEYS = (
+    "name",
+    "seed",
+    "image_size",
+    "classes",
+    "train_counts",
+    "test_count",
+    "salient_per_class",
+    "salient_heldout_per_class",
+    "difficulty",
+    "class_list",
+)
+#: Caption phrasings of the salient set; one per image, cycling, so every class gets all of them.
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a {}.",
+    "a picture of the {}.",
+    "an image of a {}.",
+    "a close-up photo of the {}.",
+    "a {} on a plain background.",
+    "a photo of the {} in the wild.",
+    "a cropped photo of a {}.",
+)
+
+
+class WorldConfigError(ValueError):
+    """A ``world`` config node is invalid; raised before anything is written."""
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """A validated world config: what will be rendered, and the hash that names it."""
+
+    name: str
+    seed: int
+    image_size: int
+    difficulty: float
+    classes: tuple[ClassInfo, ...]
+    salient_per_class: int
+    salient_heldout_per_class: int
+    config: Mapping[str, Any]
+    config_hash: str
+
+    @property
+    def train_classes(self) -> list[ClassInfo]:
+        return [c for c in self.classes if c.split == "train"]
+
+    @property
+    def test_classes(self) -> list[ClassInfo]:
+        return [c for c in self.classes if c.split == "test"]
+
+    def style(self, cls: ClassInfo) -> ClassStyle:
+        return class_style(cls.name, cls.id, self.seed)
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:
+        pass
+    return json.loads(json.dumps(dict(cfg)))
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise WorldConfigError(f"world.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def long_tail_counts(n: int, low: int, high: int) -> list[int]:
+    """``n`` counts rising geometrically from ``low`` to ``high`` (rounded), rarest first."""
+    if n == 1:
+        return [high]
+    return [round(low * (high / low) ** (i / (n - 1))) for i in range(n)]
+
+
+def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
+    """Validate a ``world`` node and fix everything the renderer needs.
+
+    Raises :class:`WorldConfigError` naming the key at fault for: a missing key, an unknown class
+    name, a class listed under the wrong split or twice, an empty split, a count that is not a
+    positive integer, ``train_counts.min > train_counts.max``, a difficulty outside ``[0, 1]`` or
+    an image size below 16 px.
+    """
+    cfg = _plain(world_cfg)
+    missing = [k for k in WORLD_KEYS if k not in cfg]
+    if missing:
+        raise WorldConfigError(
+            f"world config lacks {', '.join('world.' + k for k in missing)} "
+            "(see conf/world/micro.yaml for a complete node)"
+        )
+    unknown_keys = sorted(set(cfg) - set(WORLD_KEYS))
+    if unknown_keys:
+        raise WorldConfigError(f"world config has unknown key(s) {unknown_keys}")
+    size = _positive_int(cfg["image_size"], "image_size")
+    if size < 16:
+        raise WorldConfigError(f"world.image_size must be at least 16, got {size}")
+    seed = cfg["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise WorldConfigError(f"world.seed must be a non-negative integer, got {seed!r}")
+    difficulty = cfg["difficulty"]
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)):
+        raise WorldConfigError(f"world.difficulty must be a number in [0, 1], got {difficulty!r}")
+    if not 0.0 <= float(difficulty) <= 1.0:
+        raise WorldConfigError(f"world.difficulty must be in [0, 1], got {difficulty}")
+    tc = cfg["train_counts"]
+    if not isinstance(tc, Mapping) or set(tc) != {"min", "max"}:
+        raise WorldConfigError(f"world.train_counts must be {{min: int, max: int}}, got {tc!r}")
+    low = _positive_int(tc["min"], "train_counts.min")
+    high = _positive_int(tc["max"], "train_counts.max")
+    if low > high:
+        raise WorldConfigError(f"world.train_counts.min ({low}) exceeds train_counts.max ({high})")
+    test_count = _positive_int(cfg["test_count"], "test_count")
+    salient = _positive_int(cfg["salient_per_class"], "salient_per_class")
+    heldout = _positive_int(cfg["salient_heldout_per_class"], "salient_heldout_per_class")
+
+    list_path = Path(cfg["class_list"]).expanduser() if cfg["class_list"] else PACKAGED_CLASS_LIST
+    try:
+        catalogue = load_class_info(list_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise WorldConfigError(f"world.class_list: cannot read the class list: {e}") from e
+    by_name = {c.name: c for c in catalogue}
+    chosen = _choose_classes(cfg["classes"], by_name, list_path)
+
+    train = sorted((c for c in chosen if c.split == "train"), key=lambda c: (c.num_samples, c.id))
+    counts = dict(
+        zip((c.name for c in train), long_tail_counts(len(train), low, high), strict=True)
+    )
+    classes = tuple(
+        replace(c, num_samples=counts[c.name] if c.split == "train" else test_count)
+        for c in sorted(chosen, key=lambda c: c.id)
+    )
+    hashed = {
+        "renderer_version": RENDERER_VERSION,
+        "seed": seed,
+        "image_size": size,
+        "difficulty": float(difficulty),
+        "classes": [c.to_json() for c in classes],
+        "salient_per_class": salient,
+        "salient_heldout_per_class": heldout,
+    }
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode("utf-8")).hexdigest()
+    return WorldSpec(
+        name=str(cfg["name"]),
+        seed=seed,
+        image_size=size,
+        difficulty=float(difficulty),
+        classes=classes,
+        salient_per_class=salient,
+        salient_heldout_per_class=heldout,
+        config=cfg,
+        config_hash=digest,
+    )
+
+
+def _choose_classes(
+    classes: Any, by_name: Mapping[str, ClassInfo], list_path: Path
+) -> list[ClassInfo]:
+    if classes == "all":
+        chosen = list(by_name.values())
+    elif isinstance(classes, Mapping) and set(classes) == {"train", "test"}:
+        chosen = []
+        seen: set[str] = set()
+        for split in ("train", "test"):
+            names = classes[split]
+            if isinstance(names, str) or not isinstance(names, Sequence):
+                raise WorldConfigError(f"world.classes.{split} must be a list of class names")
+            unknown = [n for n in names if n not in by_name]
+            if unknown:
+                raise WorldConfigError(
+                    f"world.classes.{split}: unknown class name(s) {unknown}; names must match "
+                    f"{list_path} byte for byte (e.g. 'snow leopard', 'reccoon')"
+                )
+            wrong = [n for n in names if by_name[n].split != split]
+            if wrong:
+                raise WorldConfigError(
+                    f"world.classes.{split}: {wrong} belong to the other split in {list_path}"
+                )
+            twice = sorted({n for n in names if n in seen or list(names).count(n) > 1})
+            if twice:
+                raise WorldConfigError(f"world.classes.{split}: {twice} listed more than once")
+            seen.update(names)
+            chosen.extend(by_name[n] for n in names)
+    else:
+        raise WorldConfigError(
+            f"world.classes must be 'all' or {{train: [names], test: [names]}}, got {classes!r}"
+        )
+    for split in ("train", "test"):
+        if not any(c.split == split for c in chosen):
+            raise WorldConfigError(f"world.classes: the {split} split is empty")
+    return chosen
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _scene_rng(spec: WorldSpec, kind: str, cls: ClassInfo, index: int) -> np.random.Generator:
+    return np.random.default_rng(stable_seed(kind, spec.seed, cls.name, index))
+
+
+def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = True) -> None:
+    """Render ``spec`` into ``out_dir`` (which must not exist or be empty)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"refusing to render into non-empty folder {out}")
+    size, d = spec.image_size, spec.difficulty
+    jobs: list[tuple[str, ClassInfo, int]] = []
+    for split in ("train", "test"):
+        for c in spec.classes:
+            if c.split == split:
+                jobs.extend((split, c, i) for i in range(c.num_samples))
+    n_salient = spec.salient_per_class + spec.salient_heldout_per_class
+    jobs.extend(("salient", c, i) for c in spec.classes for i in range(n_salient))
+
+    samples: list[SampleInfo] = []
+    captions: list[dict[str, str]] = []
+    styles = {c.name: spec.style(c) for c in spec.classes}
+    bar = tqdm(jobs, desc=f"render world {spec.name}", unit="img", disable=not progress)
+    for kind, c, i in bar:
+        rng = _scene_rng(spec, kind, c, i)
+        if kind == "salient":
+            scene = render_salient(styles[c.name], size, rng)
+            stem = f"{len(captions):06d}_{c.name}"
+            _write_scene(out / "salient", stem, scene)
+            captions.append(
+                {
+                    "image": f"image/{stem}.png",
+                    "mask": f"mask/{stem}.png",
+                    "class_name": c.name,
+                    "caption": CAPTION_TEMPLATES[i % len(CAPTION_TEMPLATES)].format(c.name),
+                    "split": "train" if i < spec.salient_per_class else "val",
+                }
+            )
+        else:
+            scene = render_camouflaged(styles[c.name], size, d, rng)
+            uid = f"{len(samples):06d}_{c.name}"
+            _write_scene(out / kind, uid, scene)
+            samples.append(SampleInfo(uid, c.name, f"{uid}.png", f"{uid}.png", len(samples)))
+
+    write_class_info(out / "class_info.json", spec.classes)
+    write_sample_info(out / "sample_info.json", samples)
+    atomic_write_json(out / "salient" / "captions.json", captions)
+    paths = {
+        "class_info": "class_info.json",
+        "sample_info": "sample_info.json",
+        "train_image_dir": "train/image",
+        "train_mask_dir": "train/mask",
+        "test_image_dir": "test/image",
+        "test_mask_dir": "test/mask",
+        "salient_captions": "salient/captions.json",
+    }
+    atomic_write_json(out / "paths.json", paths)
+    atomic_write_json(
+        out / "world.json",
+        {
+            "name": spec.name,
+            "config_hash": spec.config_hash,
+            "renderer_version": RENDERER_VERSION,
+            "config": spec.config,
+            "counts": {c.name: c.num_samples for c in spec.classes},
+            "styles": {
+                n: {"shape": s.shape, "pattern": s.pattern, "hue": round(s.hue, 4)}
+                for n, s in styles.items()
+            },
+        },
+    )
+
+
+def _write_scene(root: Path, stem: str, scene: Scene) -> None:
+    # Plain writes: the whole folder is published by one rename once complete (see ensure_world).
+    (root / "image").mkdir(parents=True, exist_ok=True)
+    (root / "mask").mkdir(parents=True, exist_ok=True)
+    (root / "image" / f"{stem}.png").write_bytes(encode_png(scene.image))
+    (root / "mask" / f"{stem}.png").write_bytes(encode_png(scene.mask.astype(np.uint8) * 255))
+
+
+# ---------------------------------------------------------------- cache
+
+
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$OVCAMO_CACHE``, else ``~/.cache/ovcamo``."""
+    base = cache_dir if cache_dir is not None else os.environ.get("OVCAMO_CACHE", "~/.cache/ovcamo")
+    return Path(os.path.expanduser(str(base)))
+
+
+def world_dir(spec: WorldSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Cache folder of a world: ``<cache>/world/<name>-<hash[:16]>``."""
+    return default_cache_dir(cache_dir) / "world" / f"{spec.name}-{spec.config_hash[:16]}"
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder to ``final`` in one rename; a concurrent winner is kept."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_world(
+    world_cfg: Mapping[str, Any], cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> Path:
+    """Render the world a ``world`` node describes, or find it in the cache; return its folder.
+
+    The folder is named by the content hash of the validated config, and rendered into a
+    temporary sibling that is renamed into place only when complete, so a crashed or concurrent
+    render never leaves a folder that looks finished.
+    """
+    spec = resolve_world(world_cfg)
+    final = world_dir(spec, cache_dir)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        render_world(spec, tmp, progress=progress)
+        # Flush file data before the rename makes the folder visible as complete.
+        os.sync()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, final)
+    log.info("micro-world %s rendered to %s", spec.name, final)
+    return final
+
+
+def export_world(src: Path, out_dir: str | os.PathLike, link: bool = False) -> Path:
+    """Place a rendered world at ``out_dir``: a copy (default) or a symlink to the cache folder.
+
+    An existing ``out_dir`` is accepted only if it holds the same world (same ``world.json``
+    hash); anything else there is left untouched and reported.
+    """
+    out = Path(os.path.expanduser(str(out_dir)))
+    src_hash = json.loads((src / "world.json").read_text("utf-8"))["config_hash"]
+    if out.exists() or out.is_symlink():
+        marker = out / "world.json"
+        if marker.is_file() and json.loads(marker.read_text("utf-8"))["config_hash"] == src_hash:
+            return out
+        raise FileExistsError(
+            f"out_dir {out} already exists and does not hold this world (hash {src_hash[:16]}); "
+            "choose another out_dir or remove it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        os.symlink(src.resolve(), out, target_is_directory=True)
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    publish_dir(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------- figure
+
+
+def render_grid(
+    world_root: str | os.PathLike,
+    path: str | os.PathLike,
+    n_classes: int = 8,
+    split: str = "test",
+) -> Path:
+    """Write a PNG figure of a rendered world: per class (columns) a camouflaged image, its
+    mask and a salient render, class names on top. Classes of ``split`` first, by id."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ovcamo.data.io import atomic_write_bytes
+
+    root = Path(world_root)
+    paths = DataPaths.from_paths_json(root / "paths.json")
+    classes = load_class_info(paths.class_info)
+    samples = json.loads(paths.sample_info.read_text("utf-8"))
+    captions = json.loads((root / "salient" / "captions.json").read_text("utf-8"))
+    chosen = sorted(classes, key=lambda c: (c.split != split, c.id))[:n_classes]
+    fig, axes = plt.subplots(3, len(chosen), figsize=(1.6 * len(chosen), 5.2), squeeze=False)
+    for j, c in enumerate(chosen):
+        s = next(s for s in samples if s["base_class"] == c.name)
+        image = read_image(paths.image_dir(c.split) / f"{s['unique_id']}.png")
+        mask = read_mask(paths.mask_dir(c.split) / f"{s['unique_id']}.png")
+        sal = next(e for e in captions if e["class_name"] == c.name)
+        salient = read_image(root / "salient" / sal["image"])
+        for i, (arr, cmap) in enumerate(((image, None), (mask, "gray"), (salient, None))):
+            axes[i, j].imshow(arr, cmap=cmap, interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[0, j].set_title(f"{c.name}\n({c.split})", fontsize=8)
+    for i, label in enumerate(("camouflaged", "mask", "salient")):
+        axes[i, 0].set_ylabel(label, fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def main(cfg: Mapping[str, Any]) -> Path:
+    """``ovcamo-world``: render (or reuse) ``cfg.world``; copy or link it to ``cfg.out_dir``;
+    write a sample grid to ``cfg.grid`` when set. Prints and returns the dataset folder."""
+    root = ensure_world(cfg["world"], cache_dir=cfg.get("cache_dir"))
+    if cfg.get("out_dir"):
+        root = export_world(root, cfg["out_dir"], link=bool(cfg.get("link", False)))
+    if cfg.get("grid"):
+        render_grid(root, cfg["grid"])
+    print(root)
+    return root
