@@ -18,6 +18,7 @@ import numpy as np
 
 from ovcamo.data import DataPaths, load_class_info, load_sample, load_sample_info, resolve_records
 from ovcamo.data.io import atomic_write_text, read_gray, read_image, read_mask, safe_join
+from ovcamo.metrics import PAPER_ALIASES
 from ovcamo.report.grids import image_grid, prediction_grid
 from ovcamo.report.plots import class_key, grouped_bar, per_class_bar
 from ovcamo.report.tables import SIX_METRICS, Spread, markdown_table, paired_difference
@@ -56,7 +57,15 @@ def read_metrics(directory: str | os.PathLike) -> dict[str, float]:
         raise FileNotFoundError(f"metrics file missing: {path} (did the evaluation stage finish?)")
     data = json.loads(path.read_text(encoding="utf-8"))
     flat = data.get("metrics", data) if isinstance(data, dict) else {}
-    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float))}
+    return with_aliases({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})
+
+
+def with_aliases(row: dict[str, Any]) -> dict[str, Any]:
+    """Add the paper's names (``cIoU`` = ``avgiou``, ...) to a row keyed by the official keys."""
+    for alias, key in PAPER_ALIASES.items():
+        if key in row and alias not in row:
+            row[alias] = row[key]
+    return row
 
 
 def read_per_class(directory: str | os.PathLike) -> list[dict[str, Any]]:
@@ -73,7 +82,7 @@ def read_per_class(directory: str | os.PathLike) -> list[dict[str, Any]]:
                     out[k] = float(v)
                 except (TypeError, ValueError):
                     out[k] = v
-            rows.append(out)
+            rows.append(with_aliases(out))
     return rows
 
 

@@ -1,0 +1,223 @@
+"""The loop's report on a small hand-made dataset, predictions scored with the real OVCOS metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ovcamo.data import ClassInfo, DataPaths, SampleInfo, write_class_info, write_sample_info
+from ovcamo.data.io import atomic_write_json, atomic_write_text, write_png
+from ovcamo.metrics import OVCOSMetric, per_class_csv, per_class_table
+from ovcamo.report.loop_report import (
+    LoopSummary,
+    RunFiles,
+    group_means,
+    read_metrics,
+    read_per_class,
+    write_loop_report,
+)
+from ovcamo.report.tables import Spread
+
+CLASSES = [
+    ClassInfo("owl", 1, "bird", (), "train", 4),
+    ClassInfo("snow leopard", 2, "mammal", (), "train", 8),
+    ClassInfo("moth", 3, "insect", (), "test", 3),
+    ClassInfo("crab", 4, "crustacean", (), "test", 3),
+]
+SIZE = 24
+
+
+def _square(rng: np.random.Generator) -> np.ndarray:
+    m = np.zeros((SIZE, SIZE), bool)
+    y, x = rng.integers(2, 10, 2)
+    m[y : y + 10, x : x + 12] = True
+    return m
+
+
+def _write_set(root: Path, samples: dict[str, list[str]], rng, split_of) -> dict[str, np.ndarray]:
+    """Write an OVCamo-format folder; returns the GT mask of each unique_id."""
+    paths = DataPaths(
+        root / "class_info.json",
+        root / "sample_info.json",
+        root / "train/image",
+        root / "train/mask",
+        root / "test/image",
+        root / "test/mask",
+    )
+    infos, masks, n = [], {}, 0
+    for cls, uids in samples.items():
+        split = split_of(cls)
+        for uid in uids:
+            mask = _square(rng)
+            image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+            write_png(paths.image_dir(split) / f"{uid}.png", image)
+            write_png(paths.mask_dir(split) / f"{uid}.png", mask.astype(np.uint8) * 255)
+            infos.append(SampleInfo(uid, cls, f"{uid}.png", f"{uid}.png", n))
+            masks[uid] = mask
+            n += 1
+    write_class_info(paths.class_info, CLASSES)
+    write_sample_info(paths.sample_info, infos)
+    atomic_write_json(root / "paths.json", paths.to_json(relative_to=root))
+    for d in ("train/image", "train/mask", "test/image", "test/mask"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    return masks
+
+
+def _score(pred_dir: Path, gts: dict[str, np.ndarray], classes: dict[str, str], out: Path) -> None:
+    """Score ``[<class>]<uid>.png`` files with OVCOSMetric; write metrics.json and per_class.csv."""
+    metric = OVCOSMetric()
+    for p in sorted(pred_dir.glob("*.png")):
+        pred_class, uid = p.stem[1:].split("]", 1)
+        from ovcamo.data.io import read_gray
+
+        metric.update(read_gray(p), gts[uid], pred_class, classes[uid], uid)
+    atomic_write_json(out / "metrics.json", metric.compute())
+    scores, correct, records = metric.synced_arrays()
+    atomic_write_text(
+        out / "per_class.csv", per_class_csv(per_class_table(scores, correct, records))
+    )
+
+
+def _predict(out: Path, gts, classes, rng, quality: float, wrong: set[str]) -> Path:
+    """Noisy predictions: ``quality`` mixes GT and noise; ids in ``wrong`` get a wrong class."""
+    out.mkdir(parents=True)
+    for uid, gt in gts.items():
+        p = quality * gt + (1 - quality) * rng.random(gt.shape)
+        name = "crab" if uid in wrong and classes[uid] != "crab" else classes[uid]
+        if uid in wrong and classes[uid] == "crab":
+            name = "moth"
+        write_png(out / f"[{name}]{uid}.png", np.round(p * 255).astype(np.uint8))
+    return out
+
+
+@pytest.fixture
+def finished_loop(tmp_path):
+    rng = np.random.default_rng(0)
+    train = {
+        "owl": [f"{i:06d}_owl" for i in range(2)],
+        "snow leopard": [f"{i:06d}_snow leopard" for i in range(2, 6)],
+    }
+    test = {
+        "moth": [f"{i:06d}_moth" for i in range(6, 9)],
+        "crab": [f"{i:06d}_crab" for i in range(9, 12)],
+    }
+    split_of = {c.name: c.split for c in CLASSES}.__getitem__
+    gts = _write_set(tmp_path / "data", {**train, **test}, rng, split_of)
+    data = DataPaths.from_paths_json(tmp_path / "data" / "paths.json")
+    classes = {uid: c for c, uids in {**train, **test}.items() for uid in uids}
+    test_gt = {u: gts[u] for c in test for u in test[c]}
+    val_gt = {u: gts[u] for c in train for u in train[c]}
+
+    runs: dict[str, list[RunFiles]] = {}
+    for variant, quality in (("without", 0.5), ("with", 0.6)):
+        for seed in (0, 1):
+            d = tmp_path / "runs" / f"{variant}{seed}"
+            wrong = {"000006_moth"} if seed == 0 else set()
+            pn = _predict(d / "pred", test_gt, classes, rng, quality + 0.05 * seed, wrong)
+            pv = _predict(d / "pred_val", val_gt, classes, rng, quality, set())
+            _score(pn, test_gt, classes, d / "novel")
+            _score(pv, val_gt, classes, d / "base_val")
+            runs.setdefault(variant, []).append(RunFiles(seed, d / "novel", d / "base_val", pn, pv))
+
+    synthetic = tmp_path / "synthetic"
+    _write_set(synthetic, {"owl": ["syn_000000_owl", "syn_000001_owl"]}, rng, split_of)
+    atomic_write_json(
+        synthetic / "plan.json",
+        {
+            "generator": "classic",
+            "rule": "quantile",
+            "counts": {"owl": 2, "snow leopard": 4},
+            "targets": {"owl": 4},
+            "items": [{"class_name": "owl"}, {"class_name": "owl"}],
+            "outside_ov_protocol": False,
+        },
+    )
+    stages = [
+        {"name": "data", "status": "cached", "seconds": 0.01, "compute_seconds": 2.0},
+        {"name": "train/with/seed0", "status": "ran", "seconds": 31.5, "compute_seconds": 31.5},
+    ]
+    summary = LoopSummary(
+        data=data,
+        runs=runs,
+        stages=stages,
+        meta={"generator": "classic", "synthetic_ratio": 0.25, "model": "baclip_micro"},
+        synthetic_dir=synthetic,
+        grid_samples=4,
+        prediction_samples=2,
+    )
+    return summary, tmp_path / "report"
+
+
+def test_loop_report_sections_and_numbers(finished_loop):
+    summary, out = finished_loop
+    report = write_loop_report(summary, out)
+    text = report.read_text()
+    for section in (
+        "## Novel classes (official OVCOS protocol)",
+        "## Base validation: rare vs common classes",
+        "## Did the synthetic set help?",
+        "## Planner",
+        "## Synthetic samples",
+        "## Predictions",
+        "## Wall time per stage",
+    ):
+        assert section in text
+
+    # The table's numbers are the scored files' numbers, mean ± std over the two seeds.
+    novel = {n: [read_metrics(r.novel) for r in rs] for n, rs in summary.runs.items()}
+    ciou_without = Spread.of([m["cIoU"] for m in novel["without"]]).format()
+    assert f"| without | {Spread.of([m['cSm'] for m in novel['without']]).format()}" in text
+    assert ciou_without in text
+    diff = Spread.of(
+        [t["cIoU"] - c["cIoU"] for t, c in zip(novel["with"], novel["without"], strict=True)]
+    )
+    assert diff.format(signed=True) in text
+
+    # Rare = the planner's classes; the group table is a macro average over per-class rows.
+    rows = read_per_class(summary.runs["with"][0].base_val)
+    assert {r["class"] for r in rows} == {"owl", "snow leopard"}
+    g = group_means(rows, {"owl"})
+    assert g["rare"] == pytest.approx(next(r["avgiou"] for r in rows if r["class"] == "owl"))
+    assert g["all"] == pytest.approx(np.mean([r["cIoU"] for r in rows]))
+    assert (
+        "| owl | 2 | rare | 4 | 2 | 2 |" in text
+    )  # planner: count, rare, target, planned, written
+
+    # Stage times: this run's seconds and the seconds when each stage was computed.
+    assert "| **total** |  | 31.5 | 33.5 |" in text
+    for png in (
+        "synthetic_grid.png",
+        "base_val_rare_common.png",
+        "base_val_per_class_with.png",
+        "pred_novel_without.png",
+        "pred_rare_with.png",
+    ):
+        assert (out / png).stat().st_size > 1000
+    assert not list(out.glob("*.tmp"))
+
+
+def test_loop_report_single_seed_and_single_run(finished_loop):
+    summary, out = finished_loop
+    summary.runs = {"without": summary.runs["without"][:1]}
+    summary.synthetic_dir = None
+    text = write_loop_report(summary, out).read_text()
+    assert "## Did the synthetic set help?" not in text and "## Planner" not in text
+    assert "Δ" not in text
+
+
+def test_outside_protocol_is_said(finished_loop):
+    summary, out = finished_loop
+    plan = json.loads((summary.synthetic_dir / "plan.json").read_text())
+    atomic_write_json(summary.synthetic_dir / "plan.json", plan | {"outside_ov_protocol": True})
+    text = write_loop_report(summary, out).read_text()
+    assert "outside the open-vocabulary protocol" in text
+
+
+def test_missing_scores_name_the_file(finished_loop):
+    summary, out = finished_loop
+    (summary.runs["with"][1].novel / "metrics.json").unlink()
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        write_loop_report(summary, out)
