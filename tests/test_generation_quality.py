@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from generation_data import ellipse, textured, write_dataset
+from scipy import linalg
+
+from generation.quality import (
+    InceptionFeatureExtractor,
+    SmallFeatureExtractor,
+    build_feature_extractor,
+    camouflage_score,
+    evaluate_set,
+    fid_kid,
+    foreground_preservation,
+    mask_integrity,
+)
+from ovcamo.data import DataPaths
+
+
+def images(n: int, colour, seed: int = 0, size: int = 48) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [textured(rng, size, size, np.asarray(colour, float)) for _ in range(n)]
+
+
+def reference_fid(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().numpy(), b.double().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_fid_matches_the_closed_form_on_the_extractor_features():
+    ext = SmallFeatureExtractor(width=8)
+    real, fake = images(24, (100, 120, 60), 0), images(24, (130, 100, 70), 1)
+    out = fid_kid(real, fake, ext, image_size=48, kid_subset_size=10, kid_subsets=20)
+
+    def feats(ims):
+        x = torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2).float() / 255
+        return ext(x)
+
+    assert out["fid"] == pytest.approx(reference_fid(feats(real), feats(fake)), rel=1e-3, abs=1e-4)
+    assert out["n_real"] == out["n_fake"] == 24
+
+
+def test_fid_and_kid_grow_with_distribution_shift():
+    ext = SmallFeatureExtractor(width=8)
+    real = images(20, (100, 120, 60), 0)
+    near = fid_kid(real, images(20, (100, 120, 60), 1), ext, image_size=48, kid_subset_size=10)
+    far = fid_kid(real, images(20, (200, 40, 150), 2), ext, image_size=48, kid_subset_size=10)
+    assert far["fid"] > 5 * near["fid"] and far["kid_mean"] > near["kid_mean"]
+
+
+def test_fid_needs_two_images():
+    with pytest.raises(ValueError, match="two images"):
+        fid_kid(images(1, (0, 0, 0)), images(3, (0, 0, 0)), SmallFeatureExtractor(width=8))
+
+
+def test_small_extractor_is_deterministic():
+    x = torch.rand(2, 3, 40, 40)
+    a, b = SmallFeatureExtractor(seed=1), SmallFeatureExtractor(seed=1)
+    torch.testing.assert_close(a(x), b(x))
+    assert a(x).shape == (2, a.num_features)
+    assert not torch.allclose(a(x), SmallFeatureExtractor(seed=2)(x))
+
+
+def test_missing_inception_weights_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inception_v3_google"):
+        build_feature_extractor("inception", weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(KeyError):
+        build_feature_extractor("clip")
+
+
+def test_inception_extractor_loads_a_local_torchvision_file(tmp_path):
+    from torchvision.models import inception_v3
+
+    path = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    ext = InceptionFeatureExtractor(path)
+    assert ext(torch.rand(1, 3, 64, 64)).shape == (1, 2048)
+
+
+def test_foreground_preservation_and_mask_integrity():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (20, 20, 3)).astype(np.uint8)
+    m = ellipse(20, 20, 10, 10, 5, 5)
+    assert foreground_preservation(img, m, img) == 1.0
+    other = img.copy()
+    other[10, 10, 1] ^= 1
+    assert foreground_preservation(other, m, img) == pytest.approx(1 - 1 / m.sum())
+    assert mask_integrity(m, m) == 1.0
+    shifted = np.roll(m, 1, axis=1)
+    assert 0.5 < mask_integrity(shifted, m) < 1.0
+    assert np.isnan(foreground_preservation(img, np.zeros_like(m), img))
+
+
+def test_camouflage_score_separates_hidden_and_salient_objects():
+    rng = np.random.default_rng(0)
+    m = ellipse(64, 64, 32, 32, 14, 18)
+    hidden = textured(rng, 64, 64, np.array([90.0, 120.0, 60.0]))
+    salient = hidden.copy()
+    salient[m] = (230, 30, 200)
+    assert camouflage_score(hidden, m) > 0.8
+    assert camouflage_score(salient, m) < 0.3
+    assert np.isnan(camouflage_score(hidden, np.zeros_like(m)))
+
+
+def test_evaluate_set_on_a_classic_set(tmp_path):
+    from test_generation_writer import cfg_for
+
+    from generation.run import generate
+
+    write_dataset(tmp_path / "ds")
+    out = generate(
+        cfg_for(
+            tmp_path / "ds",
+            tmp_path / "syn",
+            "planner.rule=k_rarest",
+            "planner.k=2",
+            "planner.per_class=3",
+        )
+    )
+    source = DataPaths.from_paths_json(tmp_path / "ds" / "paths.json")
+    q = evaluate_set(out, source, SmallFeatureExtractor(width=8), kid_subset_size=4)
+    assert q["n"] == 6
+    assert q["foreground_preservation"] == 1.0 and q["foreground_exact"] == 1.0
+    assert q["mask_iou"] == 1.0 and q["mask_binary"] == 1.0
+    assert 0 < q["camouflage"] <= 1 and 0 < q["camouflage_source"] <= 1
+    assert np.isfinite(q["fid"]) and q["n_real"] == 13
