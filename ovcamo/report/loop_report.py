@@ -135,7 +135,7 @@ def planner_table(plan: Mapping[str, Any], synthetic_dir: Path) -> str:
         for c in names
     ]
     headers = ["class", "train samples", "rare", "fill to", "planned", "written"]
-    return markdown_table(headers, rows)
+    return markdown_table(headers, rows, align="lrlrrr")
 
 
 def synthetic_grid(synthetic_dir: Path, path: Path, n: int) -> Path | None:
@@ -227,7 +227,10 @@ def _verdict(label: str, diff: Spread) -> str:
     elif within:
         tail = "this is **within the spread over seeds**: no effect can be claimed from these runs"
     else:
-        tail = "every seed moves the same way and the mean exceeds one standard deviation"
+        tail = (
+            f"larger than the spread over seeds (all {diff.n} seeds agree in sign and |mean| > std); "
+            "with this few seeds an indication, not a significance test"
+        )
     per_seed = ", ".join(f"{v:+.3f}" for v in diff.values)
     return f"- {label}: Δ = {diff.format(signed=True)} (per seed: {per_seed}); {tail}."
 
@@ -267,19 +270,18 @@ def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
     groups = {
         name: [group_means(rows, rare) for rows in per_seed] for name, per_seed in base.items()
     }
-    md.append(_group_table(groups, compare))
-    names = list(groups)
+    # A group without classes (no rare class planned, or every class rare) is left out.
+    kinds = [
+        k
+        for k in ("rare", "common", "all")
+        if all(g[k] == g[k] for v in groups.values() for g in v)
+    ]
+    md.append(_group_table(groups, kinds, compare))
     grouped_bar(
-        ["rare", "common", "all"],
-        {
-            n: [Spread.of([g[k] for g in groups[n]]).mean for k in ("rare", "common", "all")]
-            for n in names
-        },
+        kinds,
+        {n: [Spread.of([g[k] for g in v]).mean for k in kinds] for n, v in groups.items()},
         out / "base_val_rare_common.png",
-        errors={
-            n: [_std0(Spread.of([g[k] for g in groups[n]])) for k in ("rare", "common", "all")]
-            for n in names
-        },
+        errors={n: [_std0(Spread.of([g[k] for g in v])) for k in kinds] for n, v in groups.items()},
         ylabel="cIoU",
         title="Base validation cIoU (mean ± std over seeds)",
     )
@@ -296,7 +298,7 @@ def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
         md.append(
             _verdict("novel classes, cSm", paired_difference(novel[TREATED], novel[CONTROL], "cSm"))
         )
-        for g in ("rare", "common"):
+        for g in (k for k in kinds if k != "all"):
             diff = Spread.of(
                 [t[g] - c[g] for t, c in zip(groups[TREATED], groups[CONTROL], strict=True)]
             )
@@ -361,22 +363,20 @@ def _per_seed_table(
     return "Per seed:\n\n" + markdown_table(["run", "seed", *SIX_METRICS.values()], rows)
 
 
-def _group_table(groups: Mapping[str, list[dict[str, float]]], compare: bool) -> str:
-    rows = []
-    for name, per_seed in groups.items():
-        rows.append(
-            [
-                name,
-                *(Spread.of([g[k] for g in per_seed]).format() for k in ("rare", "common", "all")),
-            ]
-        )
+def _group_table(
+    groups: Mapping[str, list[dict[str, float]]], kinds: Sequence[str], compare: bool
+) -> str:
+    rows = [
+        [name, *(Spread.of([g[k] for g in per_seed]).format() for k in kinds)]
+        for name, per_seed in groups.items()
+    ]
     if compare:
         row = [f"Δ ({TREATED} − {CONTROL})"]
-        for k in ("rare", "common", "all"):
+        for k in kinds:
             d = [t[k] - c[k] for t, c in zip(groups[TREATED], groups[CONTROL], strict=True)]
             row.append(Spread.of(d).format(signed=True))
         rows.append(row)
-    return markdown_table(["run", "rare cIoU", "common cIoU", "all cIoU"], rows)
+    return markdown_table(["run", *(f"{k} cIoU" for k in kinds)], rows)
 
 
 def _per_class_section(
@@ -394,16 +394,18 @@ def _per_class_section(
         per_run[name] = {c: float(np.mean(v)) for c, v in acc.items()}
     classes = sorted(set().union(*(set(v) for v in per_run.values())))
     headers = ["class", "rare", *(f"{n} cIoU" for n in names)]
+    align = "ll" + "r" * len(names)
     rows = [
         [c, "rare" if c in rare else "", *(_fmt(per_run[n].get(c, float("nan"))) for n in names)]
         for c in classes
     ]
-    text = "Per class (mean over seeds):\n\n" + markdown_table(headers, rows)
+    text = "Per class (mean over seeds):\n\n" + markdown_table(headers, rows, align)
     for name in names:
         per_class_bar(
             [{"class": c, "cIoU": v} for c, v in per_run[name].items()],
             out / f"base_val_per_class_{name}.png",
             highlight=sorted(rare),
+            labels=("rare", "common"),
             title=f"Base validation cIoU per class, {name} synthetic data (rare highlighted)",
         )
         text += f"\n![per-class cIoU, {name}](base_val_per_class_{name}.png)\n"
@@ -463,5 +465,5 @@ def _stage_section(stages: Sequence[Mapping[str, Any]]) -> str:
         "## Wall time per stage\n\n"
         "`this run`: seconds spent now (a cached stage only checks its marker); "
         "`when computed`: seconds the stage took when it ran.\n\n"
-        + markdown_table(["stage", "status", "this run (s)", "when computed (s)"], rows)
+        + markdown_table(["stage", "status", "this run (s)", "when computed (s)"], rows, "llrr")
     )

@@ -39,13 +39,15 @@ def per_class_bar(
     *,
     title: str | None = None,
     highlight: Sequence[str] = (),
+    labels: tuple[str, str] = ("highlighted", "other"),
     sort: bool = True,
 ) -> Path:
     """Horizontal bar chart of ``metric`` per class, one bar per row, written as a PNG.
 
     ``rows`` are per-class dicts (a class-name key such as ``class`` plus metric keys, e.g. the rows
     of a ``per_class.csv``); classes named in ``highlight`` (e.g. the rare or hard classes) are drawn
-    in a second colour. Sorted best-first unless ``sort=False``.
+    in a second colour, with ``labels`` naming the two colours in the legend. Sorted best-first
+    unless ``sort=False``.
     """
     key = class_key(rows)
     items = [(str(r[key]), metric_value(r, metric)) for r in rows]
@@ -71,8 +73,8 @@ def per_class_bar(
     if marked:
         ax.legend(
             handles=[
-                _patch("#d95f02", "highlighted"),
-                _patch("#1b9e77", "other"),
+                _patch("#d95f02", labels[0]),
+                _patch("#1b9e77", labels[1]),
             ],
             fontsize=7,
             loc="lower right",
@@ -113,9 +115,11 @@ def grouped_bar(
         for p, v in zip(pos, values, strict=True):
             ax.text(p, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, list(groups))
+    top = max((max(v, default=0.0) for v in series.values()), default=1.0)
+    ax.set_ylim(0.0, max(top * 1.25, 1e-3))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncols=n_series, loc="upper center")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
 
