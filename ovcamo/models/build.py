@@ -19,7 +19,7 @@ from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
 from ovcamo.data.io import atomic_write_json
 from ovcamo.models.baclip import BaCLIP
 from ovcamo.models.cce import CCE
-from ovcamo.models.clip_backbone import SimpleFeaturePyramid, build_clip_backbone
+from ovcamo.models.clip_backbone import CLIPBackbone, SimpleFeaturePyramid, build_clip_backbone
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.mrem import MREM
 from ovcamo.models.prompt_adapter import PromptAdapter
@@ -59,8 +59,13 @@ def _require(section: Mapping[str, Any], key: str, where: str) -> Any:
     return section[key]
 
 
-def build_model(cfg: DictConfig | Mapping[str, Any]) -> BaCLIP:
+def build_model(
+    cfg: DictConfig | Mapping[str, Any], backbone: CLIPBackbone | None = None
+) -> BaCLIP:
     """Build any BaCLIP variant from its ``model`` config node.
+
+    ``backbone`` reuses an already built frozen CLIP (it must be the one ``cfg.backbone``
+    describes), e.g. to build several ladder rungs on one CLIP without loading it again.
 
     The node holds ``backbone`` (``name``, ``pretrained``, ``image_size``), ``dim``,
     ``sam_checkpoint`` (an official SAM file or null), ``sam_type`` (``vit_b|vit_l|vit_h``),
@@ -69,7 +74,9 @@ def build_model(cfg: DictConfig | Mapping[str, Any]) -> BaCLIP:
     ``k``) and ``loss`` (keyword arguments of ``segmentation_loss``). See ``conf/model/``.
     """
     config = _as_dict(cfg)
-    backbone = build_clip_backbone(_section(config, "backbone"))
+    backbone_cfg = _section(config, "backbone")
+    if backbone is None:
+        backbone = build_clip_backbone(backbone_cfg)
     pyramid = SimpleFeaturePyramid(backbone.feature_channels[-1]) if backbone.is_vit else None
     channels = pyramid.out_channels if pyramid is not None else backbone.feature_channels
     decoder = _section(config, "decoder")

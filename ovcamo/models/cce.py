@@ -101,8 +101,10 @@ class MFMSA(nn.Module):
         )
         self.foreground = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in range(n))
         self.fuse = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(n))
+        # α = β would make the block blind to Fᵢ (χF + χ(1−F) = χ) and give the foreground conv no
+        # gradient at initialisation; starting with background features at half weight breaks that.
         self.alpha = nn.Parameter(torch.ones(n))
-        self.beta = nn.Parameter(torch.ones(n))
+        self.beta = nn.Parameter(torch.full((n,), 0.5))
 
     def forward(self, e_v: Tensor) -> Tensor:
         h, w = e_v.shape[-2:]

@@ -4,6 +4,7 @@ CamoPrompts class embeddings, cached per class list."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,13 @@ def create_clip(
         raise WeightsNotFoundError(
             _weights_message(name, resolved, f"the download failed ({first_line})")
         ) from None
-    return model, open_clip.get_tokenizer(name)
+    return model, _tokenizer(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(name: str) -> Any:
+    # Tokenizers are stateless; parsing the BPE vocabulary is the slow part of building one.
+    return open_clip.get_tokenizer(name)
 
 
 class CLIPBackbone(nn.Module):
