@@ -1,0 +1,1 @@
+"""Background augmentation by background-only inpainting (arXiv 2408.00350, DESIGN §7)."""

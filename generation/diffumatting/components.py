@@ -1,0 +1,233 @@
+"""Stable Diffusion parts for the diffusers generators: loaded from a local folder, or built tiny.
+
+The paper settings load a Stable Diffusion folder (``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``) with ``from_pretrained(<local dir>)``. The micro settings build the
+same classes from small configs; the tokenizer is always CLIP's own BPE, derived from the vocabulary
+file open_clip ships, so token ids match the real CLIP tokenizer byte for byte.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+#: Where each part lives inside a Stable Diffusion folder, and the class that loads it.
+SD_SUBFOLDERS = {
+    "unet": UNet2DConditionModel,
+    "vae": AutoencoderKL,
+    "text_encoder": CLIPTextModel,
+    "tokenizer": CLIPTokenizer,
+    "scheduler": DDIMScheduler,
+}
+
+#: CLIP's BPE: 49152 vocabulary entries minus the 256 byte tokens and the version line.
+_N_MERGES = 49152 - 256 - 2
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A local weight folder the config names is absent or incomplete."""
+
+
+@lru_cache(maxsize=1)
+def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """CLIP's tokenizer built from open_clip's bundled BPE file (no download).
+
+    Vocabulary and merges are derived exactly as CLIP derives them (byte tokens, their
+    ``</w>`` forms, one entry per merge, then the two special tokens), so ids equal
+    ``open_clip.tokenizer.SimpleTokenizer`` and the Stable Diffusion ``tokenizer/`` folders.
+    """
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
+    byte_tokens = list(bytes_to_unicode().values())
+    vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)},
+        merges=merges,
+        model_max_length=model_max_length,
+    )
+
+
+def from_local(kind: str, directory: str | os.PathLike, subfolder: str | None = None) -> Any:
+    """Load one Stable Diffusion part with ``from_pretrained`` from a local folder only.
+
+    ``kind`` is a key of :data:`SD_SUBFOLDERS` (or ``"controlnet"``). A missing folder raises
+    :class:`MissingWeightsError` with one paragraph naming it, never a hub stack trace.
+    """
+    if kind == "controlnet":
+        from diffusers import ControlNetModel
+
+        cls = ControlNetModel
+    else:
+        cls = SD_SUBFOLDERS[kind]
+    root = Path(os.path.expanduser(str(directory)))
+    sub = kind if subfolder is None else subfolder
+    target = root / sub if sub else root
+    marker = "tokenizer_config.json" if kind == "tokenizer" else None
+    if kind == "scheduler":
+        marker = "scheduler_config.json"
+    has_files = target.is_dir() and (
+        (target / marker).is_file() if marker else (target / "config.json").is_file()
+    )
+    if not has_files:
+        raise MissingWeightsError(
+            f"The {kind} weights were not found at {target}. This generator loads a Stable "
+            f"Diffusion folder in the diffusers layout (subfolders unet/, vae/, text_encoder/, "
+            f"tokenizer/, scheduler/) from local disk and never downloads. Download the model "
+            f"named in the generator config's comment on a machine with internet access (for "
+            f"example `huggingface-cli download <repo> --local-dir {root}`), copy it here, and "
+            f"point the config key `pretrained` at that folder; or use the micro config of "
+            f"this generator, which builds and trains its own small parts."
+        )
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if sub:
+        kwargs["subfolder"] = sub
+    return cls.from_pretrained(str(root), **kwargs)
+
+
+def tiny_vae(cfg: Mapping[str, Any]) -> AutoencoderKL:
+    """An ``AutoencoderKL`` with ``len(block_out_channels) − 1`` downsamplings."""
+    channels = tuple(cfg["block_out_channels"])
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        block_out_channels=channels,
+        layers_per_block=int(cfg.get("layers_per_block", 1)),
+        latent_channels=int(cfg.get("latent_channels", 4)),
+        norm_num_groups=int(cfg.get("norm_num_groups", 8)),
+        sample_size=int(cfg.get("sample_size", 64)),
+        scaling_factor=float(cfg.get("scaling_factor", 1.0)),
+    )
+
+
+def tiny_unet(cfg: Mapping[str, Any], in_channels: int, cross_attention_dim: int):
+    """A ``UNet2DConditionModel`` with cross-attention in every block (the SD 1.5 layout, small)."""
+    channels = tuple(cfg["block_out_channels"])
+    return UNet2DConditionModel(
+        sample_size=int(cfg.get("sample_size", 16)),
+        in_channels=in_channels,
+        out_channels=int(cfg.get("out_channels", 4)),
+        down_block_types=("CrossAttnDownBlock2D",) * (len(channels) - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (len(channels) - 1),
+        block_out_channels=channels,
+        layers_per_block=int(cfg.get("layers_per_block", 1)),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=int(cfg.get("attention_head_dim", 4)),
+        norm_num_groups=int(cfg.get("norm_num_groups", 8)),
+    )
+
+
+def tiny_text_encoder(cfg: Mapping[str, Any], seed: int = 0) -> CLIPTextModel:
+    """A small ``CLIPTextModel`` over CLIP's full BPE vocabulary, seeded so it is reproducible.
+
+    It stays frozen, as Stable Diffusion's text encoder does; the UNet learns to read it.
+    """
+    config = CLIPTextConfig(
+        vocab_size=len(clip_tokenizer()),
+        hidden_size=int(cfg["hidden_size"]),
+        intermediate_size=int(cfg.get("intermediate_size", 4 * int(cfg["hidden_size"]))),
+        num_hidden_layers=int(cfg.get("num_hidden_layers", 2)),
+        num_attention_heads=int(cfg.get("num_attention_heads", 4)),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 77)),
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPTextModel(config)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_prompt(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts → (``input_ids`` ``B×L``, last hidden state ``B×L×D``), padded to the max length."""
+    ids = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    device = next(text_encoder.parameters()).device
+    return ids, text_encoder(ids.to(device))[0]
+
+
+def word_token_positions(
+    tokenizer: CLIPTokenizer, input_ids: torch.Tensor, words: Sequence[str]
+) -> list[list[int]]:
+    """Positions in each row of ``input_ids`` (``B×L``) where the tokens of any of ``words`` occur."""
+    out: list[list[int]] = []
+    patterns = [tokenizer(w, add_special_tokens=False).input_ids for w in words]
+    for row in input_ids.tolist():
+        hits: set[int] = set()
+        for pat in patterns:
+            for i in range(len(row) - len(pat) + 1):
+                if row[i : i + len(pat)] == pat:
+                    hits.update(range(i, i + len(pat)))
+        out.append(sorted(hits))
+    return out
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-able config parts (cache keys of the micro models)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """Content hash of one file: a dataset's ``sample_info.json`` keys the models trained on it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written folder into place; a concurrent writer that finished first wins."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh temporary folder beside ``final`` for :func:`publish_dir`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+
+
+def sd_noise_scheduler() -> DDPMScheduler:
+    """Stable Diffusion 1.x/2-inpainting training noise schedule (scaled-linear β, 1000 steps)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

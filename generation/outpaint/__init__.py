@@ -1,0 +1,1 @@
+"""Salient-object-aware outpainting: inpainting UNet + ControlNet (CVPRW 2024, DESIGN §7)."""
