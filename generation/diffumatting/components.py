@@ -50,7 +50,8 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
 
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
     byte_tokens = list(bytes_to_unicode().values())
     vocab = byte_tokens + [t + "</w>" for t in byte_tokens] + ["".join(m) for m in merges]
