@@ -1,4 +1,4 @@
-"""The loop's report on a small hand-made dataset, predictions scored with the real OVCOS metric."""
+"""The loop's report on a small hand-made dataset, predictions scored by the real evaluator."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ovcamo.data import ClassInfo, DataPaths, SampleInfo, write_class_info, write_sample_info
-from ovcamo.data.io import atomic_write_json, atomic_write_text, write_png
-from ovcamo.metrics import OVCOSMetric, per_class_csv, per_class_table
+from ovcamo.data.io import atomic_write_json, write_png
+from ovcamo.engine.evaluate import score_prediction_dir, write_results
 from ovcamo.report.loop_report import (
     LoopSummary,
     RunFiles,
@@ -66,19 +66,9 @@ def _write_set(root: Path, samples: dict[str, list[str]], rng, split_of) -> dict
     return masks
 
 
-def _score(pred_dir: Path, gts: dict[str, np.ndarray], classes: dict[str, str], out: Path) -> None:
-    """Score ``[<class>]<uid>.png`` files with OVCOSMetric; write metrics.json and per_class.csv."""
-    metric = OVCOSMetric()
-    for p in sorted(pred_dir.glob("*.png")):
-        pred_class, uid = p.stem[1:].split("]", 1)
-        from ovcamo.data.io import read_gray
-
-        metric.update(read_gray(p), gts[uid], pred_class, classes[uid], uid)
-    atomic_write_json(out / "metrics.json", metric.compute())
-    scores, correct, records = metric.synced_arrays()
-    atomic_write_text(
-        out / "per_class.csv", per_class_csv(per_class_table(scores, correct, records))
-    )
+def _score(pred_dir: Path, data: DataPaths, split: str, out: Path) -> None:
+    """Score ``[<class>]<uid>.png`` files as the loop does: the evaluator, then its result files."""
+    write_results(score_prediction_dir(pred_dir, data, split=split, num_workers=1), out)
 
 
 def _predict(out: Path, gts, classes, rng, quality: float, wrong: set[str]) -> Path:
@@ -118,8 +108,8 @@ def finished_loop(tmp_path):
             wrong = {"000006_moth"} if seed == 0 else set()
             pn = _predict(d / "pred", test_gt, classes, rng, quality + 0.05 * seed, wrong)
             pv = _predict(d / "pred_val", val_gt, classes, rng, quality, set())
-            _score(pn, test_gt, classes, d / "novel")
-            _score(pv, val_gt, classes, d / "base_val")
+            _score(pn, data, "test", d / "novel")
+            _score(pv, data, "train", d / "base_val")
             runs.setdefault(variant, []).append(RunFiles(seed, d / "novel", d / "base_val", pn, pv))
 
     synthetic = tmp_path / "synthetic"
