@@ -137,7 +137,7 @@ class OVCOSMetric(Metric):
         self, pred: np.ndarray, gt: np.ndarray, pred_class: str, gt_class: str, unique_id: str
     ) -> None:
         """Score one sample: ``pred`` uint8 ``H×W`` (the PNG), ``gt`` bool ``H×W``, class strings."""
-        self.add_scores(sample_scores(pred, gt).to_vector(), pred_class, gt_class, unique_id)
+        self._append(sample_scores(pred, gt).to_vector(), pred_class, gt_class, unique_id)
 
     def update_batch(
         self,
@@ -164,6 +164,18 @@ class OVCOSMetric(Metric):
 
         Lets a process pool score samples and a single metric object collect them.
         """
+        self._append(scores, pred_class, gt_class, unique_id)
+        # Bookkeeping torchmetrics' update wrapper does: count the update and drop a cached compute.
+        self._update_count += 1
+        self._computed = None
+
+    def _append(
+        self,
+        scores: np.ndarray,
+        pred_class: str | Sequence[str],
+        gt_class: str | Sequence[str],
+        unique_id: str | Sequence[str],
+    ) -> None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1, SCORE_LENGTH)
         pcs, gcs, uids = _as_list(pred_class), _as_list(gt_class), _as_list(unique_id)
         if not len(pcs) == len(gcs) == len(uids) == scores.shape[0]:
