@@ -62,7 +62,9 @@ class EvaluationResult:
     ``metrics``: official keys and paper aliases over the scored samples; ``per_class``: rows of
     :func:`ovcamo.metrics.per_class_table`; ``hard``: :func:`ovcamo.metrics.hard_subset`;
     ``per_sample``: :func:`ovcamo.metrics.per_sample_rows`; ``missing``: GT ids without a prediction
-    (only with ``allow_missing``); ``resized``: ids whose prediction was resized to the GT size.
+    (only with ``allow_missing``); ``resized``: ids whose prediction was resized to the GT size;
+    ``scores``: raw float64 ``(N, SCORE_LENGTH)`` score vectors in ``per_sample`` order (curves
+    included, before the class check) and ``correct``: bool ``(N,)``.
     """
 
     metrics: dict[str, float]
@@ -75,6 +77,8 @@ class EvaluationResult:
     missing: list[str] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = None
+    correct: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         """The content of ``metrics.json``."""
@@ -333,6 +337,8 @@ def score_prediction_dir(
         missing=missing if allow_missing else [],
         resized=resized,
         ignored=ignored,
+        scores=scores,
+        correct=correct,
     )
 
 
