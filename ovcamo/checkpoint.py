@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 
-from ovcamo.data.io import atomic_write_bytes
+from ovcamo.data.io import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -47,21 +49,55 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    directory: str | os.PathLike, state_dict: dict[str, torch.Tensor], state: dict[str, Any]
+    directory: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    extra_json: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``model.safetensors`` then ``state.pt`` into ``directory``.
+    """Write ``model.safetensors``, ``state.pt`` (and ``<name>`` for each ``extra_json`` entry)
+    into ``directory`` as one atomic step.
 
-    The state file is written last, so a directory whose ``state.pt`` exists always holds a
-    complete checkpoint; readers check for it before trusting the weights.
+    Files go to a fresh sibling folder which then replaces ``directory`` by two renames; a kill at
+    any moment leaves either the old or the new checkpoint complete, possibly under
+    ``<directory>.old`` (which :func:`resolve_checkpoint_dir` finds).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_weights(directory / WEIGHTS_FILE, state_dict)
-    save_state(directory / STATE_FILE, state)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        save_weights(tmp / WEIGHTS_FILE, state_dict)
+        for name, obj in (extra_json or {}).items():
+            atomic_write_json(tmp / name, obj)
+        save_state(tmp / STATE_FILE, state)
+        old = directory.with_name(directory.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resolve_checkpoint_dir(directory: str | os.PathLike) -> Path | None:
+    """The complete checkpoint at ``directory``, or at ``<directory>.old`` when a kill interrupted
+    the swap in :func:`save_checkpoint`; ``None`` when neither holds one."""
+    directory = Path(directory)
+    for d in (directory, directory.with_name(directory.name + ".old")):
+        if (d / STATE_FILE).is_file() and (d / WEIGHTS_FILE).is_file():
+            return d
+    return None
 
 
 def load_checkpoint(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    directory = Path(directory)
-    return load_weights(directory / WEIGHTS_FILE, device), load_state(directory / STATE_FILE)
+    """Weights and state of the checkpoint at ``directory`` (see :func:`resolve_checkpoint_dir`)."""
+    found = resolve_checkpoint_dir(directory)
+    if found is None:
+        raise FileNotFoundError(
+            f"no complete checkpoint at {directory} (expected {WEIGHTS_FILE} and {STATE_FILE})"
+        )
+    return load_weights(found / WEIGHTS_FILE, device), load_state(found / STATE_FILE)

@@ -1,0 +1,178 @@
+"""The training engine in-process on a tiny dataset: run folder, faults, protocol flag, check mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from _engine_data import TEST_CLASSES, write_tiny_dataset
+from hydra import compose, initialize_config_dir
+from test_engine_resume import tiny_overrides
+
+from ovcamo.checkpoint import load_state
+from ovcamo.engine.check import CheckFailed
+from ovcamo.engine.logging import read_metrics
+from ovcamo.engine.predict import SampleReadError, predict_to_dir
+from ovcamo.engine.train import NonFiniteLossError, ResumeError, run
+from ovcamo.models.baclip import BaCLIP
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("engine") / "data", size=32)
+
+
+def test_run_folder_checkpoints_and_predictions(data, tmp_path):
+    cfg = compose_train(
+        [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "train.lr=0.01"]
+    )
+    result = run(cfg)
+    run_dir = tmp_path / "run"
+    assert result.run_dir == run_dir and result.steps == 6 and result.epochs == 1
+    assert result.best_checkpoint == run_dir / "checkpoints" / "best"
+    assert 0.0 <= result.val_metrics["cIoU"] <= 1.0 and result.train_seconds > 0
+    saved = (run_dir / "config.yaml").read_text()
+    assert "image_size: 32" in saved and "${" not in saved  # resolved
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["outside_ov_protocol"] is False and info["result"]["steps"] == 6
+    assert info["base_classes"] == ["snow leopard", "reccoon", "owl"]
+    lines = read_metrics(run_dir / "metrics.jsonl")
+    assert [x["step"] for x in lines if "train/loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert any("val/cIoU" in x for x in lines)
+    # cosine annealing over the run's 6 optimiser steps (lr 0.01, logged after each step)
+    lrs = [x["train/lr"] for x in lines if "train/lr" in x]
+    cosine = [0.005 * (1 + torch.cos(torch.tensor(torch.pi * s / 6))).item() for s in range(1, 7)]
+    assert lrs == pytest.approx(cosine, abs=1e-9)
+
+    pcfg = compose_train([*tiny_overrides(data, tmp_path / "eval"), f"+checkpoint={run_dir}"])
+    pred_dir = predict_to_dir(pcfg, split="test")
+    files = sorted(p.name for p in pred_dir.iterdir())
+    assert len(files) == 6 and pred_dir == tmp_path / "eval" / "predictions"
+    for name in files:
+        pred_class, uid = name[1:].split("]", 1)
+        assert pred_class in TEST_CLASSES and uid.endswith(".png")
+    val_dir = predict_to_dir(pcfg, split="train", part="val")
+    assert val_dir.name == "predictions_val" and len(list(val_dir.iterdir())) == 6
+
+
+def test_non_finite_loss_saves_last_good_state_and_names_the_batch(data, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = BaCLIP.loss
+
+    def loss(self, outputs, masks):
+        out = original(self, outputs, masks)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(BaCLIP, "loss", loss)
+    cfg = compose_train([*tiny_overrides(data, tmp_path / "run"), "train.ckpt_every_steps=100"])
+    with pytest.raises(NonFiniteLossError, match=r"at step 4 .*unique_ids: \['0000") as err:
+        run(cfg)
+    assert "after step 3" in str(err.value)
+    state = load_state(tmp_path / "run" / "checkpoints" / "last" / "state.pt")
+    assert state["step"] == 3 and state["batch"] == 3 and state["epoch"] == 0
+
+
+def _truncate_one_train_image(root: Path) -> str:
+    image = sorted((root / "train" / "image").iterdir())[1]
+    image.write_bytes(image.read_bytes()[:120])  # header intact, pixels gone
+    return image.stem
+
+
+SMALL = {"snow leopard": 2, "reccoon": 2, "owl": 2, "frog": 1}
+
+
+def test_corrupt_sample_is_skipped_and_counted_or_stops_when_strict(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", SMALL, size=32)
+    uid = _truncate_one_train_image(data)
+    cfg = compose_train(
+        [*tiny_overrides(data, tmp_path / "a"), "train.epochs=1", "data.holdout_fraction=0"]
+    )
+    result = run(cfg)
+    assert result.skipped_samples == 1 and result.steps == 3
+    skipped = [x for x in read_metrics(tmp_path / "a" / "metrics.jsonl") if "data/skipped_id" in x]
+    assert [x["data/skipped_id"] for x in skipped] == [uid]
+    strict = compose_train(
+        [*tiny_overrides(data, tmp_path / "b"), "data.strict=true", "data.holdout_fraction=0"]
+    )
+    with pytest.raises(SampleReadError, match=uid):
+        run(strict)
+
+
+def test_missing_file_after_loading_is_skipped(tmp_path, monkeypatch):
+    data = write_tiny_dataset(tmp_path / "data", SMALL, size=32)
+    from ovcamo.data import mixing
+
+    original = mixing.load_sources
+
+    def load_then_delete(*a, **kw):
+        sources = original(*a, **kw)
+        sources[0].records[0].mask_path.unlink()
+        return sources
+
+    monkeypatch.setattr(mixing, "load_sources", load_then_delete)
+    monkeypatch.setattr("ovcamo.engine.train.load_sources", load_then_delete)
+    cfg = compose_train(
+        [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "data.holdout_fraction=0"]
+    )
+    assert run(cfg).skipped_samples == 1
+
+
+def test_novel_synthetic_marks_the_run_outside_the_protocol(data, tmp_path):
+    syn = write_tiny_dataset(tmp_path / "syn", {"frog": 2, "owl": 2}, seed=3, synthetic=True)
+    base = [
+        *tiny_overrides(data, tmp_path / "run"),
+        f"data.synthetic=[{syn}]",
+        "data.synthetic_ratio=0.5",
+    ]
+    from ovcamo.data.mixing import SyntheticSetError
+
+    with pytest.raises(SyntheticSetError, match="allow_novel_synthetic"):
+        run(compose_train([*base, "train.max_steps=1"]))
+    result = run(compose_train([*base, "data.allow_novel_synthetic=true", "train.max_steps=2"]))
+    assert result.outside_ov_protocol
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["outside_ov_protocol"] is True and "OUTSIDE" in info["outside_ov_protocol_note"]
+    assert info["sources"][1]["share"] == pytest.approx(0.5)
+    lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert lines and all(x["outside_ov_protocol"] for x in lines)
+
+
+def test_resume_refuses_other_settings_and_existing_run(data, tmp_path):
+    args = [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "train.max_steps=2"]
+    run(compose_train(args))
+    with pytest.raises(ResumeError, match=r"train\.lr"):
+        run(compose_train([*args, "resume=true", "train.lr=0.5"]))
+    with pytest.raises(ResumeError, match="resume=true"):
+        run(compose_train(args))
+
+
+def test_check_validates_without_computing(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(compose_train([*tiny_overrides(data, out), "check=true"])) is None
+    printed = capsys.readouterr().out
+    assert "check passed" in printed and "optimiser steps" in printed
+    assert not out.exists()
+    bad = [
+        *tiny_overrides(data, out),
+        "check=true",
+        "backbone.pretrained=/nowhere/clip.bin",
+        "data.test_mask_dir=/nowhere/masks",
+        "train.batch_size=0",
+    ]
+    with pytest.raises(CheckFailed) as err:
+        run(compose_train(bad))
+    msg = str(err.value)
+    assert "/nowhere/clip.bin" in msg and "data.test_mask_dir=/nowhere/masks" in msg
+    assert "train.batch_size" in msg
