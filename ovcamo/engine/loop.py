@@ -461,7 +461,8 @@ def check_inputs(cfg: DictConfig) -> list[str]:
             f"model.sam_checkpoint: {sam} does not exist (official SAM files: "
             "https://github.com/facebookresearch/segment-anything#model-checkpoints)"
         )
-    if "with" in cfg.loop.variants:
+    # A generator that trains its own weights when they are missing (the micro ones) needs none.
+    if "with" in cfg.loop.variants and not cfg.generator.get("train_if_missing", False):
         for key, value in to_plain(cfg.generator).items():
             if (
                 isinstance(value, str)

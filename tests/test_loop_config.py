@@ -1,0 +1,150 @@
+"""The loop's configs: the two runs differ only in the synthetic data; experiments; check; sweeps."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from ovcamo.cli import CONF_DIR
+from ovcamo.engine.loop import (
+    LoopContext,
+    StageCache,
+    main,
+    plan_stages,
+    training_config,
+)
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(CONF_DIR, version_base=None):
+        return compose("loop", overrides=["out_dir=unused", *overrides])
+
+
+def _flatten(node, prefix=""):
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def test_runs_differ_only_in_synthetic_data(tmp_path):
+    cfg = _compose()
+    ctx = LoopContext(cfg, tmp_path, StageCache(tmp_path / "loop"), plan_stages(cfg))
+    ctx.outputs["generate"] = {"set_dir": str(tmp_path / "set")}
+    runs = {
+        v: OmegaConf.to_container(training_config(cfg, v, 0, tmp_path / v, ctx), resolve=False)
+        for v in ("without", "with")
+    }
+    a, b = (_flatten(runs[v]) for v in ("without", "with"))
+    differing = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert differing == {"data.synthetic", "data.synthetic_ratio", "out_dir"}
+    assert a["data.synthetic"] == [] and a["data.synthetic_ratio"] == 0.0
+    assert b["data.synthetic"] == [str(tmp_path / "set")]
+    assert b["data.synthetic_ratio"] == cfg.data.synthetic_ratio > 0
+    # The training run gets neither the loop's own keys nor a check flag.
+    assert not {"loop", "generator", "planner"} & set(runs["with"])
+    assert runs["with"]["resume"] is True and runs["with"]["check"] is False
+
+
+def test_paper_experiments_compose():
+    base = _compose("experiment=paper_baseline")
+    assert base.backbone.name == "convnext_large_d_320"
+    assert base.backbone.image_size == 384
+    assert base.model.name == "baclip" and base.model.sam_checkpoint
+    assert base.train.epochs == 30 and base.train.lr == pytest.approx(3e-5)
+    assert base.train.batch_size == 4
+    assert "world" not in base.data and str(base.data.class_info).endswith("class_info.json")
+    assert list(base.loop.variants) == ["without"]
+
+    synthetic = _compose("experiment=paper_synthetic")
+    assert synthetic.generator.name == "lakered"
+    assert list(synthetic.loop.variants) == ["without", "with"]
+    assert len(synthetic.loop.seeds) >= 2
+    assert synthetic.model.name == "baclip" and synthetic.train.epochs == 30
+    assert _compose("experiment=paper_synthetic", "generator=diffumatting").generator.name == (
+        "diffumatting"
+    )
+
+
+def test_check_reports_every_missing_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OVCAMO_ROOT", str(tmp_path / "no-ovcamo"))
+    cfg = _compose(
+        "experiment=paper_synthetic",
+        "check=true",
+        f"model.sam_checkpoint={tmp_path / 'sam_vit_b.pth'}",
+        f"generator.checkpoint={tmp_path / 'lakered'}",
+        f"backbone.pretrained={tmp_path / 'clip.bin'}",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(cfg)
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert "check failed" in out
+    for name in ("class_info.json", "sam_vit_b.pth", "lakered", "clip.bin", "train/image"):
+        assert name in out, name
+    assert "train/with/seed1" in out  # the plan is printed before the problems
+    assert not (tmp_path / "loop").exists()
+
+
+def test_check_of_the_default_loop_computes_nothing(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cfg = _compose("check=true", f"cache_dir={cache}")
+    assert main(cfg) is None
+    out = capsys.readouterr().out
+    assert "check passed" in out
+    assert len(re.findall(r"to run", out)) == 11  # data, CLIP, generation, 2 seeds × (train, eval)
+    assert not cache.exists()
+
+
+def _multirun(tmp_path: Path, *overrides: str) -> str:
+    env = dict(os.environ, OVCAMO_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from ovcamo.cli import loop; loop()",
+            "-m",
+            "check=true",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *overrides,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _keys(plan_text: str, stage: str) -> list[str]:
+    return re.findall(rf"- {re.escape(stage)}\s+([0-9a-f]{{16}})", plan_text)
+
+
+def test_multirun_sweep_shares_the_baseline(tmp_path):
+    out = _multirun(tmp_path, "generator=classic,lakered_micro", "data.synthetic_ratio=0.1,0.3")
+    assert out.count("check passed") == 4
+    assert len(set(_keys(out, "train/without/seed0"))) == 1  # trained once for the whole sweep
+    assert len(set(_keys(out, "train/with/seed0"))) == 4
+    assert len(set(_keys(out, "generate"))) == 2
+
+
+def test_ablation_ladder_is_a_multirun(tmp_path):
+    out = _multirun(tmp_path, "experiment=ablation_micro")
+    models = re.findall(r"model: (\S+)", out)
+    assert models == [
+        "ladder_conv_micro",
+        "ladder_sam_micro",
+        "ladder_sam_cce_micro",
+        "baclip_micro",
+    ]
+    assert "generate" not in out
