@@ -45,7 +45,8 @@ def holdout_split(
     """Split records into (kept, held-out) per class, deterministically.
 
     Within each class, samples are ordered by a seeded hash of their ``unique_id`` and the first
-    ``round(fraction · n)`` (at least one when ``fraction > 0`` and the class has two or more) are held out.
+    ``round(fraction · n)`` (at least one and at most ``n − 1`` when ``fraction > 0``; none for a class
+    with a single sample) are held out.
     The split does not depend on the order of ``sample_info.json``.
     """
     if not 0.0 <= fraction < 1.0:
@@ -55,9 +56,10 @@ def holdout_split(
         by_class[r.class_name].append(r)
     held: set[str] = set()
     for name, rs in by_class.items():
-        n_hold = round(fraction * len(rs))
+        # A class with a single sample stays in training: holding it out would remove the class.
+        n_hold = 0
         if fraction > 0 and len(rs) >= 2:
-            n_hold = max(1, min(n_hold, len(rs) - 1))
+            n_hold = max(1, min(round(fraction * len(rs)), len(rs) - 1))
         ordered = sorted(
             rs, key=lambda r: hashlib.sha256(f"{seed}:{name}:{r.unique_id}".encode()).hexdigest()
         )

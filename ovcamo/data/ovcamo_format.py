@@ -300,13 +300,32 @@ class ValidationReport:
         }
 
 
+_PNG_TRAILER = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _cut_short(path: Path, fmt: str | None) -> bool:
+    """Whether a PNG or JPEG file lacks its end marker: a truncated file found without decoding it.
+
+    JPEG writers may append padding after the end-of-image marker, so its last kilobyte is searched.
+    """
+    if fmt not in ("PNG", "JPEG"):
+        return False
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        tail = f.read()
+    return not tail.endswith(_PNG_TRAILER) if fmt == "PNG" else b"\xff\xd9" not in tail
+
+
 def _inspect_image(path: Path, full: bool) -> tuple[tuple[int, int] | None, str | None]:
-    """Return ``(size, note)``; size ``None`` when the file cannot be read."""
+    """Return ``(size, note)``; size ``None`` when the file cannot be read or is cut short."""
     try:
         with Image.open(path) as im:
-            size, mode = im.size, im.mode
+            size, mode, fmt = im.size, im.mode, im.format
             if full:
                 im.load()
+        if _cut_short(path, fmt):
+            return None, None
     except (OSError, ValueError, SyntaxError):
         return None, None
     if mode in ("L", "1"):
@@ -325,9 +344,9 @@ def _inspect_image(path: Path, full: bool) -> tuple[tuple[int, int] | None, str 
 def _inspect_mask(path: Path, full: bool) -> tuple[tuple[int, int] | None, str | None]:
     try:
         with Image.open(path) as im:
-            size = im.size
+            size, fmt = im.size, im.format
             if not full:
-                return size, None
+                return (None if _cut_short(path, fmt) else size), None
             import numpy as np
 
             arr = np.asarray(im)
@@ -355,8 +374,9 @@ def resolve_records(
 
     Every problem is counted (see ``ERRORS`` and ``NOTES``). With ``strict`` any error raises
     :class:`DatasetValidationError` carrying the whole report; otherwise faulty samples are dropped.
-    ``check_files``: ``none`` (paths only), ``header`` (open each file, compare sizes) or ``full``
-    (decode every pixel: finds truncated files and classifies mask encodings).
+    ``check_files``: ``none`` (paths only), ``header`` (open each file, compare sizes, and check
+    that PNG/JPEG files end with their end marker, which finds truncated files) or ``full`` (decode
+    every pixel: also finds corrupt bodies and classifies mask encodings).
     """
     classes = list(classes) if classes is not None else load_class_info(paths.class_info)
     samples = list(samples) if samples is not None else load_sample_info(paths.sample_info)
