@@ -12,10 +12,20 @@ from hydra import compose, initialize_config_dir
 from test_engine_resume import tiny_overrides
 
 from ovcamo.checkpoint import load_state
+from ovcamo.data import DataPaths, OVCamoDataset
+from ovcamo.data.transforms import EvalTransform
 from ovcamo.engine.check import CheckFailed
+from ovcamo.engine.distributed import init_distributed
+from ovcamo.engine.evaluate import score_prediction_dir
 from ovcamo.engine.logging import read_metrics
-from ovcamo.engine.predict import SampleReadError, predict_to_dir
+from ovcamo.engine.predict import (
+    SampleReadError,
+    evaluate_model,
+    load_trained_model,
+    predict_to_dir,
+)
 from ovcamo.engine.train import NonFiniteLossError, ResumeError, run
+from ovcamo.engine.visualize import write_eval_figures
 from ovcamo.models.baclip import BaCLIP
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -62,6 +72,19 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
         assert pred_class in TEST_CLASSES and uid.endswith(".png")
     val_dir = predict_to_dir(pcfg, split="train", part="val")
     assert val_dir.name == "predictions_val" and len(list(val_dir.iterdir())) == 6
+
+    # The written PNGs score exactly as the in-memory evaluation of the same checkpoint.
+    paths = DataPaths.from_paths_json(data / "paths.json")
+    scored = score_prediction_dir(pred_dir, paths, split="test", num_workers=1)
+    model, model_cfg = load_trained_model(run_dir)
+    test_set = OVCamoDataset(paths, "test", transform=EvalTransform(32))
+    direct, _, _ = evaluate_model(
+        model, test_set, test_set.class_names, dist=init_distributed("cpu"), progress=False
+    )
+    assert scored.metrics == pytest.approx(direct, abs=1e-12)
+    figures = write_eval_figures(scored, paths, tmp_path / "figures", n=2)
+    assert sorted(figures) == ["best", "per_class", "worst"]
+    assert all(p.stat().st_size > 1000 for p in figures.values())
 
 
 def test_non_finite_loss_saves_last_good_state_and_names_the_batch(data, tmp_path, monkeypatch):

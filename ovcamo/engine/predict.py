@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, resolve_checkpoint_dir
+from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, resolve_checkpoint_dir
 from ovcamo.data.io import write_png
 from ovcamo.data.ovcamo_format import DataPaths
 from ovcamo.data.transforms import EvalTransform
@@ -216,13 +216,18 @@ def load_trained_model(
     Returns ``(model in eval mode, model config)``; the frozen backbone comes from its
     ``pretrained`` entry, the rest from the checkpoint's ``model.safetensors``.
     """
-    from ovcamo.models import build_model
+    from ovcamo.models import load_model
 
     directory = find_checkpoint(checkpoint)
+    # Training builds the model right after seeding torch with the run's seed; doing the same
+    # here rebuilds the identical frozen backbone even when it is randomly initialised
+    # (backbone.pretrained=null), whose weights the checkpoint does not store.
+    seed = int(load_state(directory / STATE_FILE).get("seed", 0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_model(directory, map_location=str(device))
     model_cfg = json.loads((directory / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
-    model = build_model(model_cfg)
-    model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
-    return model.to(device).eval(), model_cfg
+    return model.eval(), model_cfg
 
 
 def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:

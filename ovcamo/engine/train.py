@@ -254,6 +254,7 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, batch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
+            "seed": int(self.cfg.seed),
             "epoch": epoch,
             "batch": batch,
             "step": self.step,
