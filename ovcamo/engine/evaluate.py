@@ -295,11 +295,16 @@ def score_prediction_dir(
         elif mode not in _EIGHT_BIT_MODES:
             problems["not an 8-bit PNG"].append(f"{p.name} (mode {mode})")
         elif not resize_to_gt:
-            with Image.open(gt[uid][1]) as gim:
-                if gim.size != size:
-                    problems[
-                        "prediction size differs from the GT (resize_to_gt=true resizes)"
-                    ].append(f"{p.name} ({size[1]}×{size[0]} vs GT {gim.size[1]}×{gim.size[0]})")
+            try:
+                with Image.open(gt[uid][1]) as gim:
+                    gt_size = gim.size
+            except (OSError, ValueError, SyntaxError) as e:
+                problems["unreadable file"].append(f"{gt[uid][1]} ({e})")
+                continue
+            if gt_size != size:
+                problems["prediction size differs from the GT (resize_to_gt=true resizes)"].append(
+                    f"{p.name} ({size[1]}×{size[0]} vs GT {gt_size[1]}×{gt_size[0]})"
+                )
     _raise_if(problems, pred_dir)
     if not preds:
         raise EvaluationError(f"cannot evaluate {pred_dir}: no prediction matches a GT sample")

@@ -180,9 +180,14 @@ class OVCOSMetric(Metric):
         pcs, gcs, uids = _as_list(pred_class), _as_list(gt_class), _as_list(unique_id)
         if not len(pcs) == len(gcs) == len(uids) == scores.shape[0]:
             raise ValueError("one predicted class, GT class and unique_id per score row is needed")
-        self.raw_scores.append(torch.from_numpy(scores.copy()))
+        # States live on the metric's device so that NCCL can gather them.
+        self.raw_scores.append(torch.from_numpy(scores.copy()).to(self.device))
         self.class_match.append(
-            torch.tensor([p == g for p, g in zip(pcs, gcs, strict=True)], dtype=torch.bool)
+            torch.tensor(
+                [p == g for p, g in zip(pcs, gcs, strict=True)],
+                dtype=torch.bool,
+                device=self.device,
+            )
         )
         data, lengths = _encode(
             [
@@ -190,8 +195,8 @@ class OVCOSMetric(Metric):
                 for u, p, g in zip(uids, pcs, gcs, strict=True)
             ]
         )
-        self.text_bytes.append(data)
-        self.text_lengths.append(lengths)
+        self.text_bytes.append(data.to(self.device))
+        self.text_lengths.append(lengths.to(self.device))
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str, str]]]:
         if isinstance(self.raw_scores, list) and not self.raw_scores:
