@@ -107,9 +107,11 @@ def test_non_finite_loss_saves_last_good_state_and_names_the_batch(data, tmp_pat
     assert state["step"] == 3 and state["batch"] == 3 and state["epoch"] == 0
 
 
-def _truncate_one_train_image(root: Path) -> str:
+def _corrupt_one_train_image(root: Path) -> str:
     image = sorted((root / "train" / "image").iterdir())[1]
-    image.write_bytes(image.read_bytes()[:120])  # header intact, pixels gone
+    raw = bytearray(image.read_bytes())
+    raw[60:-20] = bytes(len(raw) - 80)  # header and end intact, compressed pixels zeroed
+    image.write_bytes(bytes(raw))
     return image.stem
 
 
@@ -118,12 +120,12 @@ SMALL = {"snow leopard": 2, "reccoon": 2, "owl": 2, "frog": 1}
 
 def test_corrupt_sample_is_skipped_and_counted_or_stops_when_strict(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", SMALL, size=32)
-    uid = _truncate_one_train_image(data)
+    uid = _corrupt_one_train_image(data)
     cfg = compose_train(
         [*tiny_overrides(data, tmp_path / "a"), "train.epochs=1", "data.holdout_fraction=0"]
     )
     result = run(cfg)
-    assert result.skipped_samples == 1 and result.steps == 3
+    assert result.skipped_samples == 1 and result.invalid_samples == 0 and result.steps == 3
     skipped = [x for x in read_metrics(tmp_path / "a" / "metrics.jsonl") if "data/skipped_id" in x]
     assert [x["data/skipped_id"] for x in skipped] == [uid]
     strict = compose_train(
@@ -131,6 +133,22 @@ def test_corrupt_sample_is_skipped_and_counted_or_stops_when_strict(tmp_path):
     )
     with pytest.raises(SampleReadError, match=uid):
         run(strict)
+
+
+def test_samples_unusable_at_load_are_dropped_and_counted(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", SMALL, size=32)
+    sorted((data / "train" / "mask").iterdir())[0].unlink()
+    cfg = compose_train(
+        [*tiny_overrides(data, tmp_path / "run"), "train.max_steps=1", "data.holdout_fraction=0"]
+    )
+    result = run(cfg)
+    assert result.invalid_samples == 1 and result.skipped_samples == 0
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert info["data_validation"]["counts"]["missing_mask"] == 1
+    from ovcamo.data import DatasetValidationError
+
+    with pytest.raises(DatasetValidationError, match="missing_mask"):
+        run(compose_train([*tiny_overrides(data, tmp_path / "b"), "data.strict=true"]))
 
 
 def test_missing_file_after_loading_is_skipped(tmp_path, monkeypatch):

@@ -76,6 +76,7 @@ class TrainResult:
     val_metrics: dict[str, float] = field(default_factory=dict)
     best_metrics: dict[str, float] = field(default_factory=dict)
     skipped_samples: int = 0
+    invalid_samples: int = 0
     outside_ov_protocol: bool = False
 
 
@@ -165,6 +166,8 @@ class Trainer:
         if dist.is_main:
             D.barrier()
         self.shares = source_shares(cfg.data, self.sources)
+        # Samples the load-time validation found unusable (missing, unreadable, ...): dropped.
+        self.invalid_samples = sum(s.report.n_errors for s in self.sources if s.report)
         self.data_summary = summarize_sources(self.sources, self.shares)
         self.outside = bool(self.data_summary["outside_ov_protocol"])
         self.image_size = int(cfg.model.backbone.image_size)
@@ -422,6 +425,7 @@ class Trainer:
             val_metrics=self.val_metrics,
             best_metrics=self.best,
             skipped_samples=len(self.skipped),
+            invalid_samples=self.invalid_samples,
             outside_ov_protocol=self.outside,
         )
 
@@ -545,9 +549,8 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
         "optimizer_steps": trainer.total_steps,
         "val_samples": len(trainer.val_set) if trainer.val_set is not None else 0,
         "base_classes": trainer.base_classes,
-        "data_validation": trainer.sources[0].report.to_json()
-        if trainer.sources[0].report
-        else None,
+        "data_validation": trainer.sources[0].report.to_json(),
+        "synthetic_validation": [s.report.to_json() for s in trainer.sources[1:]],
         **trainer.data_summary,
         "outside_ov_protocol_note": banner,
     }
@@ -569,6 +572,10 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
         )
         if banner:
             logger.info(banner)
+        for source in trainer.sources:
+            if source.report is not None and source.report.n_errors:
+                logger.info(f"{source.name}: unusable samples dropped\n{source.report.summary()}")
+                logger.log({"data/invalid_samples": trainer.invalid_samples}, trainer.step)
         result = trainer.fit(logger)
     finally:
         logger.close()
