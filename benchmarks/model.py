@@ -1,0 +1,208 @@
+"""Speed and memory of BaCLIP: forward and train-step time per image, peak memory, trainable vs
+frozen parameters, for the micro and the paper configuration (random weights).
+
+Every (configuration, device, options) row runs in a fresh subprocess, so its peak resident memory
+(``getrusage`` max RSS on CPU, ``max_memory_allocated`` on CUDA) is its own. The candidate classes
+are OVCamo's 14 base classes, as in training.
+
+    python benchmarks/model.py --json bench_model.json
+    python benchmarks/model.py --configs paper --devices cuda --amp --channels-last --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "micro": {"model": "baclip_micro", "backbone": "micro", "batch": 8},
+    "paper": {"model": "baclip", "backbone": "convnext_large_d_320", "batch": 2},
+}
+
+
+def base_classes() -> list[str]:
+    from ovcamo.data.ovcamo_format import load_class_info
+    from ovcamo.data.world import PACKAGED_CLASS_LIST
+
+    return [c.name for c in load_class_info(PACKAGED_CLASS_LIST) if c.split == "train"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    config: str, device: str, steps: int, amp: bool, channels_last: bool, compile_model: bool
+) -> dict[str, Any]:
+    """Build one configuration and time it; runs inside the worker subprocess."""
+    from ovcamo.models import build_model, model_config
+
+    spec = CONFIGS[config]
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build_model(
+        model_config(spec["model"], spec["backbone"], ["backbone.pretrained=null"])
+    ).to(dev)
+    build_s = time.perf_counter() - t0
+    counts = model.parameter_counts()
+    rss_built = _rss_mb()
+    size = model.backbone.image_size
+    b = spec["batch"]
+    images = torch.rand(b, 3, size, size, device=dev)
+    masks = (torch.rand(b, 1, size, size, device=dev) > 0.5).float()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    classes = base_classes()
+    forward = torch.compile(model) if compile_model else model
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
+    optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=3e-5)
+
+    def train_step() -> None:
+        with autocast:
+            out = forward(images, classes)
+            loss = model.loss(out, masks)["loss"]
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+
+    def eval_step() -> None:
+        with torch.no_grad(), autocast:
+            forward(images, classes)
+
+    model.eval()
+    eval_step()  # warm-up: class embeddings are computed and cached here
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        eval_step()
+    _sync(dev)
+    forward_s = (time.perf_counter() - t0) / steps
+    model.train()
+    train_step()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    _sync(dev)
+    train_s = (time.perf_counter() - t0) / steps
+    row = {
+        "config": config,
+        "model": spec["model"],
+        "backbone": spec["backbone"],
+        "image_size": size,
+        "batch": b,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "amp_bf16": amp,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "steps": steps,
+        "build_s": round(build_s, 2),
+        "forward_s_per_image": forward_s / b,
+        "train_step_s": train_s,
+        "train_step_s_per_image": train_s / b,
+        "trainable_params": counts["trainable"],
+        "frozen_params": counts["frozen"],
+        "rss_after_build_mb": round(rss_built, 1),
+        "peak_rss_mb": round(_rss_mb(), 1),
+    }
+    if dev.type == "cuda":
+        row["cuda_peak_train_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+        row["gpu"] = torch.cuda.get_device_name(dev)
+    return row
+
+
+def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        config,
+        "--devices",
+        device,
+        "--steps",
+        str(args.steps if args.steps else (10 if config == "micro" else 3)),
+    ]
+    cmd += [
+        flag
+        for flag, on in (
+            ("--amp", args.amp),
+            ("--channels-last", args.channels_last),
+            ("--compile", args.compile),
+        )
+        if on
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark of {config} on {device} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = (
+        f"{'config':<7} {'device':<6} {'opts':<12} {'batch':>5} {'fwd s/img':>10} "
+        f"{'train s/step':>12} {'train s/img':>11} {'peak MB':>9} {'trainable':>11} {'frozen':>12}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        opts = "+".join(k for k in ("amp_bf16", "channels_last", "compile") if r[k]) or "fp32"
+        peak = r.get("cuda_peak_train_mb", r["peak_rss_mb"])
+        print(
+            f"{r['config']:<7} {r['device']:<6} {opts:<12} {r['batch']:>5} "
+            f"{r['forward_s_per_image']:>10.4f} {r['train_step_s']:>12.3f} "
+            f"{r['train_step_s_per_image']:>11.3f} {peak:>9.0f} {r['trainable_params']:>11,} "
+            f"{r['frozen_params']:>12,}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="default: cpu (+ cuda if present)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, help="timed steps (default 10 micro, 3 paper)"
+    )
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        row = measure(
+            args.worker, args.devices[0], args.steps, args.amp, args.channels_last, args.compile
+        )
+        print(json.dumps(row))
+        return
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    rows = [run_worker(args, c, d) for c in args.configs for d in devices]
+    print_table(rows)
+    if args.json:
+        from ovcamo.data.io import atomic_write_json
+
+        atomic_write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
