@@ -1,0 +1,174 @@
+"""The micro CLIP: CamoPrompts embeddings, class-grouped batches, training, caching, open_clip loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+import ovcamo.models  # noqa: F401  (registers the micro architecture)
+from ovcamo.models.camo_prompts import CAMO_PROMPTS, class_text_embeddings
+from ovcamo.models.micro_clip import (
+    REPORT_FILE,
+    augment,
+    class_grouped_batches,
+    ensure_micro_clip,
+    main,
+)
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TINY_CLIP = "ovcamo_test_tiny_clip"
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {
+        "timm_model_name": "convnext_atto",
+        "timm_model_pretrained": False,
+        "timm_pool": "",
+        "timm_proj": "mlp",
+        "image_size": 32,
+    },
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_name(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 32 px ConvNeXt-atto CLIP with a one-layer text tower, registered with open_clip."""
+    if TINY_CLIP not in open_clip.list_models():
+        folder = tmp_path_factory.mktemp("model_configs")
+        (folder / f"{TINY_CLIP}.json").write_text(json.dumps(TINY_CLIP_CFG))
+        open_clip.add_model_config(folder)
+    return TINY_CLIP
+
+
+def tiny_world_cfg() -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "world" / "micro.yaml"))
+    cfg.update(
+        name="tiny",
+        image_size=32,
+        classes={"train": ["mantis", "flatfish"], "test": ["cat", "crab", "moth"]},
+        train_counts={"min": 1, "max": 2},
+        test_count=2,
+        salient_per_class=4,
+        salient_heldout_per_class=2,
+    )
+    return cfg
+
+
+def tiny_clip_cfg(model: str, **overrides) -> dict:
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "micro_clip.yaml"))["clip"]
+    cfg.update(model=model, epochs=12, batch_size=10, group_size=5, warmup_steps=2, lr=3e-3)
+    cfg.update({"progress": False, **overrides})
+    return cfg
+
+
+def test_camo_prompts_are_the_six_sentences() -> None:
+    assert len(CAMO_PROMPTS) == 6
+    assert CAMO_PROMPTS[0].format("snow leopard") == "A photo of the camouflaged snow leopard."
+    assert all(t.count("{}") == 1 for t in CAMO_PROMPTS)
+
+
+def test_class_text_embeddings_is_the_template_ensemble(tiny_clip_name: str) -> None:
+    torch.manual_seed(0)
+    model = open_clip.create_model(tiny_clip_name).train()
+    tokenizer = open_clip.get_tokenizer(tiny_clip_name)
+    names = ["snow leopard", "reccoon", "cat"]
+    emb = class_text_embeddings(model, tokenizer, names)
+    assert emb.shape == (3, 32)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        per_template = F.normalize(
+            model.encode_text(tokenizer([t.format("reccoon") for t in CAMO_PROMPTS])), dim=-1
+        )
+    expected = F.normalize(per_template.mean(0), dim=-1)
+    assert torch.allclose(emb[1], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="class_names is empty"):
+        class_text_embeddings(model, tokenizer, [])
+
+
+def test_class_grouped_batches_have_distinct_classes_per_group() -> None:
+    labels = np.repeat(np.arange(7), [3, 9, 1, 4, 4, 2, 5])
+    rng = np.random.default_rng(0)
+    idx = class_grouped_batches(labels, batch_size=12, group_size=4, rng=rng)
+    assert idx.shape == (12,)
+    for group in idx.reshape(3, 4):
+        assert len(set(labels[group])) == 4
+    # More classes asked than exist: smaller groups, each class once per group, same batch size.
+    idx = class_grouped_batches(labels[:4], batch_size=8, group_size=8, rng=rng)
+    assert [sorted(g) for g in labels[:4][idx].reshape(4, 2)] == [[0, 1]] * 4
+
+
+def test_augment_keeps_shape_and_range() -> None:
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    cfg = {"scale": [0.5, 1.0], "hflip": True, "brightness": 0.2, "contrast": 0.2}
+    a = augment(x, cfg, torch.Generator().manual_seed(0))
+    b = augment(x, cfg, torch.Generator().manual_seed(0))
+    assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    assert torch.equal(a, b)
+
+
+def test_training_lowers_loss_and_checkpoint_loads_in_open_clip(
+    tiny_clip_name: str, tmp_path: Path
+) -> None:
+    checkpoint = ensure_micro_clip(tiny_clip_cfg(tiny_clip_name), tiny_world_cfg(), tmp_path)
+    assert checkpoint.suffix == ".safetensors" and checkpoint.is_file()
+    report = json.loads((checkpoint.parent / REPORT_FILE).read_text())
+    for key in ("zero_shot_top1_salient", "zero_shot_top1_camouflaged"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["n_eval_salient"] == 3 * 2 and report["n_eval_camouflaged"] == 3 * 2
+    assert report["train_seconds"] > 0
+    assert (checkpoint.parent / report["checkpoint"]) == checkpoint
+    assert report["loss_last_epoch"] < report["loss_first_epoch"]
+
+    from safetensors.torch import load_file
+
+    loaded = open_clip.create_model(tiny_clip_name, pretrained=str(checkpoint))
+    saved = load_file(str(checkpoint))
+    state = loaded.state_dict()
+    assert set(saved) == set(state)
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+
+    # A second call finds the cache entry and trains nothing.
+    mtime = checkpoint.stat().st_mtime_ns
+    again = ensure_micro_clip(tiny_clip_cfg(tiny_clip_name), tiny_world_cfg(), tmp_path)
+    assert again == checkpoint and checkpoint.stat().st_mtime_ns == mtime
+    assert not [p for p in checkpoint.parents[1].iterdir() if p.name.endswith(".tmp")]
+
+    # A changed recipe is another cache entry; progress is not part of the hash.
+    quiet = ensure_micro_clip(
+        tiny_clip_cfg(tiny_clip_name, progress=True, num_threads=1), tiny_world_cfg(), tmp_path
+    )
+    assert quiet == checkpoint
+
+
+def test_main_prints_report(tiny_clip_name: str, tmp_path: Path, capsys) -> None:
+    cfg = {
+        "clip": tiny_clip_cfg(tiny_clip_name, epochs=2),
+        "world": tiny_world_cfg(),
+        "cache_dir": str(tmp_path),
+    }
+    checkpoint = main(cfg)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["checkpoint"] == str(checkpoint) and checkpoint.is_file()
+    assert set(printed) >= {"zero_shot_top1_salient", "zero_shot_top1_camouflaged", "train_seconds"}
+
+
+def test_bad_clip_config_is_named(tmp_path: Path) -> None:
+    cfg = tiny_clip_cfg("ovcamo_micro_convnext")
+    del cfg["lr"]
+    with pytest.raises(KeyError, match="clip.lr"):
+        ensure_micro_clip(cfg, tiny_world_cfg(), tmp_path)
+    with pytest.raises(ValueError, match="multiple of clip.group_size"):
+        ensure_micro_clip(
+            tiny_clip_cfg("x", batch_size=10, group_size=3), tiny_world_cfg(), tmp_path
+        )
+    assert not any(tmp_path.iterdir())
