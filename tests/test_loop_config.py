@@ -13,13 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ovcamo.cli import CONF_DIR
-from ovcamo.engine.loop import (
-    LoopContext,
-    StageCache,
-    main,
-    plan_stages,
-    training_config,
-)
+from ovcamo.engine.loop import main, training_config
 
 
 def _compose(*overrides: str):
@@ -38,10 +32,11 @@ def _flatten(node, prefix=""):
 
 def test_runs_differ_only_in_synthetic_data(tmp_path):
     cfg = _compose()
-    ctx = LoopContext(cfg, tmp_path, StageCache(tmp_path / "loop"), plan_stages(cfg))
-    ctx.outputs["generate"] = {"set_dir": str(tmp_path / "set")}
     runs = {
-        v: OmegaConf.to_container(training_config(cfg, v, 0, tmp_path / v, ctx), resolve=False)
+        v: OmegaConf.to_container(
+            training_config(cfg, v, 0, tmp_path / v, tmp_path, str(tmp_path / "set")),
+            resolve=False,
+        )
         for v in ("without", "with")
     }
     a, b = (_flatten(runs[v]) for v in ("without", "with"))

@@ -14,7 +14,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from ovcamo.cli import CONF_DIR
-from ovcamo.engine.loop import MARKER, main
+from ovcamo.engine.loop import main
+from ovcamo.engine.stage_cache import MARKER
 from ovcamo.report.loop_report import read_metrics
 
 TINY = [

@@ -7,7 +7,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from ovcamo.engine.loop import MARKER, StageCache, content_hash, plan_stages, stage_order
+from ovcamo.engine.loop import plan_stages, stage_order
+from ovcamo.engine.stage_cache import MARKER, StageCache, content_hash
 
 
 def _cfg(**overrides):

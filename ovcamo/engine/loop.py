@@ -1,17 +1,14 @@
 """``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report (DESIGN §8).
 
-Every stage is cached under ``<cache_dir>/loop/<stage>/<key>``, where the key is a content hash of the
-stage's resolved config and of the keys of the stages it depends on, never of paths or wall clock.
-A stage counts as done only when its ``stage.json`` marker exists (written atomically after the
-stage's own outputs), so a killed loop reruns exactly the stages that had not finished, and training
-resumes from its last checkpoint inside the unfinished stage's folder.
+Every stage is cached under ``<cache_dir>/loop/<kind>/<key>`` (:mod:`ovcamo.engine.stage_cache`),
+where the key is a content hash of the stage's resolved config and of the keys of the stages it
+depends on, never of paths or wall clock. A killed loop reruns exactly the stages that had not
+finished, and training resumes from its last checkpoint inside the unfinished stage's folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import time
@@ -23,113 +20,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ovcamo.data.io import atomic_write_json
+from ovcamo.engine.stage_cache import StageCache, content_hash, to_plain
 
 log = logging.getLogger(__name__)
 
-MARKER = "stage.json"
 VARIANTS = ("without", "with")
 # Keys of the loop config that are not the training run's.
 LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check")
-
-
-def content_hash(obj: Any) -> str:
-    """A short, stable hash of a JSON-able value (dict keys sorted)."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def to_plain(node: Any) -> Any:
-    """A resolved plain container of a config node (or the value itself)."""
-    if isinstance(node, DictConfig) or OmegaConf.is_config(node):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
-
-
-@dataclass
-class StageRecord:
-    """What one stage did in this run: ``status`` is ``ran`` or ``cached``."""
-
-    name: str
-    key: str
-    status: str
-    seconds: float
-    compute_seconds: float
-    directory: Path
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-
-class StageCache:
-    """Runs named stages once per content key; a finished stage is skipped on every later run."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self.records: list[StageRecord] = []
-
-    def directory(self, kind: str, key: str) -> Path:
-        return self.root / kind / key
-
-    def is_done(self, kind: str, key: str) -> bool:
-        return self._load(self.directory(kind, key)) is not None
-
-    def run(
-        self,
-        name: str,
-        kind: str,
-        inputs: Mapping[str, Any],
-        fn: Callable[[Path], dict[str, Any]],
-    ) -> StageRecord:
-        """Run ``fn(stage_dir) -> outputs`` unless a finished stage with the same inputs exists."""
-        key = content_hash({"kind": kind, **inputs})
-        directory = self.directory(kind, key)
-        t0 = time.perf_counter()
-        done = self._load(directory)
-        if done is not None:
-            record = StageRecord(
-                name,
-                key,
-                "cached",
-                time.perf_counter() - t0,
-                float(done["compute_seconds"]),
-                directory,
-                done["outputs"],
-            )
-            log.info("stage %s: cached (%s)", name, directory)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            log.info("stage %s: running in %s", name, directory)
-            outputs = fn(directory)
-            seconds = time.perf_counter() - t0
-            atomic_write_json(
-                directory / MARKER,
-                {
-                    "name": name,
-                    "kind": kind,
-                    "key": key,
-                    "inputs": inputs,
-                    "outputs": outputs,
-                    "compute_seconds": seconds,
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                },
-            )
-            record = StageRecord(name, key, "ran", seconds, seconds, directory, outputs)
-            log.info("stage %s: done in %.1f s", name, seconds)
-        self.records.append(record)
-        return record
-
-    @staticmethod
-    def _load(directory: Path) -> dict[str, Any] | None:
-        marker = directory / MARKER
-        if not marker.is_file():
-            return None
-        try:
-            done = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-        # Outputs that live outside the stage folder (e.g. the world's own cache) may have been deleted.
-        for value in done.get("outputs", {}).values():
-            if isinstance(value, str) and value.startswith("/") and not Path(value).exists():
-                return None
-        return done
 
 
 @dataclass
@@ -248,7 +145,12 @@ class LoopContext:
 
 
 def training_config(
-    cfg: DictConfig, variant: str, seed: int, out_dir: Path, ctx: LoopContext
+    cfg: DictConfig,
+    variant: str,
+    seed: int,
+    out_dir: Path,
+    cache_dir: Path,
+    synthetic_dir: str | None = None,
 ) -> DictConfig:
     """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data.
 
@@ -258,16 +160,23 @@ def training_config(
     tcfg = OmegaConf.create(plain)
     tcfg.seed = int(seed)
     tcfg.out_dir = str(out_dir)
-    tcfg.cache_dir = str(ctx.cache_dir)
+    tcfg.cache_dir = str(cache_dir)
     tcfg.resume = True
     tcfg.check = False
     if variant == "with":
-        tcfg.data.synthetic = [ctx.outputs["generate"]["set_dir"]]
+        if synthetic_dir is None:
+            raise ValueError("the run with synthetic data needs the synthetic set's folder")
+        tcfg.data.synthetic = [synthetic_dir]
         tcfg.data.synthetic_ratio = float(cfg.data.synthetic_ratio)
     else:
         tcfg.data.synthetic = []
         tcfg.data.synthetic_ratio = 0.0
     return tcfg
+
+
+def _run_config(ctx: LoopContext, variant: str, seed: int, out_dir: Path) -> DictConfig:
+    synthetic = ctx.outputs["generate"]["set_dir"] if variant == "with" else None
+    return training_config(ctx.cfg, variant, seed, out_dir, ctx.cache_dir, synthetic)
 
 
 def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
@@ -315,7 +224,7 @@ def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], 
     def fn(directory: Path) -> dict[str, Any]:
         from ovcamo.engine.train import run
 
-        tcfg = training_config(ctx.cfg, variant, seed, directory / "run", ctx)
+        tcfg = _run_config(ctx, variant, seed, directory / "run")
         result = run(tcfg)
         # Without a validation part there is no best checkpoint: the last one is scored.
         best = result.best_checkpoint or result.last_checkpoint
@@ -337,7 +246,7 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
         from ovcamo.engine.predict import predict_to_dir
 
         trained = ctx.outputs[f"train/{variant}/seed{seed}"]
-        pcfg = training_config(ctx.cfg, variant, seed, directory, ctx)
+        pcfg = _run_config(ctx, variant, seed, directory)
         pcfg.checkpoint = trained["best_checkpoint"]
         for key, value in ctx.cfg.loop.eval.items():
             pcfg[key] = value
@@ -401,76 +310,6 @@ def describe_plan(cfg: DictConfig, plan: StagePlan, stages: StageCache) -> str:
         state = "cached" if stages.is_done(plan.kinds[name], key) else "to run"
         lines.append(f"  - {name:<24} {key}  {state}")
     return "\n".join(lines)
-
-
-def _is_local_path(value: str) -> bool:
-    return value.startswith(("/", "~", ".")) or value.endswith(
-        (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
-    )
-
-
-def _check_open_clip_tag(name: str, tag: str) -> list[str]:
-    """An open_clip tag must exist and, with no network, be in the local Hugging Face cache."""
-    import open_clip
-
-    if (name, tag) not in open_clip.list_pretrained():
-        return [f"backbone.pretrained: open_clip knows no tag {tag!r} for {name!r}"]
-    hub = open_clip.get_pretrained_cfg(name, tag).get("hf_hub", "").strip("/")
-    if not hub:
-        return []
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        if isinstance(try_to_load_from_cache(hub, filename), str):
-            return []
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return [
-            f"backbone.pretrained: {name}/{tag} is not in the local Hugging Face cache and "
-            f"HF_HUB_OFFLINE=1; download it once with network (hub repo {hub}) or pass a local "
-            "weights file as backbone.pretrained"
-        ]
-    print(f"note: {name}/{tag} is not cached yet; open_clip downloads it from {hub} on first use")
-    return []
-
-
-def check_inputs(cfg: DictConfig) -> list[str]:
-    """Problems with data paths and weights files, found without any compute."""
-    from ovcamo.data import DATA_KEYS, load_class_info
-
-    problems: list[str] = []
-    if not cfg.data.get("world"):
-        for k in DATA_KEYS:
-            value = cfg.data.get(k)
-            if not value or not Path(os.path.expanduser(str(value))).exists():
-                problems.append(f"data.{k}: {value} does not exist")
-        if not problems:
-            try:
-                load_class_info(os.path.expanduser(str(cfg.data.class_info)))
-            except (OSError, ValueError) as e:
-                problems.append(f"data.class_info: {e}")
-    pretrained = cfg.backbone.get("pretrained")
-    if pretrained and pretrained != "micro":
-        if _is_local_path(str(pretrained)):
-            if not Path(os.path.expanduser(str(pretrained))).is_file():
-                problems.append(f"backbone.pretrained: weights file {pretrained} does not exist")
-        else:
-            problems += _check_open_clip_tag(str(cfg.backbone.name), str(pretrained))
-    sam = cfg.model.get("sam_checkpoint")
-    if sam and not Path(os.path.expanduser(str(sam))).is_file():
-        problems.append(
-            f"model.sam_checkpoint: {sam} does not exist (official SAM files: "
-            "https://github.com/facebookresearch/segment-anything#model-checkpoints)"
-        )
-    # A generator that trains its own weights when they are missing (the micro ones) needs none.
-    if "with" in cfg.loop.variants and not cfg.generator.get("train_if_missing", False):
-        for key, value in to_plain(cfg.generator).items():
-            if (
-                isinstance(value, str)
-                and any(w in key for w in ("pretrained", "checkpoint", "weights", "model_dir"))
-                and not Path(os.path.expanduser(value)).exists()
-            ):
-                problems.append(f"generator.{key}: {value} does not exist")
-    return problems
 
 
 def _summary(ctx: LoopContext) -> Any:
@@ -566,13 +405,16 @@ def run_loop(cfg: DictConfig) -> Path:
 def main(cfg: DictConfig) -> Path | None:
     """``ovcamo-loop``; with ``check=true`` validates inputs and prints the plan, computing nothing."""
     if cfg.get("check"):
-        plan = plan_stages(cfg)
+        from ovcamo.engine.loop_check import check_loop
+
         cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
+        plan = plan_stages(cfg)
         print(describe_plan(cfg, plan, StageCache(cache_dir / "loop")))
-        problems = check_inputs(cfg)
+        with _outside_hydra_job():
+            problems = check_loop(cfg, plan, cache_dir)
         if problems:
             print("check failed:\n" + "\n".join(f"  - {p}" for p in problems))
             raise SystemExit(2)
-        print("check passed: data paths and weights files are in place")
+        print("check passed: data paths and weights files are in place; nothing was computed")
         return None
     return run_loop(cfg)
