@@ -148,15 +148,17 @@ class DiffuMattingGenerator:
         placement = sample.extra.get("placement")
         if placement is not None:
             alpha = warp_alpha(alpha, Placement.from_json(placement))
+        # Resampling moves alpha and mask slightly differently; the exact mask wins, so that
+        # thresholding the kept alpha gives back the written mask.
+        thr = np.float32(self.alpha_threshold)
+        alpha = alpha.astype(np.float32)
         alpha = np.where(
-            sample.mask,
-            np.maximum(alpha, self.alpha_threshold),
-            np.minimum(alpha, np.nextafter(self.alpha_threshold, 0)),
+            sample.mask, np.maximum(alpha, thr), np.minimum(alpha, np.nextafter(thr, np.float32(0)))
         )
         return GeneratedSample(
             image=sample.image,
             mask=sample.mask,
-            alpha=alpha.astype(np.float32),
+            alpha=alpha,
             extra={
                 **sample.extra,
                 "background_generator": getattr(self.background, "name", "?"),
