@@ -9,6 +9,7 @@ finished, and training resumes from its last checkpoint inside the unfinished st
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -331,6 +332,11 @@ def _summary(ctx: LoopContext) -> Any:
                 )
             )
     gen = ctx.outputs.get("generate")
+    clip_report: dict[str, Any] = {}
+    if ctx.outputs.get("micro_clip"):
+        path = Path(ctx.outputs["micro_clip"]["checkpoint"]).parent / "report.json"
+        if path.is_file():
+            clip_report = json.loads(path.read_text(encoding="utf-8"))
     return LoopSummary(
         data=resolve_data_paths(cfg.data, cache_dir=str(ctx.cache_dir)),
         runs=runs,
@@ -349,6 +355,11 @@ def _summary(ctx: LoopContext) -> Any:
             "backbone": cfg.backbone.get("name", "?"),
             "generator": cfg.generator.get("name", "?"),
             "synthetic_ratio": float(cfg.data.synthetic_ratio),
+            "micro_clip": {
+                k: clip_report[k]
+                for k in ("zero_shot_top1_salient", "zero_shot_top1_camouflaged")
+                if k in clip_report
+            },
         },
         synthetic_dir=Path(gen["set_dir"]) if gen else None,
         grid_samples=int(cfg.loop.report.grid_samples),

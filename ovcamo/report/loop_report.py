@@ -335,6 +335,12 @@ def _intro(meta: Mapping[str, Any], runs: Mapping[str, Sequence[RunFiles]]) -> s
         f"- model: {meta.get('model', '?')} (backbone {meta.get('backbone', '?')})",
         f"- runs: {', '.join(runs)}; seeds: {', '.join(map(str, seeds))}",
     ]
+    clip = meta.get("micro_clip") or {}
+    if clip:
+        lines.append(
+            "- micro CLIP zero-shot top-1 over the novel classes: "
+            + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.1%}" for k, v in clip.items())
+        )
     if TREATED in runs:
         lines.append(
             f"- synthetic set: generator `{meta.get('generator', '?')}`, "
