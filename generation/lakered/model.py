@@ -2,10 +2,12 @@
 camouflaged image generation, built from stock ``diffusers`` parts.
 
 The first stage is a ``VQModel`` whose codebook is the global background knowledge; the denoiser
-is a ``UNet2DModel`` over ``[z_t, condition, mask]`` (7 channels for a 3-channel latent). LAKE-RED's
-own modules live here: LMP pools the foreground latent over SLIC superpixels, BKRM retrieves
-background knowledge from the codebook with the pooled vectors as queries, and RCEM reasons a
-background latent from it and fills the background part of the condition.
+is a ``UNet2DModel`` over ``[z_t, condition, mask]`` (7 channels for a 3-channel latent), laid out
+as LDM's ``inpainting_big`` UNet (resblock up/down sampling, 8 heads). LAKE-RED's own modules
+live here, shaped as in the official release so its weights convert one to one: LMP pools the
+foreground latent over SLIC superpixels, BKRM retrieves background knowledge from the codebook
+with the pooled vectors as queries, and RCEM lays the retrieved vectors over the latent grid,
+fuses them with the masked latent and fills the background part of the condition.
 
 Mask convention, as in the official code: ``bg_mask`` is 1 (white) where the background is to be
 generated and 0 on the object.
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel, VQModel
+from diffusers.models.attention_processor import Attention
 from skimage.segmentation import slic
 from torch import nn
 
@@ -50,9 +53,14 @@ class LakeRedConfig:
     unet_layers_per_block: int = 2
     unet_attention_head_dim: int = 32
     unet_norm_num_groups: int = 32
+    unet_num_heads: int | None = 8
+    resblock_updown: bool = True
+    vq_mid_attention: bool = False
     superpixels: int = 16
-    retrieval_dim: int = 64
-    retrieval_heads: int = 4
+    superpixel_sigma: float = 5.0
+    retrieval_heads: int = 8
+    retrieval_head_dim: int = 64
+    retrieval_mlp_hidden: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -73,137 +81,133 @@ class LakeRedConfig:
 
 
 class LMP(nn.Module):
-    """Localized Masked Pooling (LAKE-RED §3.2): SLIC superpixels of the foreground latent
-    (``s`` segments), each mean-pooled into one foreground vector.
+    """Localized Masked Pooling (LAKE-RED §3.2): SLIC superpixels (``s`` segments) of the
+    foreground latent, each mean-pooled into one foreground vector.
 
     The superpixel assignment is computed without gradients (SLIC is not differentiable); the
-    pooling itself is, so the retrieval learns through it.
+    pooling is differentiable. Segments SLIC does not produce give zero vectors, as in the
+    official code, so the output always has ``s`` rows.
     """
 
-    def __init__(self, superpixels: int = 16, compactness: float = 0.1):
+    def __init__(self, superpixels: int = 16, sigma: float = 5.0):
         super().__init__()
         self.superpixels = superpixels
-        self.compactness = compactness
+        self.sigma = sigma
 
     def assign(self, z: np.ndarray, fg: np.ndarray) -> np.ndarray:
         """Superpixel labels ``h×w`` (0 outside ``fg``, 1…s inside) of one latent ``h×w×D``."""
-        if fg.sum() == 0:
+        n_fg = int(fg.sum())
+        if n_fg == 0:
             return np.zeros(fg.shape, np.int64)
-        if fg.sum() <= self.superpixels:
+        if n_fg <= self.superpixels:
             labels = np.zeros(fg.shape, np.int64)
-            labels[fg] = np.arange(1, int(fg.sum()) + 1)
+            labels[fg] = np.arange(1, n_fg + 1)
             return labels
-        labels = slic(
-            z.astype(np.float64),
-            n_segments=self.superpixels,
-            compactness=self.compactness,
-            mask=fg,
-            channel_axis=-1,
-            convert2lab=False,
-            enforce_connectivity=False,
-            start_label=1,
+        return np.asarray(
+            slic(z.astype(np.float64), n_segments=self.superpixels, sigma=self.sigma, mask=fg),
+            np.int64,
         )
-        return np.asarray(labels, np.int64)
 
-    def forward(self, z: torch.Tensor, fg_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z`` ``B×D×h×w``, ``fg_mask`` ``B×1×h×w`` (1 on the object).
-
-        Returns foreground vectors ``B×s×D`` and their validity ``B×s`` (bool; an object with fewer
-        superpixels than ``s`` leaves the rest invalid; an empty object yields one zero vector).
-        """
-        b, d, h, w = z.shape
+    def forward(self, z: torch.Tensor, fg_mask: torch.Tensor) -> torch.Tensor:
+        """``z`` ``B×D×h×w``, ``fg_mask`` ``B×1×h×w`` (1 on the object) → vectors ``B×s×D``."""
+        b, d = z.shape[:2]
         s = self.superpixels
-        fg = fg_mask[:, 0] > 0.5
+        fg = (fg_mask[:, 0] > 0.5).cpu().numpy()
         z_np = z.detach().permute(0, 2, 3, 1).float().cpu().numpy()
-        fg_np = fg.cpu().numpy()
-        labels = torch.from_numpy(np.stack([self.assign(z_np[i], fg_np[i]) for i in range(b)])).to(
-            z.device
-        )
-        onehot = F.one_hot(labels.clamp(max=s).view(b, -1), s + 1)[..., 1:].to(z.dtype)  # B×hw×s
-        counts = onehot.sum(1)  # B×s
-        vectors = (
-            torch.einsum("bns,bdn->bsd", onehot, z.view(b, d, -1)) / counts.clamp(min=1)[..., None]
-        )
-        valid = counts > 0
-        valid[:, 0] |= ~valid.any(1)
-        return vectors, valid
+        labels = torch.from_numpy(np.stack([self.assign(z_np[i], fg[i]) for i in range(b)]))
+        labels = labels.to(z.device).clamp(max=s).view(b, -1)
+        onehot = F.one_hot(labels, s + 1)[..., 1:].to(z.dtype)  # B×hw×s
+        sums = torch.einsum("bns,bdn->bsd", onehot, z.reshape(b, d, -1))
+        return sums / onehot.sum(1).clamp(min=1)[..., None]
+
+
+class Mlp(nn.Module):
+    """Two linear layers with tanh-approximated GELU (the official ``mlp_in``/``mlp_out``)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 class BKRM(nn.Module):
-    """Background Knowledge Retrieval Module (LAKE-RED §3.2): multi-head attention with the
-    foreground vectors as queries and the VQ codebook (``K×D``) as keys and values."""
+    """Background Knowledge Retrieval Module (LAKE-RED §3.2): multi-head cross-attention with the
+    foreground vectors (through ``mlp_in``) as queries and the codebook (``K×D``) as keys and
+    values, then ``mlp_out``.
 
-    def __init__(self, latent_dim: int, hidden_dim: int = 64, num_heads: int = 4):
+    ``knowledge`` holds the codebook the module retrieves from: the VQ codebook, copied in when
+    the first stage is ready (the official checkpoints store their own copy).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        num_embeddings: int,
+        mlp_hidden: int = 6,
+        heads: int = 8,
+        head_dim: int = 64,
+    ):
         super().__init__()
-        self.q = nn.Linear(latent_dim, hidden_dim)
-        self.k = nn.Linear(latent_dim, hidden_dim)
-        self.v = nn.Linear(latent_dim, hidden_dim)
-        self.attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
-        self.out = nn.Linear(hidden_dim, latent_dim)
+        inner = heads * head_dim
+        self.heads = heads
+        self.mlp_in = Mlp(latent_dim, mlp_hidden)
+        self.to_q = nn.Linear(latent_dim, inner, bias=False)
+        self.to_k = nn.Linear(latent_dim, inner, bias=False)
+        self.to_v = nn.Linear(latent_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, latent_dim)
+        self.mlp_out = Mlp(latent_dim, mlp_hidden)
+        self.register_buffer("knowledge", torch.randn(num_embeddings, latent_dim))
 
-    def forward(self, fg_vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        """``fg_vectors`` ``B×s×D``, ``codebook`` ``K×D`` → retrieved knowledge ``B×s×D``."""
+    def forward(self, fg_vectors: torch.Tensor) -> torch.Tensor:
+        """``fg_vectors`` ``B×s×D`` → retrieved background vectors ``B×s×D``."""
         b = fg_vectors.shape[0]
-        book = codebook.detach()[None].expand(b, -1, -1)
-        retrieved, _ = self.attn(self.q(fg_vectors), self.k(book), self.v(book), need_weights=False)
-        return self.out(retrieved)
+        book = self.knowledge[None].expand(b, -1, -1)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(b, x.shape[1], self.heads, -1).transpose(1, 2)
+
+        q = heads(self.to_q(self.mlp_in(fg_vectors)))
+        k, v = heads(self.to_k(book)), heads(self.to_v(book))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q.shape[2], -1)
+        return self.mlp_out(self.to_out(out))
 
 
 class RCEM(nn.Module):
     """Reasoning-driven Condition Enhancement Module (LAKE-RED §3.3).
 
-    Every latent position attends to the retrieved knowledge; the result is fused with the masked
-    latent into a background latent ``z_rec``, which fills the background part of the condition.
-    Trained with the background reconstruction loss ``‖z_rec·m − z₀·m‖²``.
+    The retrieved vectors are laid out over the latent grid, fused with the masked latent by a
+    1×1 convolution into the background latent ``z_rec``, which fills the background part of
+    the condition. Trained with the background reconstruction loss ``‖z_rec·m − z₀·m‖²``.
     """
 
-    def __init__(self, latent_dim: int, hidden_dim: int = 64, num_heads: int = 4):
+    def __init__(self, latent_dim: int):
         super().__init__()
-        groups = min(8, hidden_dim)
-        self.encode = nn.Sequential(
-            nn.Conv2d(latent_dim + 1, hidden_dim, 3, padding=1),
-            nn.GroupNorm(groups, hidden_dim),
-            nn.SiLU(),
-        )
-        self.kv = nn.Linear(latent_dim, hidden_dim)
-        self.attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(2 * hidden_dim, hidden_dim, 3, padding=1),
-            nn.GroupNorm(groups, hidden_dim),
-            nn.SiLU(),
-            nn.Conv2d(hidden_dim, latent_dim, 3, padding=1),
-        )
+        self.fuse = nn.Conv2d(2 * latent_dim, latent_dim, kernel_size=1)
 
     def forward(
-        self,
-        z_masked: torch.Tensor,
-        bg_mask: torch.Tensor,
-        knowledge: torch.Tensor,
-        valid: torch.Tensor,
+        self, z_masked: torch.Tensor, bg_mask: torch.Tensor, knowledge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``z_masked`` ``B×D×h×w`` (latent of the image with its background removed), ``bg_mask``
-        ``B×1×h×w``, ``knowledge`` ``B×s×D``, ``valid`` ``B×s``.
+        ``B×1×h×w``, ``knowledge`` ``B×s×D``.
 
         Returns ``(z_rec, condition)``, both ``B×D×h×w``; ``condition`` equals ``z_masked`` on the
         object and ``z_rec`` on the background.
         """
-        b, _, h, w = z_masked.shape
-        feat = self.encode(torch.cat([z_masked, bg_mask], 1))
-        tokens = feat.flatten(2).transpose(1, 2)
-        kv = self.kv(knowledge)
-        attended, _ = self.attn(tokens, kv, kv, key_padding_mask=~valid, need_weights=False)
-        attended = attended.transpose(1, 2).reshape(b, -1, h, w)
-        z_rec = self.fuse(torch.cat([feat, attended], 1))
-        condition = z_masked * (1 - bg_mask) + z_rec * bg_mask
-        return z_rec, condition
+        s = knowledge.shape[1]
+        grid = knowledge.transpose(1, 2)[..., None].expand(-1, -1, -1, s)
+        grid = F.interpolate(grid, size=z_masked.shape[-2:], mode="nearest")
+        z_rec = self.fuse(torch.cat([grid, z_masked], 1))
+        return z_rec, z_masked * (1 - bg_mask) + z_rec * bg_mask
 
 
 def background_reconstruction_loss(
     z_rec: torch.Tensor, z0: torch.Tensor, bg_mask: torch.Tensor
 ) -> torch.Tensor:
-    """``‖z_rec·m − z₀·m‖²`` averaged over background latent elements (LAKE-RED Eq. 7)."""
-    diff = (z_rec - z0) * bg_mask
-    return diff.pow(2).sum() / (bg_mask.sum() * z0.shape[1]).clamp(min=1)
+    """``‖z_rec·m − z₀·m‖²``, averaged over latent elements (LAKE-RED Eq. 7, official ``l2``)."""
+    return F.mse_loss(z_rec * bg_mask, z0 * bg_mask)
 
 
 class LakeRed(nn.Module):
@@ -229,6 +233,7 @@ class LakeRed(nn.Module):
             vq_embed_dim=config.latent_channels,
             norm_num_groups=config.vq_norm_num_groups,
             sample_size=config.resolution,
+            mid_block_add_attention=config.vq_mid_attention,
         )
         d = config.latent_channels
         self.unet = UNet2DModel(
@@ -241,15 +246,35 @@ class LakeRed(nn.Module):
             layers_per_block=config.unet_layers_per_block,
             attention_head_dim=config.unet_attention_head_dim,
             norm_num_groups=config.unet_norm_num_groups,
+            downsample_type="resnet" if config.resblock_updown else "conv",
+            upsample_type="resnet" if config.resblock_updown else "conv",
         )
-        self.lmp = LMP(config.superpixels)
-        self.bkrm = BKRM(d, config.retrieval_dim, config.retrieval_heads)
-        self.rcem = RCEM(d, config.retrieval_dim, config.retrieval_heads)
+        if config.unet_num_heads:
+            # LDM's UNet fixes the number of heads (8), not their width; UNet2DModel only takes a
+            # width, so the head count is set on each attention layer after building.
+            for module in self.unet.modules():
+                if isinstance(module, Attention):
+                    module.heads = config.unet_num_heads
+                    module.scale = (module.inner_dim // config.unet_num_heads) ** -0.5
+        self.lmp = LMP(config.superpixels, config.superpixel_sigma)
+        self.bkrm = BKRM(
+            d,
+            config.num_vq_embeddings,
+            config.retrieval_mlp_hidden,
+            config.retrieval_heads,
+            config.retrieval_head_dim,
+        )
+        self.rcem = RCEM(d)
 
     @property
     def codebook(self) -> torch.Tensor:
         """The VQ codebook ``K×D``: LAKE-RED's global background knowledge."""
         return self.vqvae.quantize.embedding.weight
+
+    @torch.no_grad()
+    def load_knowledge_from_codebook(self) -> None:
+        """Copy the (trained) VQ codebook into BKRM's retrieval memory."""
+        self.bkrm.knowledge.copy_(self.codebook)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``B×3×H×W`` in [−1, 1] → pre-quantisation latent ``B×D×H/f×W/f``."""
@@ -269,9 +294,8 @@ class LakeRed(nn.Module):
         """
         z_masked = self.encode(image * (1 - bg_mask))
         m = F.interpolate(bg_mask, size=z_masked.shape[-2:], mode="nearest")
-        fg_vectors, valid = self.lmp(z_masked, 1 - m)
-        knowledge = self.bkrm(fg_vectors, self.codebook)
-        z_rec, cond = self.rcem(z_masked, m, knowledge, valid)
+        knowledge = self.bkrm(self.lmp(z_masked, 1 - m))
+        z_rec, cond = self.rcem(z_masked, m, knowledge)
         return cond, m, z_rec
 
     def denoise(

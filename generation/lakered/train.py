@@ -41,6 +41,7 @@ class TrainConfig:
     lr: float = 1e-4
     batch_size: int = 8
     rec_weight: float = 1.0
+    loss_type: str = "l1"
     num_train_timesteps: int = 1000
     beta_schedule: str = "scaled_linear"
     beta_start: float = 0.0015
@@ -125,11 +126,13 @@ def training_step(
     object_mask: torch.Tensor,
     rec_weight: float = 1.0,
     generator: torch.Generator | None = None,
+    loss_type: str = "l1",
 ) -> dict[str, torch.Tensor]:
     """One LAKE-RED step: ``x`` ``B×3×H×W`` in [−1, 1], ``object_mask`` ``B×1×H×W`` (1 = object).
 
-    ``loss = ‖ε − ε_θ(z_t, t, c)‖² + rec_weight · ‖z_rec·m − z₀·m‖²`` with ``m`` the latent
-    background mask (LAKE-RED Eq. 8).
+    ``loss = |ε − ε_θ(z_t, t, c)| + rec_weight · ‖z_rec·m − z₀·m‖²`` with ``m`` the latent
+    background mask (LAKE-RED Eq. 8; ``loss_type`` picks L1, the official choice, or L2 for the
+    diffusion term).
     """
     bg = 1.0 - object_mask
     with torch.no_grad():
@@ -144,7 +147,13 @@ def training_step(
         device=z0.device,
     )
     z_t = scheduler.add_noise(z0, noise, t)
-    diffusion = F.mse_loss(model.denoise(z_t, t, cond, m), noise)
+    pred = model.denoise(z_t, t, cond, m)
+    if loss_type == "l1":
+        diffusion = F.l1_loss(pred, noise)
+    elif loss_type == "l2":
+        diffusion = F.mse_loss(pred, noise)
+    else:
+        raise ValueError(f"generator.train.loss_type must be 'l1' or 'l2', got {loss_type!r}")
     rec = background_reconstruction_loss(z_rec, z0, m)
     return {"loss": diffusion + rec_weight * rec, "diffusion": diffusion, "reconstruction": rec}
 
@@ -204,6 +213,8 @@ def train(
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s, n=n_steps: 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
         )
+        if name == "lakered" and (resume is None or resume["stage"] != name or step == 0):
+            model.load_knowledge_from_codebook()
         if resume is not None and resume["stage"] == name and resume["optimizer"] is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["lr_scheduler"])
@@ -224,7 +235,9 @@ def train(
                 losses = first_stage_step(model, x)
             else:
                 g = torch.Generator(device=device).manual_seed(train_cfg.seed * 7919 + step)
-                losses = training_step(model, scheduler, x, m, train_cfg.rec_weight, g)
+                losses = training_step(
+                    model, scheduler, x, m, train_cfg.rec_weight, g, train_cfg.loss_type
+                )
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
