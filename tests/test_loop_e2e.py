@@ -112,7 +112,7 @@ def test_loop_killed_resumed_and_cached(tmp_path, monkeypatch):
         assert section in text, section
     assert "| Δ (with − without) |" in text
     assert "with a single seed there is no spread" in text
-    for png in ("synthetic_grid.png", "base_val_rare_common.png", "pred_novel_with.png"):
+    for png in ("synthetic_grid.png", "base_val_rare_common.png", "pred_novel.png"):
         assert (tmp_path / "resumed" / png).stat().st_size > 1000, png
     novel = read_metrics(info["outputs"]["eval/with/seed0"]["novel"])
     assert 0.0 <= novel["cIoU"] <= 1.0 and novel["cIoU"] == novel["avgiou"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovcamo.report.grids import image_grid, prediction_grid
+from ovcamo.report.grids import comparison_grid, image_grid, prediction_grid
 from ovcamo.report.plots import grouped_bar, per_class_bar
 
 
@@ -101,4 +101,35 @@ def test_prediction_grid(tmp_path):
         prediction_grid([bad], tmp_path / "bad.png")
     with pytest.raises(KeyError, match="pred_class"):
         prediction_grid([{k: v for k, v in items[0].items() if k != "pred_class"}], tmp_path / "b")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_comparison_grid(tmp_path):
+    rng = np.random.default_rng(2)
+    gt = np.zeros((20, 30), bool)
+    gt[5:15, 8:22] = True
+
+    def item(classes):
+        return {
+            "image": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8),
+            "gt": gt,
+            "gt_class": "owl",
+            "title": "000001_owl",
+            "preds": {
+                run: {"pred": (gt * 180).astype(np.uint8), "pred_class": c}
+                for run, c in classes.items()
+            },
+        }
+
+    one = item({"without": "moth", "with": "owl"})
+    out = comparison_grid([one, item({"without": "owl", "with": "owl"})], tmp_path / "c.png")
+    w, h = _png_size(out)
+    _, h_one = _png_size(comparison_grid([one], tmp_path / "c1.png"))
+    assert w > 200 and h > h_one  # one row per sample
+    with pytest.raises(KeyError, match="runs"):
+        comparison_grid([one, item({"with": "owl"})], tmp_path / "bad.png")
+    small = item({"with": "owl"})
+    small["preds"]["with"]["pred"] = np.zeros((10, 10), np.uint8)
+    with pytest.raises(ValueError, match="differ in size"):
+        comparison_grid([small], tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()

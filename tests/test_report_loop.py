@@ -182,8 +182,8 @@ def test_loop_report_sections_and_numbers(finished_loop):
         "synthetic_grid.png",
         "base_val_rare_common.png",
         "base_val_per_class_with.png",
-        "pred_novel_without.png",
-        "pred_rare_with.png",
+        "pred_novel.png",
+        "pred_rare.png",
     ):
         assert (out / png).stat().st_size > 1000
     assert not list(out.glob("*.tmp"))

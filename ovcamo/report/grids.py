@@ -138,3 +138,56 @@ def prediction_grid(
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
+
+
+def comparison_grid(
+    items: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    cell: float = 1.6,
+    suptitle: str | None = None,
+) -> Path:
+    """Several runs' predictions of the same samples as one PNG: image | GT | one column per run.
+
+    Each item holds ``image`` (uint8 ``H×W×3``), ``gt`` (bool ``H×W``), ``gt_class``, optionally
+    ``title``, and ``preds``: run name → ``{"pred": uint8 H×W, "pred_class": str}``, with the same
+    run names in every item. Captions are green for a right class and red for a wrong one.
+    """
+    if not items:
+        raise ValueError("comparison_grid needs at least one item")
+    runs = list(items[0]["preds"])
+    for i, item in enumerate(items):
+        if list(item["preds"]) != runs:
+            raise KeyError(f"comparison_grid item {i} has runs {list(item['preds'])}, not {runs}")
+    ncols = 2 + len(runs)
+    fig = new_figure(cell * ncols, (cell + 0.45) * len(items))
+    for row, item in enumerate(items):
+        gt = np.asarray(item["gt"]).astype(bool)
+        ax = fig.add_subplot(len(items), ncols, row * ncols + 1)
+        ax.imshow(_as_display(item["image"], f"item {row} image"), interpolation="nearest")
+        ax.set_title(str(item.get("title", "")), fontsize=7)
+        _blank(ax)
+        ax = fig.add_subplot(len(items), ncols, row * ncols + 2)
+        ax.imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"GT: {item['gt_class']}", fontsize=7)
+        _blank(ax)
+        for j, run in enumerate(runs):
+            pred = np.asarray(item["preds"][run]["pred"])
+            if pred.shape[:2] != gt.shape:
+                raise ValueError(
+                    f"comparison_grid item {row}, run {run!r}: prediction {pred.shape[:2]} and "
+                    f"GT {gt.shape} differ in size"
+                )
+            pred_class = str(item["preds"][run]["pred_class"])
+            ax = fig.add_subplot(len(items), ncols, row * ncols + 3 + j)
+            ax.imshow(pred, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            _outline(ax, gt)
+            ax.set_title(
+                f"{run}: {pred_class}",
+                fontsize=7,
+                color=CORRECT if pred_class == str(item["gt_class"]) else WRONG,
+            )
+            _blank(ax)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    return save_figure(fig, path)

@@ -19,7 +19,7 @@ import numpy as np
 from ovcamo.data import DataPaths, load_class_info, load_sample, load_sample_info, resolve_records
 from ovcamo.data.io import atomic_write_text, read_gray, read_image, read_mask, safe_join
 from ovcamo.metrics import PAPER_ALIASES
-from ovcamo.report.grids import image_grid, prediction_grid
+from ovcamo.report.grids import comparison_grid, image_grid
 from ovcamo.report.plots import class_key, grouped_bar, per_class_bar
 from ovcamo.report.tables import SIX_METRICS, Spread, markdown_table, paired_difference
 
@@ -187,8 +187,8 @@ def prediction_items(
     pred_dirs: Mapping[str, Path],
     n: int,
     classes: set[str] | None = None,
-) -> dict[str, list[dict[str, Any]]]:
-    """The same ``n`` samples (spread over classes) from each run's predictions, ready for a grid."""
+) -> list[dict[str, Any]]:
+    """The same ``n`` samples (spread over classes) with each run's prediction, for a grid."""
     records, _ = resolve_records(
         data, split, load_class_info(data.class_info), load_sample_info(data.sample_info)
     )
@@ -197,23 +197,23 @@ def prediction_items(
     pool = [r for r in records if r.unique_id in common]
     if classes is not None:
         pool = [r for r in pool if r.class_name in classes]
-    chosen = _spread_over_classes(pool, n, lambda r: r.class_name)
-    out: dict[str, list[dict[str, Any]]] = {name: [] for name in pred_dirs}
-    for r in chosen:
+    items = []
+    for r in _spread_over_classes(pool, n, lambda r: r.class_name):
         sample = load_sample(r)
+        runs = {}
         for name in pred_dirs:
             pred_class, file = preds[name][r.unique_id]
-            out[name].append(
-                {
-                    "image": sample["image"],
-                    "gt": sample["mask"],
-                    "pred": read_gray(file),
-                    "gt_class": r.class_name,
-                    "pred_class": pred_class,
-                    "title": r.unique_id,
-                }
-            )
-    return out
+            runs[name] = {"pred": read_gray(file), "pred_class": pred_class}
+        items.append(
+            {
+                "image": sample["image"],
+                "gt": sample["mask"],
+                "gt_class": r.class_name,
+                "title": r.unique_id,
+                "preds": runs,
+            }
+        )
+    return items
 
 
 def _fmt(x: float, signed: bool = False) -> str:
@@ -425,37 +425,23 @@ def _prediction_section(summary: LoopSummary, rare: set[str], out: Path) -> str:
     seed = next(iter(first.values())).seed
     text = [
         "## Predictions\n",
-        f"Seed {seed}; image | ground truth | prediction (class in green when right, red when wrong; "
-        "a wrong class scores as an empty mask).\n",
+        f"Seed {seed}; image | ground truth | each run's prediction, captioned with its predicted "
+        "class (green when right, red when wrong: a wrong class scores as an empty mask).\n",
     ]
-    novel = prediction_items(
-        summary.data,
-        "test",
-        {n: r.pred_novel for n, r in first.items()},
-        summary.prediction_samples,
-    )
-    for name, items in novel.items():
-        if items:
-            prediction_grid(
-                items, out / f"pred_novel_{name}.png", suptitle=f"novel classes, {name}"
-            )
-            text.append(f"Novel classes, {name} synthetic data:\n\n![](pred_novel_{name}.png)\n")
+    grids = [("novel", "test", "pred_novel", None, "Novel classes (test split)")]
     if rare:
-        val = prediction_items(
+        grids.append(("rare", "train", "pred_val", rare, "Rare base classes (base validation)"))
+    for tag, split, attr, classes, caption in grids:
+        items = prediction_items(
             summary.data,
-            "train",
-            {n: r.pred_val for n, r in first.items()},
+            split,
+            {n: getattr(r, attr) for n, r in first.items()},
             summary.prediction_samples,
-            rare,
+            classes,
         )
-        for name, items in val.items():
-            if items:
-                prediction_grid(
-                    items, out / f"pred_rare_{name}.png", suptitle=f"rare base classes, {name}"
-                )
-                text.append(
-                    f"Rare base classes (validation), {name} synthetic data:\n\n![](pred_rare_{name}.png)\n"
-                )
+        if items:
+            comparison_grid(items, out / f"pred_{tag}.png", suptitle=caption)
+            text.append(f"{caption}:\n\n![{caption}](pred_{tag}.png)\n")
     return "\n".join(text)
 
 
