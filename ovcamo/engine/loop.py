@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ovcamo.data import load_sample_info
 from ovcamo.data.io import atomic_write_json
 from ovcamo.engine.stage_cache import StageCache, content_hash, to_plain
 
@@ -215,8 +216,17 @@ def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
             }
         )
         gcfg.data.synthetic = []
-        set_dir = generate(gcfg)
-        return {"set_dir": str(Path(set_dir).resolve())}
+        set_dir = Path(generate(gcfg)).resolve()
+        n = len(load_sample_info(set_dir / "sample_info.json"))
+        if n == 0:
+            # A marker for an empty set would make every later "with" run a copy of the baseline.
+            raise ValueError(
+                f"the synthetic set {set_dir} is empty: the planner (rule "
+                f"{ctx.cfg.planner.get('rule')!r}) chose no sample to generate, or the generator "
+                "skipped them all (see its summary.json); change the planner settings, or run "
+                "the baseline alone with loop.variants=[without]"
+            )
+        return {"set_dir": str(set_dir), "samples": n}
 
     return fn
 
