@@ -278,3 +278,32 @@ def test_paper_configuration_maps_384_image_to_384_mask_and_a_class() -> None:
     pred = model.predict(torch.rand(1, 3, 384, 384), names)
     assert pred["mask_probs"].shape == (1, 1, 384, 384)
     assert pred["class_probs"].shape == (1, 3) and pred["class_names"][0] in names
+
+
+def test_vit_backbone_gets_a_simple_feature_pyramid(
+    images: torch.Tensor, masks: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    tiny_vit = open_clip.create_model(
+        "ViT-B-32",
+        embed_dim=32,
+        vision_cfg={"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+    backbone = CLIPBackbone(tiny_vit, open_clip.get_tokenizer("ViT-B-32"), image_size=64)
+    assert backbone.is_vit and backbone.embed_dim == 32
+    # Any input size is resized to the ViT's own size: 64 px = 4×4 tokens.
+    feats = backbone(torch.rand(1, 3, 96, 80))
+    assert feats.dense.shape == (1, 64, 4, 4)
+    for name in ("baclip_micro", "ladder_conv_micro"):
+        cfg = model_config(name, "micro", ["backbone.pretrained=null", "backbone.image_size=64"])
+        model = build_model(cfg, backbone=backbone)
+        if name == "ladder_conv_micro":
+            shapes = [f.shape[-2:] for f in model.pyramid(feats.dense)]
+            assert shapes == [(16, 16), (8, 8), (4, 4), (2, 2)]
+        else:
+            assert model.pyramid is None
+        out = model(images, CLASSES)
+        assert out["mask_logits"].shape == (2, 1, 64, 64) and out["class_logits"].shape == (2, 3)
+        model.loss(out, masks)["loss"].backward()
+        assert all(p.grad is not None for p in model.trainable_parameters())

@@ -41,7 +41,8 @@ class BaCLIP(nn.Module):
 
     Args:
         backbone: the frozen CLIP backbone.
-        pyramid: the trainable simple feature pyramid of a ViT backbone, else ``None``.
+        pyramid: the trainable simple feature pyramid that feeds the conv decoder from a ViT
+            backbone, else ``None``.
         loss_config: keyword arguments of :func:`ovcamo.models.losses.segmentation_loss`.
         config: the resolved ``model`` config, stored with saved models.
         frozen_prompt_encoder_from_checkpoint: the prompt encoder came from a SAM checkpoint and
@@ -107,7 +108,7 @@ class BaCLIP(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
         feats = self.backbone(images)
-        features = self.pyramid(feats.features[-1]) if self.pyramid is not None else feats.features
+        features = self.pyramid(feats.dense) if self.pyramid is not None else feats.features
         text = self.backbone.text_embeddings(class_names).to(images.dtype)
         scale = self.backbone.logit_scale
         global_image = F.normalize(self.backbone.project(feats.dense.mean((2, 3))), dim=-1)

@@ -77,14 +77,17 @@ def build_model(
     backbone_cfg = _section(config, "backbone")
     if backbone is None:
         backbone = build_clip_backbone(backbone_cfg)
-    pyramid = SimpleFeaturePyramid(backbone.feature_channels[-1]) if backbone.is_vit else None
-    channels = pyramid.out_channels if pyramid is not None else backbone.feature_channels
     decoder = _section(config, "decoder")
     loss = _section(config, "loss")
     kind = _require(decoder, "type", "model.decoder")
     if kind not in DECODER_TYPES:
         raise ValueError(f"model.decoder.type must be one of {DECODER_TYPES}, got {kind!r}")
+    channels = backbone.feature_channels
     if kind == "conv":
+        # Only the conv decoder reads the fine levels, which a single-scale ViT lacks.
+        pyramid = SimpleFeaturePyramid(backbone.dense_channels) if backbone.is_vit else None
+        if pyramid is not None:
+            channels = pyramid.out_channels
         return BaCLIP(
             backbone,
             pyramid=pyramid,
@@ -124,7 +127,6 @@ def build_model(
         p.requires_grad_(False)
     return BaCLIP(
         backbone,
-        pyramid=pyramid,
         mrem=MREM(
             channels[2] + channels[3],
             backbone.embed_dim,

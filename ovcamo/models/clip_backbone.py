@@ -31,8 +31,9 @@ class WeightsNotFoundError(FileNotFoundError):
 class BackboneFeatures:
     """What the frozen CLIP image tower gives the decoder.
 
-    ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt stages; for a ViT the single-scale
-    token map at every position, the simple feature pyramid is built by the trainable side).
+    ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt stages). A ViT is single-scale: its
+    token map (stride p) fills the first three places and its 2× max-pool the last; the conv
+    decoder gets a trainable simple feature pyramid instead (:class:`SimpleFeaturePyramid`).
     ``dense``: the pre-head map ``B×C_d×h×w`` that :meth:`CLIPBackbone.project` maps to the joint
     space once pooled.
     """
@@ -187,7 +188,8 @@ class CLIPBackbone(nn.Module):
                 x, indices=1, normalize_intermediates=True, intermediates_only=True
             )
             dense = out["image_intermediates"][-1]
-            return BackboneFeatures(features=[dense] * 4, dense=dense)
+            coarse = F.max_pool2d(dense, 2, ceil_mode=True)
+            return BackboneFeatures(features=[dense, dense, dense, coarse], dense=dense)
         final, stages = visual.trunk.forward_intermediates(x, indices=4)
         return BackboneFeatures(features=list(stages), dense=final)
 
