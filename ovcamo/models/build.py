@@ -166,9 +166,15 @@ def model_config(
     app), apply Hydra ``overrides`` such as ``"backbone.pretrained=null"`` or
     ``"model.cce.num_blocks=5"``, and return the resolved ``model`` node."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(overrides=[f"+backbone={backbone}", f"+model={model}", *overrides])
+    args = [f"+backbone={backbone}", f"+model={model}", *overrides]
+    if GlobalHydra.instance().is_initialized():
+        # Inside a Hydra application: compose from its (already initialised) config search path.
+        cfg = compose(overrides=args)
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose(overrides=args)
     node = cfg.model
     OmegaConf.resolve(node)
     return node
