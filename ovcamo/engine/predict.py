@@ -267,17 +267,20 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
         num_workers=int(cfg.get("num_workers", 0)),
     )
     written = skipped = 0
-    for item in iter_predictions(
-        model, loader, dataset.class_names, device, amp=cfg.get("amp"), desc=f"predict {split}"
-    ):
-        if "skipped" in item:
-            log.warning("skipped sample %s: %s", item["skipped"], item["error"])
-            skipped += 1
-            continue
-        write_png(tmp / f"[{item['pred_class']}]{item['unique_id']}.png", item["pred"])
-        written += 1
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        for item in iter_predictions(
+            model, loader, dataset.class_names, device, amp=cfg.get("amp"), desc=f"predict {split}"
+        ):
+            if "skipped" in item:
+                log.warning("skipped sample %s: %s", item["skipped"], item["error"])
+                skipped += 1
+                continue
+            write_png(tmp / f"[{item['pred_class']}]{item['unique_id']}.png", item["pred"])
+            written += 1
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote %d predictions to %s (%d samples skipped)", written, out, skipped)
     return out

@@ -513,6 +513,9 @@ def run(cfg: DictConfig) -> TrainResult | None:
 
         check_training(cfg)
         return None
+    threads = cfg.train.get("num_threads")
+    if threads:
+        torch.set_num_threads(int(threads))
     dist = D.init_distributed(str(cfg.get("device", "auto")))
     try:
         return _run(cfg, dist)
