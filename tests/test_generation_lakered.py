@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from generation_data import ellipse, textured, write_dataset
+from omegaconf import OmegaConf
+
+from generation.base import SkipSample, SourceObject
+from generation.lakered.model import BKRM, LMP, RCEM, LakeRed, LakeRedConfig
+from generation.lakered.sample import LakeRedGenerator, build_lakered, ddim_scheduler
+from generation.lakered.train import (
+    TrainConfig,
+    batch_at,
+    noise_scheduler,
+    train,
+    training_step,
+)
+from ovcamo.checkpoint import load_checkpoint
+from ovcamo.data import DataPaths
+
+TINY = dict(
+    resolution=32,
+    num_vq_embeddings=16,
+    vq_block_out_channels=(8, 16),
+    vq_layers_per_block=1,
+    vq_norm_num_groups=4,
+    unet_block_out_channels=(16, 32),
+    unet_down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+    unet_up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    unet_layers_per_block=1,
+    unet_attention_head_dim=8,
+    unet_norm_num_groups=4,
+    unet_num_heads=2,
+    superpixels=4,
+    superpixel_sigma=0.5,
+    retrieval_heads=2,
+    retrieval_head_dim=8,
+)
+
+
+def tiny(**kw) -> LakeRedConfig:
+    return LakeRedConfig(**{**TINY, **kw})
+
+
+def test_config_sizes_official_and_micro():
+    conf = OmegaConf.load("conf/generator/lakered.yaml")
+    official = LakeRedConfig.from_cfg(conf.model)
+    assert official.resolution == 512 and official.latent_size == 128
+    assert (official.num_vq_embeddings, official.latent_channels) == (8192, 3)
+    micro = LakeRedConfig.from_cfg(
+        OmegaConf.merge(conf, OmegaConf.load("conf/generator/lakered_micro.yaml")).model
+    )
+    assert micro.resolution == 64 and micro.latent_size == 16
+
+
+def test_unet_takes_seven_channels_and_heads_follow_the_config():
+    model = LakeRed(tiny())
+    assert model.unet.conv_in.in_channels == 7
+    attn = model.unet.mid_block.attentions[0]
+    assert attn.heads == 2
+
+
+def test_lmp_pools_superpixels_inside_the_mask_only():
+    z = torch.ones(1, 3, 8, 8)
+    z[:, :, :, 4:] = 5.0  # right half of the object differs
+    fg = torch.zeros(1, 1, 8, 8)
+    fg[:, :, 2:6, 2:6] = 1
+    z[:, :, 0, 0] = 100.0  # background outlier must not leak into any vector
+    vectors = LMP(superpixels=4, sigma=0.0)(z, fg)
+    assert vectors.shape == (1, 4, 3)
+    nonzero = vectors[0][vectors[0].abs().sum(1) > 0]
+    assert nonzero.max() <= 5.0 and {1.0, 5.0} <= set(nonzero[:, 0].tolist())
+    empty = LMP(superpixels=4)(z, torch.zeros(1, 1, 8, 8))
+    assert torch.count_nonzero(empty) == 0
+
+
+def test_lmp_pooling_is_differentiable():
+    z = torch.randn(2, 3, 8, 8, requires_grad=True)
+    fg = torch.zeros(2, 1, 8, 8)
+    fg[:, :, 1:7, 1:7] = 1
+    LMP(4, 0.5)(z, fg).sum().backward()
+    assert z.grad[:, :, 0, 0].abs().sum() == 0 and z.grad[:, :, 3, 3].abs().sum() > 0
+
+
+def test_bkrm_retrieves_from_its_codebook():
+    bkrm = BKRM(3, num_embeddings=10, mlp_hidden=6, heads=2, head_dim=4)
+    out = bkrm(torch.randn(2, 4, 3))
+    assert out.shape == (2, 4, 3)
+    before = out.detach().clone()
+    bkrm.knowledge.mul_(3.0)
+    assert not torch.allclose(bkrm(torch.randn(2, 4, 3)), before)
+
+
+def test_rcem_keeps_the_object_part_of_the_condition():
+    rcem = RCEM(3)
+    z = torch.randn(1, 3, 8, 8)
+    m = torch.ones(1, 1, 8, 8)
+    m[:, :, 2:5, 2:5] = 0
+    z_rec, cond = rcem(z, m, torch.randn(1, 4, 3))
+    assert torch.equal(cond[:, :, 2:5, 2:5], z[:, :, 2:5, 2:5])
+    torch.testing.assert_close(cond[:, :, 0, 0], z_rec[:, :, 0, 0])
+
+
+def test_training_lowers_the_loss():
+    torch.manual_seed(0)
+    model = LakeRed(tiny())
+    sched = noise_scheduler(TrainConfig())
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[:, :, 8:24, 8:24] = 1
+    opt = torch.optim.Adam(
+        [p for n, p in model.named_parameters() if not n.startswith("vqvae")], 3e-3
+    )
+    losses = []
+    for step in range(30):
+        g = torch.Generator().manual_seed(step % 2)
+        out = training_step(model, sched, x, mask, generator=g)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+        assert set(out) == {"loss", "diffusion", "reconstruction"}
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+
+
+def test_batches_are_a_function_of_the_step():
+    x, m = torch.randn(10, 3, 4, 4), torch.rand(10, 1, 4, 4)
+    a, b = batch_at(3, x, m, 4, 0), batch_at(3, x, m, 4, 0)
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], batch_at(4, x, m, 4, 0)[0])
+
+
+@pytest.fixture()
+def paths(tmp_path) -> DataPaths:
+    return DataPaths.from_paths_json(write_dataset(tmp_path / "ds", size=48))
+
+
+def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monkeypatch):
+    cfg = tiny()
+    tc = TrainConfig(first_stage_steps=2, steps=4, batch_size=2, checkpoint_every=1, lr=1e-3)
+    full = train(cfg, tc, paths, tmp_path / "full", progress=False)
+
+    import generation.lakered.train as T
+
+    calls = {"n": 0}
+    real = T.training_step
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "training_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tc, paths, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(T, "training_step", real)
+    _, state = load_checkpoint(tmp_path / "cut" / "last")
+    assert state["stage"] == "lakered" and state["step"] == 2
+    resumed = train(cfg, tc, paths, tmp_path / "cut", progress=False)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+    torch.testing.assert_close(resumed.bkrm.knowledge, resumed.codebook)
+
+
+def source(size=40) -> SourceObject:
+    rng = np.random.default_rng(0)
+    img = textured(rng, size, size, np.array([90.0, 120.0, 60.0]))
+    return SourceObject(img, ellipse(size, size, 20, 18, 9, 12), "owl", "000001_owl")
+
+
+def test_generator_keeps_the_object_exact_and_is_seeded():
+    gen = LakeRedGenerator(LakeRed(tiny()), ddim_scheduler(TrainConfig()), num_inference_steps=3)
+    src = source()
+    a, b, c = (gen.generate(src, "owl", s) for s in (0, 0, 1))
+    np.testing.assert_array_equal(a.mask, src.mask)
+    np.testing.assert_array_equal(a.image[src.mask], src.image[src.mask])
+    np.testing.assert_array_equal(a.image, b.image)
+    assert not np.array_equal(a.image[~src.mask], c.image[~src.mask])
+    assert a.extra["placement"]["scale"] == 1.0
+    with pytest.raises(SkipSample, match="empty_mask"):
+        gen.generate(SourceObject(src.image, np.zeros_like(src.mask), "owl", "x"), "owl", 0)
+    with pytest.raises(SkipSample, match="object_fills_image"):
+        gen.generate(SourceObject(src.image, np.ones_like(src.mask), "owl", "x"), "owl", 0)
+
+
+def _node(**kw):
+    base = OmegaConf.load("conf/generator/lakered.yaml")
+    base.model = OmegaConf.create(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    )
+    return OmegaConf.merge(base, kw)
+
+
+def test_builder_explains_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="convert"):
+        build_lakered(_node(checkpoint=str(tmp_path / "nowhere")))
+
+
+def test_builder_trains_once_and_caches_by_config(paths, tmp_path):
+    node = _node(
+        name="lakered_tiny",
+        checkpoint=None,
+        train_if_missing=True,
+        num_inference_steps=2,
+        train={"first_stage_steps": 1, "steps": 1, "batch_size": 2, "checkpoint_every": 1},
+    )
+    gen = build_lakered(node, data=paths, cache_dir=tmp_path / "cache")
+    runs = list((tmp_path / "cache" / "lakered").iterdir())
+    assert len(runs) == 1 and (runs[0] / "final" / "model.safetensors").is_file()
+    again = build_lakered(node, data=paths, cache_dir=tmp_path / "cache")
+    for a, b in zip(
+        gen.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    out = gen.generate(source(), "owl", 0)
+    assert out.image.shape == (40, 40, 3)
