@@ -142,7 +142,7 @@ def _ssim_hist(h_fg: np.ndarray, h_bg: np.ndarray, lut: np.ndarray) -> float:
 
 
 def s_measure(
-    pred_f: np.ndarray,
+    pred: np.ndarray,
     gt: np.ndarray,
     quad_hists: np.ndarray,
     lut: np.ndarray,
@@ -150,7 +150,8 @@ def s_measure(
 ) -> float:
     """S-measure (α = 0.5) of a pair whose GT has both foreground and background.
 
-    ``pred_f``: float64 ``H×W`` normalised prediction; ``gt``: bool ``H×W``; ``quad_hists``:
+    ``pred``: uint8 ``H×W`` prediction; ``gt``: bool ``H×W``; ``lut``: its normalised levels
+    (:func:`normalisation_lut`); ``quad_hists``:
     ``(4, 2, 256)`` level histograms per quadrant (lt, rt, lb, rb) and GT side (bg, fg);
     ``split``: the quadrant corner ``(cy, cx)`` (reference convention: rounded centroid + 1).
     """
@@ -172,12 +173,15 @@ def s_measure(
         (slice(cy, h), slice(cx, w)),
     )
     region = 0.0
+    pred_f = None
     for q, weight in enumerate((w_lt, w_rt, w_lb, w_rb)):
         h_bg, h_fg = quad_hists[q]
         h_all = h_bg + h_fg
         if not h_all.any():
             continue
         if np.count_nonzero(h_all) == 1:
+            # Slices of the full float map, so np.mean sums in the reference's order.
+            pred_f = lut[pred] if pred_f is None else pred_f
             score = _ssim_dense(pred_f[slices[q]], gt[slices[q]])
         else:
             score = _ssim_hist(h_fg, h_bg, lut)
@@ -185,39 +189,57 @@ def s_measure(
     return float(max(0.0, obj * _SM_ALPHA + region * (1 - _SM_ALPHA)))
 
 
-def weighted_f_measure(pred_f: np.ndarray, gt: np.ndarray, error: np.ndarray) -> float:
+def weighted_f_measure(gt: np.ndarray, error: np.ndarray) -> float:
     """Weighted F-measure (β² = 1) of a pair whose GT has foreground (Margolin et al., §4).
 
-    ``error`` is ``|pred_f − gt|``. The blurred error ``EA`` is only read on foreground pixels, so the
-    nearest-foreground error is copied to background pixels within the kernel's reach only; the
-    distance transform (and its tie-breaking among equidistant foreground pixels) is scipy's, as in the
-    reference.
+    ``gt``: bool ``H×W``; ``error``: float64 ``H×W``, ``|p − gt|`` of the normalised map.
+    The blurred error ``EA`` is only read on foreground pixels, so the nearest-foreground error is
+    copied to background pixels within the kernel's reach only, and the blur runs on the
+    foreground's bounding box plus that reach. The distance transform (and its tie-breaking among
+    equidistant foreground pixels) is scipy's, as in the reference.
     """
+    h, w = gt.shape
+    rows = np.flatnonzero(gt.any(axis=1))
+    cols = np.flatnonzero(gt.any(axis=0))
+    r = _WFM_RADIUS
+    y0, y1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, h)
+    x0, x1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, w)
+    gt_c = gt[y0:y1, x0:x1]
+    error_c = error[y0:y1, x0:x1]
+    spread = error_c.copy()
     bg = ~gt
     if bg.any():
         # Distances are rebuilt from the feature transform as the reference does (exact integers,
         # one sqrt), which is cheaper than asking scipy for both.
         iy, ix = distance_transform_edt(bg, return_distances=False, return_indices=True)
-        h, w = gt.shape
         dy = iy - np.arange(h, dtype=iy.dtype)[:, None]
         dx = ix - np.arange(w, dtype=ix.dtype)[None, :]
-        dist = np.sqrt((dy * dy + dx * dx).astype(np.float64))
+        dy *= dy
+        dx *= dx
+        dy += dx
+        decay = np.sqrt(dy, dtype=np.float64)
         reach = cv2.dilate(
-            gt.view(np.uint8), _DILATE, borderType=cv2.BORDER_CONSTANT, borderValue=0
+            np.ascontiguousarray(gt_c).view(np.uint8),
+            _DILATE,
+            borderType=cv2.BORDER_CONSTANT,
+            borderValue=0,
         )
-        band = reach.view(bool) & bg
-        spread = error.copy()
-        spread[band] = error[iy[band], ix[band]]
-        importance = 2 - np.exp(np.log(0.5) / 5 * dist)
-        fp_w = float(np.sum(error * importance, where=bg))
+        band = reach.view(bool) & ~gt_c
+        spread[band] = error[iy[y0:y1, x0:x1][band], ix[y0:y1, x0:x1][band]]
+        # B = 2 − 0.5^(d/5) on background pixels, so FPw = Σ_bg E·B = 2·Σ_bg E − Σ_bg E·0.5^(d/5).
+        decay *= np.log(0.5) / 5
+        np.exp(decay, out=decay)
+        e_bg = np.where(bg, error, 0.0).ravel()
+        fp_w = 2 * float(e_bg.sum()) - float(e_bg @ decay.ravel())
     else:
-        spread = error
         fp_w = 0.0
+    # Zero padding at the crop's edge is exact: beyond it lie the image border (zero-padded by the
+    # reference too) or pixels out of the kernel's reach from every foreground pixel.
     blurred = cv2.sepFilter2D(
         spread, cv2.CV_64F, _WFM_KERNEL, _WFM_KERNEL, borderType=cv2.BORDER_CONSTANT
     )
-    n_fg = int(np.count_nonzero(gt))
-    ew_fg_sum = float(np.sum(np.minimum(blurred, error), where=gt))
+    n_fg = int(np.count_nonzero(gt_c))
+    ew_fg_sum = float(np.sum(np.minimum(blurred, error_c), where=gt_c))
     tp_w = n_fg - ew_fg_sum
     recall = 1 - ew_fg_sum / n_fg
     precision = tp_w / (tp_w + fp_w + EPS)
@@ -339,18 +361,22 @@ def sample_scores(pred: np.ndarray, gt: np.ndarray) -> SampleScores:
     bg_hist, fg_hist = hist[0], hist[1]
 
     lut = normalisation_lut(bg_hist + fg_hist)
-    pred_f = lut[pred]
-    mean_pred = float(np.mean(pred_f))
-    error = np.abs(pred_f - gt)
-    mae = float(np.mean(error))
+    n = gt.size
+    mean_pred = float((bg_hist + fg_hist) @ lut) / n
+    threshold = min(2 * mean_pred, 1.0)
+    if np.any(np.abs(lut[(bg_hist + fg_hist) > 0] - threshold) < 1e-9):
+        # A level sits on the adaptive threshold: take the mean exactly as the reference does so
+        # that the >= comparison falls the same way.
+        mean_pred = float(np.mean(lut[pred]))
+    mae = (float(bg_hist @ lut) + float(fg_hist @ (1 - lut))) / n
 
     if n_fg == 0:
         sm, wfm = 1 - mean_pred, 0.0
-    elif n_fg == gt.size:
-        sm, wfm = mean_pred, weighted_f_measure(pred_f, gt, error)
     else:
-        sm = s_measure(pred_f, gt, quad_hists, lut, split)
-        wfm = weighted_f_measure(pred_f, gt, error)
+        # |p − g| per level and GT side, indexed by the same code as the histograms.
+        error = np.concatenate([np.abs(lut - 0.0), np.abs(lut - 1.0)])[code]
+        sm = mean_pred if n_fg == n else s_measure(pred, gt, quad_hists, lut, split)
+        wfm = weighted_f_measure(gt, error)
 
     fm, em, iou = threshold_curves(fg_hist, bg_hist, lut)
     adpfm, adpem, adpiou = adaptive_scores(fg_hist, bg_hist, lut, mean_pred)
