@@ -133,6 +133,13 @@ def _cases() -> list[tuple[str, np.ndarray, np.ndarray]]:
         g = rng.random(hw) < 0.4
         g[0, 0] = True
         cases.append((f"odd{hw}", rng.integers(0, 256, hw).astype(np.uint8), g))
+    # Levels on the adaptive threshold: half 0 / half 255 (threshold 1), and 0/100/200 with
+    # mean 0.25 after normalisation (threshold 0.5 = the level of 100).
+    half = np.zeros((10, 12), np.uint8)
+    half[:, :6] = 255
+    cases.append(("on_threshold_binary", half, rng.random((10, 12)) < 0.4))
+    tile = np.resize(np.array([0, 0, 0, 0, 0, 100, 100, 200], np.uint8), 8 * 9).reshape(8, 9)
+    cases.append(("on_threshold_levels", tile, rng.random((8, 9)) < 0.5))
     two = np.where(blob, 200, 40).astype(np.uint8)
     two[0, :5] = 120
     cases.append(("three_levels", two, blob))
