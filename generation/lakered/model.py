@@ -210,6 +210,11 @@ def background_reconstruction_loss(
     return F.mse_loss(z_rec * bg_mask, z0 * bg_mask)
 
 
+#: Plain diffusers blocks resample with convolutions; with ``resblock_updown`` (LDM) they resample
+#: with a ResNet block, which these block types do.
+_RESNET_UPDOWN = {"DownBlock2D": "ResnetDownsampleBlock2D", "UpBlock2D": "ResnetUpsampleBlock2D"}
+
+
 class LakeRed(nn.Module):
     """The trainable whole: ``vqvae`` (first stage), ``unet`` (denoiser), ``lmp``, ``bkrm``, ``rcem``.
 
@@ -240,8 +245,14 @@ class LakeRed(nn.Module):
             sample_size=config.latent_size,
             in_channels=2 * d + 1,
             out_channels=d,
-            down_block_types=tuple(config.unet_down_block_types),
-            up_block_types=tuple(config.unet_up_block_types),
+            down_block_types=tuple(
+                _RESNET_UPDOWN.get(t, t) if config.resblock_updown else t
+                for t in config.unet_down_block_types
+            ),
+            up_block_types=tuple(
+                _RESNET_UPDOWN.get(t, t) if config.resblock_updown else t
+                for t in config.unet_up_block_types
+            ),
             block_out_channels=tuple(config.unet_block_out_channels),
             layers_per_block=config.unet_layers_per_block,
             attention_head_dim=config.unet_attention_head_dim,
