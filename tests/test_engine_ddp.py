@@ -65,7 +65,6 @@ def _eval_rank(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", CLASSES_UNEVEN, size=32)
     dataset = OVCamoDataset(

@@ -89,7 +89,11 @@ def check_training(cfg: DictConfig) -> list[str]:
                 )
             ]
             if missing:
-                problems.append("missing dataset paths: " + ", ".join(missing))
+                problems.append(
+                    "missing dataset paths: "
+                    + ", ".join(missing)
+                    + " (point OVCAMO_ROOT or data.root at the OVCamo download, or set each key)"
+                )
             else:
                 for split in ("train", "test"):
                     _, report = resolve_records(paths, split)

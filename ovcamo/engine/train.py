@@ -337,7 +337,7 @@ class Trainer:
         while self.epoch < epochs and not done:
             epoch = self.epoch
             self.sampler.set_epoch(epoch, self.batch)
-            micro, running, seen_ids = 0, [], []
+            micro, running = 0, []
             boundary_rng = D.rng_state()
             bar = tqdm(
                 total=len(self.sampler),
@@ -376,7 +376,6 @@ class Trainer:
                             self._stop_non_finite(loss, batch["unique_id"], boundary_rng)
                         (loss / self.accum).backward()
                     running.append({k: float(v.detach()) for k, v in losses.items()})
-                    seen_ids += batch["unique_id"]
                 micro += 1
                 if not is_boundary:
                     continue
