@@ -88,21 +88,23 @@ def measure(
     model.eval()
     eval_step()  # warm-up: class embeddings are computed and cached here
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         eval_step()
     _sync(dev)
     forward_s = (time.perf_counter() - t0) / steps
+    forward_cpu_s = (time.process_time() - c0) / steps
     model.train()
     train_step()
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         train_step()
     _sync(dev)
     train_s = (time.perf_counter() - t0) / steps
+    train_cpu_s = (time.process_time() - c0) / steps
     row = {
         "config": config,
         "model": spec["model"],
@@ -119,6 +121,9 @@ def measure(
         "forward_s_per_image": forward_s / b,
         "train_step_s": train_s,
         "train_step_s_per_image": train_s / b,
+        # CPU seconds of this process (all threads): robust to other jobs sharing the machine.
+        "forward_cpu_s_per_image": forward_cpu_s / b,
+        "train_step_cpu_s": train_cpu_s,
         "trainable_params": counts["trainable"],
         "frozen_params": counts["frozen"],
         "rss_after_build_mb": round(rss_built, 1),
@@ -140,6 +145,8 @@ def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, 
         device,
         "--steps",
         str(args.steps if args.steps else (10 if config == "micro" else 3)),
+        "--threads",
+        str(args.threads),
     ]
     cmd += [
         flag
@@ -159,7 +166,7 @@ def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         f"{'config':<7} {'device':<6} {'opts':<12} {'batch':>5} {'fwd s/img':>10} "
-        f"{'train s/step':>12} {'train s/img':>11} {'peak MB':>9} {'trainable':>11} {'frozen':>12}"
+        f"{'train s/step':>12} {'train cpu-s':>11} {'train s/img':>11} {'peak MB':>9} {'trainable':>11} {'frozen':>12}"
     )
     print(head)
     print("-" * len(head))
@@ -168,7 +175,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         peak = r.get("cuda_peak_train_mb", r["peak_rss_mb"])
         print(
             f"{r['config']:<7} {r['device']:<6} {opts:<12} {r['batch']:>5} "
-            f"{r['forward_s_per_image']:>10.4f} {r['train_step_s']:>12.3f} "
+            f"{r['forward_s_per_image']:>10.4f} {r['train_step_s']:>12.3f} {r['train_step_cpu_s']:>11.2f} "
             f"{r['train_step_s_per_image']:>11.3f} {peak:>9.0f} {r['trainable_params']:>11,} "
             f"{r['frozen_params']:>12,}"
         )
@@ -186,10 +193,15 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        if args.threads:
+            torch.set_num_threads(args.threads)
         row = measure(
             args.worker, args.devices[0], args.steps, args.amp, args.channels_last, args.compile
         )
