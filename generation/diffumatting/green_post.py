@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 PURE_GREEN = np.array([0.0, 255.0, 0.0])
 
@@ -59,25 +60,37 @@ class MattingModel(Protocol):
 
 
 class ChromaKeyMatting:
-    """Closed-form chroma-key alpha (Vlahos' form, generalised to the plate's colour).
+    """Closed-form chroma-key alpha: the compositing equation ``I = αF + (1 − α)B`` solved per
+    pixel by least squares over RGB, ``α = ((I − B)·(F − B)) / ‖F − B‖²``, with ``B`` the clean
+    plate and ``F`` the colour of the nearest sure-foreground pixel of the trimap.
 
-    With ``c`` the channel of the plate that dominates (green for a green screen) and ``o`` the
-    other two, ``key = I_c − a₂·max(I_o)``; alpha = ``1 − key / key_plate`` clipped to [0, 1], so a
-    pixel equal to the plate is transparent and any pixel with no excess of the key colour is
-    opaque. ``a₂`` (default 1) trades spill suppression against keeping yellowish and cyan
-    foreground.
+    Where ``F`` is too close to the screen colour for the projection to be stable
+    (``‖F − B‖ < min_contrast``), or the trimap has no sure foreground, Vlahos' form is used:
+    with ``c`` the plate's dominant channel, ``α = 1 − (I_c − max I_other) / (B_c − max B_other)``.
     """
 
-    def __init__(self, a2: float = 1.0) -> None:
-        self.a2 = a2
+    def __init__(self, min_contrast: float = 24.0) -> None:
+        self.min_contrast = min_contrast
+
+    @staticmethod
+    def vlahos(image: np.ndarray, plate: np.ndarray) -> np.ndarray:
+        c = int(np.argmax(plate.reshape(-1, 3).mean(0)))
+        others = [i for i in range(3) if i != c]
+        key = image[..., c] - image[..., others].max(-1)
+        key_plate = plate[..., c] - plate[..., others].max(-1)
+        return 1.0 - key / np.maximum(key_plate, 1.0)
 
     def __call__(self, image: np.ndarray, trimap: np.ndarray, plate: np.ndarray) -> np.ndarray:
         img = image.astype(np.float64)
-        c = int(np.argmax(plate.reshape(-1, 3).mean(0)))
-        others = [i for i in range(3) if i != c]
-        key = img[..., c] - self.a2 * img[..., others].max(-1)
-        key_plate = plate[..., c] - self.a2 * plate[..., others].max(-1)
-        alpha = 1.0 - key / np.maximum(key_plate, 1.0)
+        alpha = self.vlahos(img, plate)
+        sure = trimap == 255
+        if sure.any():
+            _, (iy, ix) = distance_transform_edt(~sure, return_indices=True)
+            d = img[iy, ix] - plate
+            norm2 = (d**2).sum(-1)
+            stable = norm2 >= self.min_contrast**2
+            projected = ((img - plate) * d).sum(-1) / np.maximum(norm2, 1e-6)
+            alpha = np.where(stable, projected, alpha)
         return np.clip(alpha, 0.0, 1.0)
 
 

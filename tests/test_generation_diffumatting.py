@@ -1,0 +1,213 @@
+"""DiffuMatting pieces: the CLIP tokenizer from open_clip's BPE, the green-token attention probe,
+the Sobel detail loss, the losses going down on green-canvas micro-world renders, GreenPost, GSG."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_generation_diffumatting_micro import TINY_MICRO, world  # noqa: F401
+
+from generation.diffumatting.components import (
+    clip_tokenizer,
+    encode_prompt,
+    sd_noise_scheduler,
+    tiny_text_encoder,
+    tiny_unet,
+    tiny_vae,
+    word_token_positions,
+)
+from generation.diffumatting.green_post import ChromaKeyMatting, GreenPost, gsg
+from generation.diffumatting.model import (
+    MattingHead,
+    decoder_feature_channels,
+    detail_loss,
+    install_green_probe,
+    sobel_magnitude,
+)
+from generation.diffumatting.sample import load_salient, salient_pairs_source
+from generation.diffumatting.train import (
+    DiffuMattingBatch,
+    LossWeights,
+    diffumatting_step,
+    green_canvas,
+    train_diffumatting,
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a photo of a snow leopard on a green background", "reccoon, Green-ish!", "stick insect"],
+)
+def test_tokenizer_matches_open_clip(text):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    ref = SimpleTokenizer()
+    assert clip_tokenizer()(text).input_ids == [49406, *ref.encode(text), 49407]
+
+
+def test_green_token_positions():
+    tok = clip_tokenizer()
+    ids = tok(["a frog on a green background", "green green"], padding="max_length").input_ids
+    pos = word_token_positions(tok, torch.tensor(ids), ["green"])
+    assert pos == [[5], [1, 2]]
+
+
+def tiny_parts(seed: int = 0):
+    torch.manual_seed(seed)
+    vae = tiny_vae(TINY_MICRO["vae"]).eval().requires_grad_(False)
+    text = tiny_text_encoder(TINY_MICRO["text"])
+    unet = tiny_unet(TINY_MICRO["unet"], 4, text.config.hidden_size)
+    return vae, text, unet
+
+
+def test_green_probe_records_every_cross_attention_layer():
+    _, text, unet = tiny_parts()
+    store = install_green_probe(unet)
+    n_cross = sum(name.endswith("attn2.processor") for name in unet.attn_processors)
+    ids, emb = encode_prompt(clip_tokenizer(), text, ["a owl on a green background"] * 2)
+    everything = [list(range(ids.shape[1]))] * 2
+    store.reset(everything, (16, 16))
+    unet(torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), emb)
+    assert len(store.maps) == n_cross > 0
+    # Over all tokens the attention of every pixel sums to one.
+    for m in store.maps:
+        torch.testing.assert_close(m, torch.ones_like(m))
+    store.reset(word_token_positions(clip_tokenizer(), ids, ["green"]), (16, 16))
+    unet(torch.randn(2, 4, 16, 16), torch.tensor([10, 500]), emb)
+    assert all(((m > 0) & (m < 1)).all() for m in store.maps)
+
+
+def test_sobel_and_detail_loss():
+    flat = torch.ones(1, 2, 8, 8)
+    assert sobel_magnitude(flat).max() < 1e-2
+    step = torch.zeros(1, 1, 8, 8)
+    step[..., 4:] = 1.0
+    mag = sobel_magnitude(step)
+    assert mag[0, 0, 4, 3] == pytest.approx(4.0, abs=1e-3)  # the Sobel x-kernel's weight sum
+    mask = torch.ones(1, 1, 8, 8)
+    assert detail_loss(step, step, mask) == pytest.approx(0.0, abs=1e-6)
+    outside = torch.zeros(1, 1, 8, 8)
+    outside[..., :, :2] = 1
+    # A difference only where the mask is 0 costs nothing.
+    assert detail_loss(step, torch.zeros_like(step), outside) < detail_loss(
+        step, torch.zeros_like(step), mask
+    )
+
+
+def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa: F811
+    """A tiny UNet + matting head trained on green canvases of the micro-world's salient renders:
+    the green-background, detail and matting losses, measured on a fixed held batch with fixed
+    timesteps and noise, all drop."""
+    captions = salient_pairs_source(world)
+    assert captions is not None, "the micro-world writes a salient set"
+    pairs = load_salient(captions, 32, 8, seed=0)
+    vae, text, unet = tiny_parts()
+    tok = clip_tokenizer()
+    store = install_green_probe(unet)
+    head = MattingHead(decoder_feature_channels(vae))
+    scheduler = sd_noise_scheduler()
+    prompt = "a photo of a {} on a green background"
+    ids, emb = encode_prompt(tok, text, [prompt.format(c) for c in pairs.class_names])
+    held = DiffuMattingBatch(
+        green_canvas(pairs.images, pairs.masks),
+        pairs.masks,
+        emb,
+        word_token_positions(tok, ids, ["green"]),
+    )
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(123)
+            out = diffumatting_step(unet, head, vae, scheduler, store, held, LossWeights(), g)
+        return {k: float(v) for k, v in out.items()}
+
+    before = evaluate()
+    history = train_diffumatting(
+        unet,
+        head,
+        vae,
+        text,
+        tok,
+        scheduler,
+        store,
+        pairs.images,
+        pairs.masks,
+        pairs.class_names,
+        {
+            "steps": 80,
+            "batch_size": 4,
+            "lr": 2e-3,
+            "prompt": prompt,
+            "green_words": ["green"],
+            "seed": 0,
+        },
+    )
+    after = evaluate()
+    assert len(history.steps) == 80
+    assert after["green"] < 0.8 * before["green"], (before, after)
+    assert after["detail"] < before["detail"], (before, after)
+    assert after["matting"] < before["matting"], (before, after)
+
+
+def soft_disc(h: int, w: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(yy - h / 2 + 0.5, xx - w / 2 + 0.5)
+    return np.clip(radius - r + 0.5, 0, 1)
+
+
+def test_green_post_recovers_a_known_matte():
+    h = w = 64
+    alpha = soft_disc(h, w, 18.3)
+    fg = np.array([200.0, 40.0, 60.0])
+    screen = np.array([10.0, 230.0, 20.0])
+    image = np.round(alpha[..., None] * fg + (1 - alpha[..., None]) * screen).astype(np.uint8)
+    result = GreenPost(band=3)(image, alpha > 0.5)
+    assert np.abs(result.alpha - alpha).max() < 0.03
+    edge = (alpha > 0.1) & (alpha < 0.9)
+    assert edge.any()
+    assert np.abs(result.foreground[edge].astype(float) - fg).max() < 12
+    np.testing.assert_allclose(result.background_colour, screen, atol=1)
+    assert result.gsg == pytest.approx(np.linalg.norm(screen - [0, 255, 0]), abs=1)
+    assert result.rgba().shape == (h, w, 4)
+
+
+def test_green_post_keeps_a_green_object_opaque_inside_its_mask():
+    h = w = 48
+    mask = soft_disc(h, w, 14) > 0.5
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:] = (0, 255, 0)
+    image[mask] = (30, 200, 40)  # a green frog on a green screen
+    result = GreenPost(band=2)(image, mask)
+    eroded = soft_disc(h, w, 11) > 0.99
+    assert (result.alpha[eroded] == 1).all()
+    assert (result.alpha[soft_disc(h, w, 17) == 0] == 0).all()
+
+
+def test_matting_model_is_pluggable():
+    calls = []
+
+    class Constant:
+        def __call__(self, image, trimap, plate):
+            calls.append(trimap)
+            return np.full(trimap.shape, 0.25)
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:] = (0, 255, 0)
+    mask = soft_disc(32, 32, 8) > 0.5
+    result = GreenPost(band=2, matting=Constant())(image, mask)
+    assert calls and set(np.unique(calls[0])) == {0, 128, 255}
+    assert np.allclose(result.alpha[calls[0] == 128], 0.25)
+    assert isinstance(ChromaKeyMatting(), type(GreenPost().matting))
+
+
+def test_gsg_is_zero_on_pure_green_and_grows_away_from_it():
+    green = np.zeros((16, 16, 3), np.uint8)
+    green[:] = (0, 255, 0)
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 4:8] = True
+    green[mask] = (255, 0, 0)
+    assert gsg(green, mask) == pytest.approx(0.0, abs=1e-3)
+    grey = green.copy()
+    grey[~mask] = (128, 128, 128)
+    assert gsg(grey, mask) == pytest.approx(np.linalg.norm([128, -127, 128]), abs=1)
