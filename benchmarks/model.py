@@ -163,22 +163,34 @@ def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+COLUMNS = (
+    ("config", "config", "<7"),
+    ("device", "device", "<6"),
+    ("opts", "opts", "<12"),
+    ("batch", "batch", ">5"),
+    ("fwd s/img", "forward_s_per_image", ">10.4f"),
+    ("train s/step", "train_step_s", ">12.3f"),
+    ("train cpu-s", "train_step_cpu_s", ">11.2f"),
+    ("train s/img", "train_step_s_per_image", ">11.3f"),
+    ("peak MB", "peak_mb", ">9.0f"),
+    ("trainable", "trainable_params", ">11,"),
+    ("frozen", "frozen_params", ">12,"),
+)
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (
-        f"{'config':<7} {'device':<6} {'opts':<12} {'batch':>5} {'fwd s/img':>10} "
-        f"{'train s/step':>12} {'train cpu-s':>11} {'train s/img':>11} {'peak MB':>9} {'trainable':>11} {'frozen':>12}"
+    widths = [int("".join(ch for ch in fmt.split(".")[0] if ch.isdigit())) for _, _, fmt in COLUMNS]
+    print(
+        " ".join(f"{title:{fmt[0]}{w}}" for (title, _, fmt), w in zip(COLUMNS, widths, strict=True))
     )
-    print(head)
-    print("-" * len(head))
+    print("-" * (sum(widths) + len(widths) - 1))
     for r in rows:
-        opts = "+".join(k for k in ("amp_bf16", "channels_last", "compile") if r[k]) or "fp32"
-        peak = r.get("cuda_peak_train_mb", r["peak_rss_mb"])
-        print(
-            f"{r['config']:<7} {r['device']:<6} {opts:<12} {r['batch']:>5} "
-            f"{r['forward_s_per_image']:>10.4f} {r['train_step_s']:>12.3f} {r['train_step_cpu_s']:>11.2f} "
-            f"{r['train_step_s_per_image']:>11.3f} {peak:>9.0f} {r['trainable_params']:>11,} "
-            f"{r['frozen_params']:>12,}"
-        )
+        shown = {
+            **r,
+            "opts": "+".join(k for k in ("amp_bf16", "channels_last", "compile") if r[k]) or "fp32",
+            "peak_mb": r.get("cuda_peak_train_mb", r["peak_rss_mb"]),
+        }
+        print(" ".join(f"{shown[key]:{fmt}}" for _, key, fmt in COLUMNS))
 
 
 def main() -> None:

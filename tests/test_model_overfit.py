@@ -18,7 +18,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _eight_train_images() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """4 owls and 4 frogs from a small micro-world: ``8×3×128×128`` images, ``8×1×128×128`` masks."""
+    """4 owls and 4 frogs of a small micro-world: images ``8×3×128×128``, masks ``8×1×128×128``."""
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "world" / "micro.yaml"))
     cfg.update(
         classes={"train": ["owl", "frog"], "test": ["moth"]},

@@ -20,7 +20,7 @@ from ovcamo.models.sam_decoder import (
 
 
 def _official_state_dict() -> dict[str, torch.Tensor]:
-    """A ``Sam`` state dict: ``image_encoder.*`` (tiny), ``prompt_encoder.*``, ``mask_decoder.*``."""
+    """A ``Sam`` state dict: tiny ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``."""
     torch.manual_seed(123)
     sam = Sam(
         image_encoder=ImageEncoderViT(

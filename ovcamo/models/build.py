@@ -69,12 +69,13 @@ def build_model(
 
     The node holds ``backbone`` (``name``, ``pretrained``, ``image_size``), ``dim``,
     ``sam_checkpoint`` (an official SAM file or null), ``sam_type`` (``vit_b|vit_l|vit_h``),
-    ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem`` (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``,
-    ``num_frequencies``, ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``,
-    ``k``) and ``loss`` (keyword arguments of ``segmentation_loss``). See ``conf/model/``.
+    ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem``
+    (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``, ``num_frequencies``,
+    ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``, ``k``) and ``loss``
+    (keyword arguments of ``segmentation_loss``). See ``conf/model/``.
     """
     config = _as_dict(cfg)
-    backbone_cfg = _section(config, "backbone")
+    backbone_cfg = _section(config, "backbone")  # required even when a backbone is given
     if backbone is None:
         backbone = build_clip_backbone(backbone_cfg)
     decoder = _section(config, "decoder")
@@ -190,7 +191,8 @@ def save_model(model: BaCLIP, directory: str | os.PathLike) -> None:
 
 
 def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLIP:
-    """Rebuild a model saved by :func:`save_model` (its backbone ``pretrained`` must resolve here)."""
+    """Rebuild a model saved by :func:`save_model` (its backbone ``pretrained`` must resolve
+    here)."""
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():

@@ -1,4 +1,4 @@
-"""The first rung of the ablation ladder (DESIGN §5): frozen CLIP + a plain convolutional decoder."""
+"""First rung of the ablation ladder (DESIGN §5): frozen CLIP + a plain convolutional decoder."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ MREM_MODES: tuple[str, ...] = ("both", "text_to_vision", "vision_to_text", "off"
 
 
 class CrossAttention(nn.Module):
-    """Multi-head cross-attention ``softmax(Q Kᵀ/√d) V`` with heads concatenated and a linear out."""
+    """Multi-head cross-attention ``softmax(Q Kᵀ/√d) V``, heads concatenated, linear out."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -47,8 +47,8 @@ class MREM(nn.Module):
     ``E_v = f_v + F_v``, ``E_t = f_t + F_t``.
 
     ``mode`` switches the directions for the ablations: ``text_to_vision`` leaves ``E_t = f_t``
-    (so it does not depend on the image), ``vision_to_text`` leaves ``E_v = f_v`` (independent of the
-    classes), ``off`` keeps both projections only.
+    (so it does not depend on the image), ``vision_to_text`` leaves ``E_v = f_v`` (independent
+    of the classes), ``off`` keeps both projections only.
     """
 
     def __init__(

@@ -54,7 +54,8 @@ def build_prompt_encoder(dim: int, image_size: int, stride: int = 16) -> PromptE
 def build_mask_decoder(
     dim: int, depth: int = 2, mlp_dim: int = 2048, num_heads: int = 8
 ) -> MaskDecoder:
-    """segment-anything ``MaskDecoder`` + ``TwoWayTransformer`` (SAM's layout: 3 multimask outputs)."""
+    """segment-anything ``MaskDecoder`` + ``TwoWayTransformer`` (SAM's layout, 3 multimask
+    outputs)."""
     return MaskDecoder(
         transformer_dim=dim,
         transformer=TwoWayTransformer(
@@ -161,8 +162,9 @@ def load_sam_weights(
             if key not in theirs:
                 report.missing.append(prefix + key)
             elif theirs[key].shape != tensor.shape:
+                theirs_shape, own_shape = tuple(theirs[key].shape), tuple(tensor.shape)
                 report.mismatched.append(
-                    f"{prefix}{key}: checkpoint {tuple(theirs[key].shape)} vs model {tuple(tensor.shape)}"
+                    f"{prefix}{key}: checkpoint {theirs_shape} vs model {own_shape}"
                 )
             else:
                 update[key] = theirs[key]
