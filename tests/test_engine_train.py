@@ -164,10 +164,18 @@ def test_missing_file_after_loading_is_skipped(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mixing, "load_sources", load_then_delete)
     monkeypatch.setattr("ovcamo.engine.train.load_sources", load_then_delete)
+    # channels_last and gradient accumulation ride along: 3 batches, 2 per step → 2 steps
     cfg = compose_train(
-        [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "data.holdout_fraction=0"]
+        [
+            *tiny_overrides(data, tmp_path / "run"),
+            "train.epochs=1",
+            "data.holdout_fraction=0",
+            "train.channels_last=true",
+            "train.grad_accum=2",
+        ]
     )
-    assert run(cfg).skipped_samples == 1
+    result = run(cfg)
+    assert result.skipped_samples == 1 and result.steps == 2
 
 
 def test_novel_synthetic_marks_the_run_outside_the_protocol(data, tmp_path):
