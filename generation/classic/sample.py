@@ -29,8 +29,8 @@ class ClassicGenerator:
     """
 
     name: str = "classic"
-    patch: int = 24
-    candidates: int = 24
+    patch: int = 32
+    candidates: int = 16
     tolerance: float = 0.1
     scale_range: tuple[float, float] = (0.6, 1.2)
     max_fill: float = 0.9
