@@ -229,8 +229,10 @@ def weighted_f_measure(gt: np.ndarray, error: np.ndarray) -> float:
         # B = 2 − 0.5^(d/5) on background pixels, so FPw = Σ_bg E·B = 2·Σ_bg E − Σ_bg E·0.5^(d/5).
         decay *= np.log(0.5) / 5
         np.exp(decay, out=decay)
-        e_bg = np.where(bg, error, 0.0).ravel()
-        fp_w = 2 * float(e_bg.sum()) - float(e_bg @ decay.ravel())
+        e_bg = np.where(bg, error, 0.0)
+        # An elementwise product, not a BLAS dot: a threaded BLAS spins on a busy machine.
+        decay *= e_bg
+        fp_w = 2 * float(e_bg.sum()) - float(decay.sum())
     else:
         fp_w = 0.0
     # Zero padding at the crop's edge is exact: beyond it lie the image border (zero-padded by the
