@@ -196,6 +196,8 @@ def test_novel_synthetic_marks_the_run_outside_the_protocol(data, tmp_path):
     assert info["sources"][1]["share"] == pytest.approx(0.5)
     lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert lines and all(x["outside_ov_protocol"] for x in lines)
+    # batch 2 at a 0.5 share: one synthetic sample in every batch
+    assert [x["train/synthetic_share"] for x in lines if "train/loss" in x] == [0.5, 0.5]
 
 
 def test_resume_refuses_other_settings_and_existing_run(data, tmp_path):

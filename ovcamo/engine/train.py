@@ -338,6 +338,8 @@ class Trainer:
             epoch = self.epoch
             self.sampler.set_epoch(epoch, self.batch)
             micro, running = 0, []
+            window_images = window_synthetic = 0
+            window_t0 = time.perf_counter()
             boundary_rng = D.rng_state()
             bar = tqdm(
                 total=len(self.sampler),
@@ -376,6 +378,8 @@ class Trainer:
                             self._stop_non_finite(loss, batch["unique_id"], boundary_rng)
                         (loss / self.accum).backward()
                     running.append({k: float(v.detach()) for k, v in losses.items()})
+                    window_images += len(batch["unique_id"])
+                    window_synthetic += sum(batch["synthetic"])
                 micro += 1
                 if not is_boundary:
                     continue
@@ -392,7 +396,17 @@ class Trainer:
                     values = {
                         f"train/{k}": float(np.mean([r[k] for r in running])) for k in running[0]
                     }
-                    values.update({"train/lr": self.scheduler.get_last_lr()[0], "epoch": epoch})
+                    elapsed = time.perf_counter() - window_t0
+                    values.update(
+                        {
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/images_per_s": window_images * dist.world_size / elapsed,
+                            "train/synthetic_share": window_synthetic / max(1, window_images),
+                            "epoch": epoch,
+                        }
+                    )
+                    window_images = window_synthetic = 0
+                    window_t0 = time.perf_counter()
                     logger.log(values, self.step)
                     bar.set_postfix(loss=f"{values['train/loss']:.4f}")
                     running = []
