@@ -115,8 +115,26 @@ def generate(cfg: DictConfig) -> Path:
         summary_extra["seconds_per_sample"] = seconds / max(1, len(todo))
     if world_size > 1:
         _wait_for_other_ranks(writer)
-    writer.finish(summary_extra)
+    summary = writer.finish(summary_extra)
+    quality_cfg = cfg.get("quality") or {}
+    if rank == 0 and quality_cfg.get("enabled", False) and summary["written"] >= 2:
+        summary_extra["quality"] = _quality(root, paths, quality_cfg)
+        writer.finish(summary_extra)
     return root
+
+
+def _quality(root: Path, paths: DataPaths, cfg: Any) -> dict[str, Any]:
+    from generation.quality import build_feature_extractor, evaluate_set
+
+    name = str(cfg.get("extractor", "small"))
+    kwargs = {"weights": cfg.get("inception_weights")} if name == "inception" else {}
+    return evaluate_set(
+        root,
+        paths,
+        build_feature_extractor(name, **kwargs),
+        max_real=cfg.get("max_real"),
+        kid_subset_size=int(cfg.get("kid_subset_size", 50)),
+    )
 
 
 def _source_records(paths: DataPaths, splits: set[str]) -> dict[str, Record]:
@@ -170,6 +188,12 @@ def summary_table(root: Path) -> str:
     )
     for reason, n in sorted(summary["skip_reasons"].items()):
         lines.append(f"  skipped {reason}: {n}")
+    for key, value in (summary.get("quality") or {}).items():
+        lines.append(
+            f"  quality {key}: {value:.4g}"
+            if isinstance(value, float)
+            else f"  quality {key}: {value}"
+        )
     if summary.get("outside_ov_protocol"):
         lines.append("  NOTE: test classes were generated (allow_novel): outside the OV protocol")
     return "\n".join(lines)

@@ -101,6 +101,23 @@ def test_generate_writes_an_ovcamo_format_set_the_loader_reads(ds, tmp_path):
     assert "| reccoon | 1 | 3 |" in table
 
 
+def test_quality_lands_in_the_summary(ds, tmp_path):
+    out = generate(
+        cfg_for(
+            ds,
+            tmp_path / "syn",
+            "planner.rule=k_rarest",
+            "planner.k=2",
+            "planner.per_class=2",
+            "quality.enabled=true",
+            "quality.kid_subset_size=3",
+        )
+    )
+    quality = json.loads((out / "summary.json").read_text())["quality"]
+    assert quality["n"] == 4 and quality["foreground_preservation"] == 1.0
+    assert quality["fid"] >= 0 and "quality fid" in summary_table(out)
+
+
 def test_edge_case_sources_are_generated_or_skipped_with_reasons(ds, tmp_path):
     # owl's sources include the edge cases; plan every owl source once.
     out = generate(
