@@ -49,6 +49,7 @@ def test_stage_runs_once_then_is_cached(tmp_path):
     assert len(calls) == 1
     assert second.outputs == {"file": str(first.directory / "out.txt"), "n": 3}
     assert second.compute_seconds == pytest.approx(first.compute_seconds)
+    assert second.cpu_seconds == pytest.approx(first.cpu_seconds) and first.cpu_seconds >= 0
     marker = json.loads((first.directory / MARKER).read_text())
     assert marker["inputs"] == {"a": 1} and marker["key"] == first.key
     # Different inputs: a different stage folder, computed again.

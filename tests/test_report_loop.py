@@ -127,7 +127,13 @@ def finished_loop(tmp_path):
     )
     stages = [
         {"name": "data", "status": "cached", "seconds": 0.01, "compute_seconds": 2.0},
-        {"name": "train/with/seed0", "status": "ran", "seconds": 31.5, "compute_seconds": 31.5},
+        {
+            "name": "train/with/seed0",
+            "status": "ran",
+            "seconds": 31.5,
+            "compute_seconds": 31.5,
+            "cpu_seconds": 50.0,
+        },
     ]
     summary = LoopSummary(
         data=data,
@@ -177,7 +183,9 @@ def test_loop_report_sections_and_numbers(finished_loop):
     )  # planner: count, rare, target, planned, written
 
     # Stage times: this run's seconds and the seconds when each stage was computed.
-    assert "| **total** |  | 31.5 | 33.5 |" in text
+    assert "| train/with/seed0 | ran | 31.5 | 31.5 | 50.0 |" in text
+    assert "| data | cached | 0.0 | 2.0 | n/a |" in text
+    assert "| **total** |  | 31.5 | 33.5 | n/a |" in text
     for png in (
         "synthetic_grid.png",
         "base_val_rare_common.png",

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ovcamo.data import load_sample_info
 from ovcamo.data.io import atomic_write_json
-from ovcamo.engine.stage_cache import StageCache, content_hash, to_plain
+from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +356,7 @@ def _summary(ctx: LoopContext) -> Any:
                 "status": r.status,
                 "seconds": r.seconds,
                 "compute_seconds": r.compute_seconds,
+                "cpu_seconds": r.cpu_seconds,
             }
             for r in ctx.stages.records
         ],
@@ -398,15 +399,17 @@ def run_loop(cfg: DictConfig) -> Path:
         for variant in cfg.loop.variants:
             ctx.run(f"train/{variant}/seed{seed}", _train_stage(ctx, variant, int(seed)))
             ctx.run(f"eval/{variant}/seed{seed}", _eval_stage(ctx, variant, int(seed)))
-    t_report = time.perf_counter()
+    t_report, c_report = time.perf_counter(), cpu_seconds()
     summary = _summary(ctx)
     report = write_loop_report(summary, out_dir)
+    seconds = time.perf_counter() - t_report
     summary.stages.append(
         {
             "name": "report",
             "status": "ran",
-            "seconds": time.perf_counter() - t_report,
-            "compute_seconds": time.perf_counter() - t_report,
+            "seconds": seconds,
+            "compute_seconds": seconds,
+            "cpu_seconds": cpu_seconds() - c_report,
         }
     )
     atomic_write_json(

@@ -446,16 +446,32 @@ def _prediction_section(summary: LoopSummary, rare: set[str], out: Path) -> str:
 
 
 def _stage_section(stages: Sequence[Mapping[str, Any]]) -> str:
+    cpu = [float(s.get("cpu_seconds", float("nan"))) for s in stages]
     rows = [
-        [s["name"], s["status"], f"{s['seconds']:.1f}", f"{s['compute_seconds']:.1f}"]
-        for s in stages
+        [s["name"], s["status"], f"{s['seconds']:.1f}", f"{s['compute_seconds']:.1f}", _fmt1(c)]
+        for s, c in zip(stages, cpu, strict=True)
     ]
-    total_now = sum(s["seconds"] for s in stages)
-    total_compute = sum(s["compute_seconds"] for s in stages)
-    rows.append(["**total**", "", f"{total_now:.1f}", f"{total_compute:.1f}"])
+    rows.append(
+        [
+            "**total**",
+            "",
+            f"{sum(s['seconds'] for s in stages):.1f}",
+            f"{sum(s['compute_seconds'] for s in stages):.1f}",
+            _fmt1(sum(cpu)),
+        ]
+    )
     return (
         "## Wall time per stage\n\n"
-        "`this run`: seconds spent now (a cached stage only checks its marker); "
-        "`when computed`: seconds the stage took when it ran.\n\n"
-        + markdown_table(["stage", "status", "this run (s)", "when computed (s)"], rows, "llrr")
+        "`this run`: wall seconds spent now (a cached stage only checks its marker); "
+        "`when computed`: wall seconds the stage took when it ran, and the CPU seconds it used "
+        "(user + system, all threads), which a busy shared machine inflates far less.\n\n"
+        + markdown_table(
+            ["stage", "status", "this run (s)", "when computed (s)", "CPU when computed (s)"],
+            rows,
+            "llrrr",
+        )
     )
+
+
+def _fmt1(x: float) -> str:
+    return "n/a" if x != x else f"{x:.1f}"
