@@ -190,7 +190,10 @@ def make_plan(
         for r in test_records:
             if r.class_name in wanted:
                 novel.setdefault(r.class_name, []).append(r)
-        n_novel = int(cfg.get("novel_per_class", cfg.get("per_class") or 0))
+        n_novel = cfg.get("novel_per_class") or cfg.get("per_class")
+        if not n_novel:
+            raise ValueError("planner.allow_novel needs planner.novel_per_class (or per_class) > 0")
+        n_novel = int(n_novel)
         for c in wanted:
             amounts[c] = n_novel if novel.get(c) else 0
     elif cfg.get("novel_classes"):

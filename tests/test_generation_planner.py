@@ -104,6 +104,10 @@ def test_test_classes_only_with_allow_novel(paths):
         make_plan(
             paths, {"allow_novel": True, "novel_classes": ["owl"]}, generator="g", config_hash="h"
         )
+    with pytest.raises(ValueError, match="novel_per_class"):
+        make_plan(
+            paths, {"allow_novel": True, "novel_classes": ["frog"]}, generator="g", config_hash="h"
+        )
     plan = make_plan(
         paths,
         {"allow_novel": True, "novel_classes": ["frog"], "novel_per_class": 2},
