@@ -29,7 +29,13 @@ from generation.diffumatting.components import (
     staging_dir,
     tiny_unet,
 )
-from generation.diffumatting.micro import SDBase, cache_root, ensure_sd_base, load_pairs
+from generation.diffumatting.micro import (
+    SDBase,
+    cache_root,
+    ensure_sd_base,
+    load_pairs,
+    micro_holdout,
+)
 from ovcamo.data import DataPaths
 from ovcamo.data.io import atomic_write_json
 
@@ -146,7 +152,7 @@ def ensure_micro_inpainting(
     if not (final / "history.json").is_file():
         seed = int(train_cfg.get("seed", 0))
         res = int(micro["resolution"])
-        pairs = load_pairs(data, res, micro.get("max_samples"), seed)
+        pairs = load_pairs(data, res, micro.get("max_samples"), seed, micro_holdout(micro))
         torch.manual_seed(seed)
         unet = tiny_unet(
             {**micro["unet"], "sample_size": res // base.vae_scale},

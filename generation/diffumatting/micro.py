@@ -32,7 +32,7 @@ from generation.diffumatting.components import (
     tiny_text_encoder,
     tiny_vae,
 )
-from ovcamo.data import DataPaths, load_sample, resolve_records
+from ovcamo.data import DataPaths, holdout_split, load_sample, resolve_records
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,19 @@ def mask_to_model_space(mask: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 def load_pairs(
-    data: DataPaths, resolution: int, max_samples: int | None = None, seed: int = 0
+    data: DataPaths,
+    resolution: int,
+    max_samples: int | None = None,
+    seed: int = 0,
+    holdout: tuple[float, int] = (0.0, 0),
 ) -> TrainingPairs:
-    """The train split of an OVCamo-format dataset at ``resolution``, a seeded subset if capped."""
+    """The train split of an OVCamo-format dataset at ``resolution``, a seeded subset if capped.
+
+    ``holdout`` = ``(fraction, seed)`` of the engine's base-validation split: those samples are
+    left out, so a generator never learns from images the segmenter is validated on.
+    """
     records, _ = resolve_records(data, "train", check_files="none")
+    records, _ = holdout_split(records, float(holdout[0]), int(holdout[1]))
     if not records:
         raise ValueError(f"no train samples found in {data.sample_info}")
     if max_samples is not None and len(records) > max_samples:
@@ -129,6 +138,11 @@ def cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return Path(os.path.expanduser(str(base))) / "generation"
 
 
+def micro_holdout(micro: Mapping[str, Any]) -> tuple[float, int]:
+    """``(holdout_fraction, holdout_seed)`` of a ``micro`` node (0: nothing held out)."""
+    return float(micro.get("holdout_fraction") or 0.0), int(micro.get("holdout_seed") or 0)
+
+
 def ensure_sd_base(
     micro: Mapping[str, Any],
     data: DataPaths,
@@ -138,20 +152,23 @@ def ensure_sd_base(
     """Load the shared micro VAE and text encoder from the cache, training the VAE if missing.
 
     ``micro`` holds ``resolution``, ``vae`` (a :func:`tiny_vae` config), ``text`` (a
-    :func:`tiny_text_encoder` config), ``vae_steps``, ``vae_lr``, ``batch_size``, ``max_samples``
-    and ``seed``.
+    :func:`tiny_text_encoder` config), ``vae_steps``, ``vae_lr``, ``batch_size``, ``max_samples``,
+    ``seed`` and ``holdout_fraction``/``holdout_seed``.
     """
     spec = {
         k: micro[k]
         for k in ("resolution", "vae", "text", "vae_steps", "vae_lr", "batch_size", "max_samples")
     }
     spec["seed"] = micro.get("seed", 0)
+    spec["holdout"] = micro_holdout(micro)
     key = config_hash(spec, file_hash(data.sample_info))
     final = cache_root(cache_dir) / "sd_base" / key
     if not (final / "vae" / "config.json").is_file():
         log.info("training the micro VAE (%s steps) into %s", spec["vae_steps"], final)
         torch.manual_seed(spec["seed"])
-        pairs = load_pairs(data, int(spec["resolution"]), spec["max_samples"], spec["seed"])
+        pairs = load_pairs(
+            data, int(spec["resolution"]), spec["max_samples"], spec["seed"], spec["holdout"]
+        )
         vae = tiny_vae({**spec["vae"], "sample_size": spec["resolution"]}).to(device)
         losses = train_vae(
             vae,

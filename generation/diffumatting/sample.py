@@ -45,6 +45,7 @@ from generation.diffumatting.micro import (
     ensure_sd_base,
     load_pairs,
     mask_to_model_space,
+    micro_holdout,
     to_model_space,
 )
 from generation.diffumatting.model import (
@@ -276,7 +277,7 @@ def ensure_micro_diffumatting(
         if salient is not None:
             pairs = load_salient(salient, res, micro.get("max_samples"), seed)
         else:
-            pairs = load_pairs(data, res, micro.get("max_samples"), seed)
+            pairs = load_pairs(data, res, micro.get("max_samples"), seed, micro_holdout(micro))
         torch.manual_seed(seed)
         unet = tiny_unet(
             {**micro["unet"], "sample_size": res // base.vae_scale},

@@ -24,7 +24,7 @@ from generation.diffumatting.components import (
     publish_dir,
     staging_dir,
 )
-from generation.diffumatting.micro import SDBase, cache_root, load_pairs
+from generation.diffumatting.micro import SDBase, cache_root, load_pairs, micro_holdout
 from generation.outpaint.model import InpaintingControlNetModel
 from ovcamo.data import DataPaths
 from ovcamo.data.io import atomic_write_json
@@ -128,7 +128,9 @@ def ensure_micro_outpainting(
     final = cache_root(cache_dir) / "outpaint" / key
     if not (final / "history.json").is_file():
         seed = int(train_cfg.get("seed", 0))
-        pairs = load_pairs(data, int(micro["resolution"]), micro.get("max_samples"), seed)
+        pairs = load_pairs(
+            data, int(micro["resolution"]), micro.get("max_samples"), seed, micro_holdout(micro)
+        )
         unet = UNet2DConditionModel.from_pretrained(inpainting / "unet").to(device)
         torch.manual_seed(seed)
         controlnet = InpaintingControlNetModel.from_inpainting_unet(unet, base.vae_scale)
