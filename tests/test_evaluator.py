@@ -330,6 +330,28 @@ def test_main_with_checkpoint_scores_predict_to_dir_output(
     assert (out / "metrics.json").is_file()
 
 
+def test_main_scores_the_held_out_part_of_the_train_split(dataset, tmp_path: Path) -> None:
+    from ovcamo.data import OVCamoDataset
+
+    paths, masks, classes = dataset
+    owls = TRAIN_IDS["owl"]
+    paths.image_dir("train").mkdir(parents=True)
+    for uid in owls:
+        image = Image.fromarray(np.zeros((*masks[uid].shape, 3), np.uint8))
+        image.save(paths.image_dir("train") / f"{uid}.jpg")
+    _predict(tmp_path / "pred", masks, classes, owls)
+    cfg = _cfg(paths, pred_dir=str(tmp_path / "pred"), out_dir=str(tmp_path / "eval"))
+    cfg.split, cfg.part = "train", "val"
+    cfg.data.holdout_fraction, cfg.data.holdout_seed = 0.34, 0
+    results = main(cfg)
+    val = OVCamoDataset(paths, "train", part="val", holdout_fraction=0.34, holdout_seed=0)
+    assert [r["unique_id"] for r in results.per_sample] == [r.unique_id for r in val.records]
+    assert results.num_samples == 1 and len(results.ignored) == 2
+    cfg.split = "test"
+    with pytest.raises(SystemExit):
+        main(cfg)
+
+
 def test_cli_end_to_end(dataset, tmp_path: Path) -> None:
     paths, masks, classes = dataset
     pred = tmp_path / "pred"

@@ -12,6 +12,8 @@ Scoring runs in a process pool.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import multiprocessing as mp
 import os
@@ -24,9 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from ovcamo.data.config import resolve_data_paths
+from ovcamo.data.dataset import holdout_split
 from ovcamo.data.io import PathEscapeError, atomic_write_json, atomic_write_text, safe_join
 from ovcamo.data.ovcamo_format import (
     DataPaths,
@@ -34,7 +39,18 @@ from ovcamo.data.ovcamo_format import (
     Split,
     load_class_info,
     load_sample_info,
+    resolve_records,
 )
+from ovcamo.metrics import (
+    METRIC_KEYS,
+    OVCOSMetric,
+    hard_subset,
+    paper_table,
+    per_class_csv,
+    per_class_table,
+    per_sample_rows,
+)
+from ovcamo.metrics.functional import sample_scores
 
 #: ``[<pred class>]<unique_id>.png``; the class is everything up to the first ``]``, as officially.
 PRED_NAME = re.compile(r"^\[(?P<cls>[^\]]*)\](?P<uid>.+)$")
@@ -170,10 +186,6 @@ def _score_chunk(
 
     Returns ``(unique_id, scores or None, problem or None, resized)`` per task.
     """
-    import cv2
-
-    from ovcamo.metrics.functional import sample_scores
-
     cv2.setNumThreads(1)
     out = []
     for t in tasks:
@@ -230,14 +242,15 @@ def score_prediction_dir(
     ``per_class.csv`` that fixes the hard classes. Raises :class:`EvaluationError` listing every
     problem; nothing is written here (see :func:`write_results`).
     """
-    from ovcamo.metrics import OVCOSMetric, hard_subset, per_class_table, per_sample_rows
-
     if split not in ("train", "test"):
         raise EvaluationError(f"split must be 'train' or 'test', got {split!r}")
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise EvaluationError(f"prediction folder not found: {pred_dir}")
     gt, split_ids, class_names = _gt_masks(paths, split, unique_ids)
+    if not gt:
+        subset = " among the requested unique_ids" if unique_ids is not None else ""
+        raise EvaluationError(f"no GT sample of the {split} split to score{subset}")
     known_classes = set(class_names)
 
     problems: dict[str, list[str]] = {
@@ -348,9 +361,6 @@ def score_prediction_dir(
 
 
 def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
@@ -361,8 +371,6 @@ def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def results_markdown(results: EvaluationResult) -> str:
     """``metrics.md``: the paper's table, then all twelve official numbers and the caveats."""
-    from ovcamo.metrics import METRIC_KEYS, paper_table
-
     title = "OVCamo test" if results.split == "test" else f"{results.split} split"
     lines = [
         f"# OVCOS evaluation of `{results.pred_dir}`",
@@ -393,8 +401,6 @@ def results_markdown(results: EvaluationResult) -> str:
 
 def hard_classes_markdown(results: EvaluationResult) -> str:
     """``hard_classes.md``: which classes are hard, their cIoU, and the metrics over them."""
-    from ovcamo.metrics import paper_table
-
     hard = results.hard
     rows = {r["class"]: r for r in results.per_class}
     lines = [
@@ -418,8 +424,6 @@ def hard_classes_markdown(results: EvaluationResult) -> str:
 def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path:
     """Write ``metrics.json``, ``metrics.md``, ``per_class.csv``, ``per_sample.csv``,
     ``hard_classes.md`` and ``hard_classes.csv`` into ``out_dir``, each atomically."""
-    from ovcamo.metrics import METRIC_KEYS, per_class_csv
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {
@@ -439,15 +443,13 @@ def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path
     }
     for name, text in texts.items():
         atomic_write_text(out / name, text)
-    # metrics.json last: its presence means the whole set is there.
+    # metrics.json last: a reader that finds a fresh metrics.json finds the matching tables.
     atomic_write_json(out / "metrics.json", results.summary())
     return out
 
 
 def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
     """Ids of the held-out base-validation part of the train split, as the dataset builds it."""
-    from ovcamo.data import holdout_split, resolve_records
-
     records, _ = resolve_records(paths, "train", strict=bool(cfg.data.get("strict", False)))
     _, held = holdout_split(
         records,
@@ -465,9 +467,6 @@ def main(cfg: Any) -> EvaluationResult:
     held-out base-validation part of the train split), ``allow_missing``, ``resize_to_gt``,
     ``reference``, ``num_workers``, ``data.*``. Bad input: message on stderr, exit status 2.
     """
-    from ovcamo.data.config import resolve_data_paths
-    from ovcamo.metrics import paper_table
-
     split = str(cfg.get("split", "test"))
     part = str(cfg.get("part", "all"))
     try:
@@ -480,6 +479,7 @@ def main(cfg: Any) -> EvaluationResult:
         except (KeyError, FileNotFoundError, DatasetFormatError) as e:
             raise EvaluationError(f"dataset config: {e}") from e
         if cfg.get("checkpoint"):
+            # Imported here: it pulls in the model code, which scoring a folder never needs.
             from ovcamo.engine.predict import predict_to_dir
 
             if not cfg.get("out_dir"):
