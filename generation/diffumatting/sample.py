@@ -127,6 +127,8 @@ class DiffuMattingGenerator:
                 f"of {coarse_mask.size} for {class_name!r}"
             )
         post = self.green_post(canvas, coarse_mask)
+        if not (post.alpha >= self.alpha_threshold).any():
+            raise SkipSample(f"no_object: GreenPost keyed out the whole {class_name!r} object")
         return RGBAObject(post.foreground, post.alpha, canvas, post.gsg)
 
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
