@@ -323,6 +323,10 @@ def test_per_class_table_and_hard_classes(tmp_path) -> None:
     ref = hard_subset(scores, correct, records, rows, reference=reference)
     assert ref["source"] == "reference" and ref["classes"] == [easiest]
 
+    assert metric.per_class_table(order) == rows
+    assert metric.hard_classes(reference)["classes"] == [easiest]
+    assert metric.hard_classes()["classes"] == [hardest]
+
     assert hard_classes({f"c{i}": i / 10 for i in range(8)}) == ["c0", "c1"]
     assert hard_classes({"b": 0.1, "a": 0.1, "c": 0.5}, fraction=0.5) == ["a", "b"]
     (tmp_path / "bad.csv").write_text("class,score\nowl,0.1\n", encoding="utf-8")

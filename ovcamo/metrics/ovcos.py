@@ -12,7 +12,8 @@ processes, so every rank can build per-class tables and the hard-class subset af
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -227,6 +228,25 @@ class OVCOSMetric(Metric):
         """
         scores, correct, records = self.synced_arrays()
         return per_sample_rows(scores, correct, records, class_aware_scores)
+
+    def per_class_table(self, class_order: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """One row per GT class (see :func:`ovcamo.metrics.tables.per_class_table`)."""
+        from ovcamo.metrics.tables import per_class_table  # tables builds on this module
+
+        scores, correct, records = self.synced_arrays()
+        return per_class_table(scores, correct, records, class_order)
+
+    def hard_classes(
+        self, reference: str | os.PathLike | Mapping[str, float] | None = None
+    ) -> dict[str, Any]:
+        """Metrics over the bottom quarter of classes by cIoU, ranked by ``reference`` (a
+        ``per_class.csv`` or a ``{class: cIoU}`` mapping) or by this run
+        (see :func:`ovcamo.metrics.tables.hard_subset`)."""
+        from ovcamo.metrics.tables import hard_subset, per_class_table
+
+        scores, correct, records = self.synced_arrays()
+        rows = per_class_table(scores, correct, records)
+        return hard_subset(scores, correct, records, rows, reference)
 
 
 def per_sample_rows(
