@@ -65,7 +65,8 @@ def quilt_texture(
     """Synthesise an ``height×width×3`` uint8 texture from the masked pixels of ``exemplar``.
 
     Patches are drawn only where ``exemplar_mask`` covers at least ``min_coverage`` of the window,
-    so no pixel of the exemplar's own background leaks in. The patch size shrinks (down to
+    and the few non-object pixels such windows hold are inpainted from the object first, so no
+    pixel of the exemplar's own background leaks in. The patch size shrinks (down to
     ``min_patch``) for small objects. Returns ``(texture, patch size used)``; raises ``ValueError``
     when the object is too small for any patch.
     """
@@ -75,6 +76,12 @@ def quilt_texture(
         corners = valid_patch_corners(exemplar_mask, patch, min_coverage)
     if corners.shape[0] == 0:
         raise ValueError(f"no {min_patch}×{min_patch} window lies inside the object")
+    if not exemplar_mask.all():
+        # Windows may hold up to (1 − min_coverage) of non-object pixels; fill those from the
+        # object's own pixels first, so none of the old background reaches the new one.
+        exemplar = cv2.inpaint(
+            np.ascontiguousarray(exemplar), (~exemplar_mask).astype(np.uint8), 3, cv2.INPAINT_TELEA
+        )
     overlap = max(2, patch // 4) if overlap is None else overlap
     step = patch - overlap
     ny = max(1, int(np.ceil((height - overlap) / step)))
