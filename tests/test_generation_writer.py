@@ -225,3 +225,25 @@ def test_torchrun_style_ranks_in_two_processes(ds, tmp_path):
     samples = load_sample_info(out / "sample_info.json")
     assert len(samples) == 6 and len({s.unique_id for s in samples}) == 6
     assert json.loads((out / "summary.json").read_text())["complete"]
+
+
+def test_novel_classes_are_marked_outside_the_protocol_everywhere(ds, tmp_path):
+    out = generate(
+        cfg_for(
+            ds,
+            tmp_path / "syn",
+            "planner.rule=k_rarest",
+            "planner.k=1",
+            "planner.per_class=1",
+            "planner.allow_novel=true",
+            "planner.novel_classes=[frog]",
+            "planner.novel_per_class=2",
+        )
+    )
+    samples = load_sample_info(out / "sample_info.json")
+    novel = [s for s in samples if s.base_class == "frog"]
+    assert len(novel) == 2 and all(s.extra["outside_ov_protocol"] is True for s in novel)
+    assert all("outside_ov_protocol" not in s.extra for s in samples if s.base_class != "frog")
+    assert json.loads((out / "summary.json").read_text())["outside_ov_protocol"] is True
+    assert json.loads((out / "plan.json").read_text())["outside_ov_protocol"] is True
+    assert "outside the OV protocol" in summary_table(out)
