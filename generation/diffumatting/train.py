@@ -141,7 +141,8 @@ def train_diffumatting(
     ``N×1×H×W``) with the prompt template ``train_cfg.prompt`` filled by each class name.
 
     ``train_cfg`` keys: ``steps``, ``batch_size``, ``lr``, ``prompt``, ``green_words``,
-    ``weights`` (``green``, ``detail``, ``matting``), ``seed``.
+    ``weights`` (``green``, ``detail``, ``matting``), ``seed`` and optionally ``head_lr`` (the
+    matting head's learning rate, ``lr`` by default).
     """
     device = next(unet.parameters()).device
     g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
@@ -155,8 +156,13 @@ def train_diffumatting(
         )
     canvas = green_canvas(images, masks)
     weights = LossWeights(**dict(train_cfg.get("weights", {})))
-    params = [*unet.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=float(train_cfg["lr"]))
+    lr = float(train_cfg["lr"])
+    opt = torch.optim.AdamW(
+        [
+            {"params": list(unet.parameters()), "lr": lr},
+            {"params": list(head.parameters()), "lr": float(train_cfg.get("head_lr", lr))},
+        ]
+    )
     unet.train()
     head.train()
     history = TrainHistory()
@@ -172,7 +178,10 @@ def train_diffumatting(
         losses = diffumatting_step(unet, head, vae, scheduler, store, batch, weights, g)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # Clipped apart: the UNet's noise and detail gradients would otherwise set the joint norm
+        # and starve the small matting head.
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
         history.steps.append({k: float(v.detach()) for k, v in losses.items()})
     unet.eval()
