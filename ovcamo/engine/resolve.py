@@ -33,6 +33,9 @@ def resolve_pretrained(cfg: DictConfig) -> DictConfig:
     path = ensure_micro_clip(cfg.clip, world, cfg.get("cache_dir"))
     with open_dict(cfg):
         cfg.model.backbone.pretrained = str(path)
+        # The top-level backbone node says the same, so the saved config.yaml is consistent.
+        if cfg.get("backbone") is not None and cfg.backbone.get("pretrained") == MICRO:
+            cfg.backbone.pretrained = str(path)
     return cfg
 
 
