@@ -12,7 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from generation.base import GeneratedSample, Generator, SkipSample, SourceObject, build_generator
+from generation.base import (
+    GeneratedSample,
+    Generator,
+    Placement,
+    SkipSample,
+    SourceObject,
+    build_generator,
+)
 from ovcamo.cli import CONF_DIR
 from ovcamo.data import DataPaths, load_sample, resolve_records
 
@@ -98,6 +105,7 @@ def test_repainting_generators_keep_object_pixels_and_mask(name, world, source, 
     check_sample(a, source)
     np.testing.assert_array_equal(a.mask, source.mask)
     np.testing.assert_array_equal(a.image[source.mask], source.image[source.mask])
+    assert a.extra["placement"] == Placement.identity(*source.mask.shape).to_json()
     assert (a.image[~source.mask] != source.image[~source.mask]).any(), "background unchanged"
     b = gen.generate(source, source.class_name, seed=3)
     np.testing.assert_array_equal(a.image, b.image)
@@ -146,7 +154,8 @@ def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, sour
         assert s.alpha.min() >= 0 and s.alpha.max() <= 1
         np.testing.assert_array_equal(s.alpha >= gen.alpha_threshold, s.mask)
         assert 0 < s.alpha[~s.mask].max() < gen.alpha_threshold, "soft edge lost"
-        assert s.extra["background_generator"] == "classic" and "placement" in s.extra
+        assert s.extra["background_generator"] == "classic"
+        assert "background_placement" in s.extra and "placement" not in s.extra
         assert 0 <= s.extra["gsg"] <= 255 * 3**0.5 + 1e-6
 
 

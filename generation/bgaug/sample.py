@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DCondi
 from PIL import Image
 from scipy.ndimage import minimum_filter
 
-from generation.base import GeneratedSample, SkipSample, SourceObject
+from generation.base import GeneratedSample, Placement, SkipSample, SourceObject
 from generation.bgaug.train import ensure_micro_inpainting
 from generation.diffumatting.components import from_local, pick_device
 from ovcamo.data import DataPaths
@@ -82,7 +82,11 @@ class BackgroundAugmentation:
         return GeneratedSample(
             image=result,
             mask=mask.copy(),
-            extra={"strength": round(strength, 4), "prompt": self.prompt},
+            extra={
+                "placement": Placement.identity(h, w).to_json(),
+                "strength": round(strength, 4),
+                "prompt": self.prompt,
+            },
         )
 
     def generate_copies(

@@ -162,8 +162,11 @@ class DiffuMattingGenerator:
             image=sample.image,
             mask=sample.mask,
             alpha=alpha,
+            # The object is new, not the source's: the background generator's placement is kept
+            # under its own key so quality checks do not compare it with the source object.
             extra={
-                **sample.extra,
+                **{k: v for k, v in sample.extra.items() if k != "placement"},
+                "background_placement": placement,
                 "background_generator": getattr(self.background, "name", "?"),
                 "gsg": round(obj.gsg, 3),
                 "prompt": self.prompt.format(class_name),

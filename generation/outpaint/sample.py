@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from generation.base import GeneratedSample, SkipSample, SourceObject
+from generation.base import GeneratedSample, Placement, SkipSample, SourceObject
 from generation.diffumatting.components import MissingWeightsError, from_local, pick_device
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
 from generation.outpaint.train import ensure_micro_outpainting
@@ -70,7 +70,10 @@ class Outpainting:
         return GeneratedSample(
             image=np.where(mask[..., None], image, generated),
             mask=mask.copy(),
-            extra={"prompt": self.prompt.format(class_name)},
+            extra={
+                "placement": Placement.identity(h, w).to_json(),
+                "prompt": self.prompt.format(class_name),
+            },
         )
 
 
