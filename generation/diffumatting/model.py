@@ -155,8 +155,8 @@ def detail_loss(z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor) -> 
 class MattingHead(nn.Module):
     """Latent matting head: Conv3×3 → SiLU → Conv3×3 on a VAE-decoder feature map.
 
-    Input ``B×C×H×W`` (the decoder's last up-block output, image resolution); output alpha
-    logits ``B×1×H×W``.
+    Input ``B×C×H×W`` (the decoder's last, group-normalised feature map, image resolution);
+    output alpha logits ``B×1×H×W``.
     """
 
     def __init__(self, in_channels: int, hidden: int | None = None) -> None:
@@ -181,10 +181,12 @@ def matting_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def decoder_features(vae: AutoencoderKL) -> Iterator[list[torch.Tensor]]:
-    """While active, every ``vae.decode`` appends its last up-block output (``B×C×H×W``) to the
-    yielded list: the feature map the matting head reads."""
+    """While active, every ``vae.decode`` appends the decoder's last feature map (``B×C×H×W``,
+    image resolution) to the yielded list: the output of its final group norm, just before
+    ``conv_out``. Normalised, so the matting head's sigmoid does not start saturated whatever the
+    scale the decoder's activations grew to in training."""
     captured: list[torch.Tensor] = []
-    handle = vae.decoder.up_blocks[-1].register_forward_hook(
+    handle = vae.decoder.conv_norm_out.register_forward_hook(
         lambda _m, _i, out: captured.append(out)
     )
     try:
