@@ -371,4 +371,7 @@ def test_cli_end_to_end(dataset, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "cSm" in done.stdout
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["num_samples"] == 10
+    # The test images are not named on the command line: the bar chart is drawn, the grids are not.
+    assert (out / "per_class_ciou.png").stat().st_size > 1000
+    assert not (out / "best_samples.png").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["OVCamo", "eval", "pred"]

@@ -504,6 +504,11 @@ def main(cfg: Any) -> EvaluationResult:
         print(f"ovcamo-eval: {e}", file=sys.stderr)
         raise SystemExit(2) from e
     write_results(results, out_dir)
+    if cfg.get("figures", True):
+        # Imported here: matplotlib is only needed once results exist.
+        from ovcamo.engine.visualize import write_eval_figures
+
+        write_eval_figures(results, paths, out_dir)
     print(paper_table(results.metrics, title=f"{results.num_samples} samples"))
     print(f"results written to {out_dir}")
     print(json.dumps({k: round(v, 4) for k, v in results.metrics.items()}))

@@ -20,6 +20,9 @@ def _items(
     items = []
     for row in rows:
         uid, pred_class = row["unique_id"], row["pred_class"]
+        if uid not in records:
+            # Scoring needs only GT masks; a sample whose image is absent has no grid cell.
+            continue
         sample = load_sample(records[uid])
         items.append(
             {
@@ -64,8 +67,11 @@ def write_eval_figures(
     k = min(n, len(ranked))
     if k:
         for name, rows in (("best", ranked[:k]), ("worst", ranked[::-1][:k])):
+            items = _items(rows, pred_dir, paths, results.split)
+            if not items:
+                continue
             written[name] = prediction_grid(
-                _items(rows, pred_dir, paths, results.split),
+                items,
                 out / f"{name}_samples.png",
                 suptitle=f"{name} {k} samples by class-aware IoU",
             )
