@@ -61,6 +61,8 @@ from ovcamo.data.io import atomic_write_json, read_image, read_mask, safe_join
 
 log = logging.getLogger(__name__)
 
+#: Bumped whenever training code changes what a cached micro model would be.
+TRAINER_VERSION = 2
 CONF_GENERATOR_DIR = Path(__file__).resolve().parents[2] / "conf" / "generator"
 
 
@@ -274,7 +276,7 @@ def ensure_micro_diffumatting(
     base = ensure_sd_base(micro, data, cache_dir, device)
     salient = salient_pairs_source(data)
     source_hash = file_hash(salient if salient is not None else data.sample_info)
-    key = config_hash(micro, train, base.key, source_hash)
+    key = config_hash(micro, train, base.key, source_hash, TRAINER_VERSION)
     final = cache_root(cache_dir) / "diffumatting" / key
     if not (final / "history.json").is_file():
         seed = int(train.get("seed", 0))
