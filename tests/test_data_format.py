@@ -399,3 +399,14 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
         atomic_write_json(target, {"x": Boom()})
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_write_gives_files_the_umask_mode(tmp_path: Path) -> None:
+    from ovcamo.data.io import atomic_write_text
+
+    target = tmp_path / "x.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
