@@ -265,7 +265,12 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
         outputs: dict[str, Any] = {}
         # Official protocol: the novel (test) classes, candidates = all test class names.
         pred_novel = predict_to_dir(pcfg, split="test", part="all")
-        write_results(score_prediction_dir(pred_novel, paths, split="test"), directory / "novel")
+        # Scored in-process: a process pool forked from a process that has run torch's thread
+        # pools can deadlock (seen in the default loop).
+        write_results(
+            score_prediction_dir(pred_novel, paths, split="test", num_workers=1),
+            directory / "novel",
+        )
         outputs.update(novel=str(directory / "novel"), pred_novel=str(Path(pred_novel).resolve()))
         # Base validation: the held-out part of the train split, scored per class.
         val_ids = [
@@ -280,7 +285,7 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
         ]
         pred_val = predict_to_dir(pcfg, split="train", part="val")
         write_results(
-            score_prediction_dir(pred_val, paths, split="train", unique_ids=val_ids),
+            score_prediction_dir(pred_val, paths, split="train", unique_ids=val_ids, num_workers=1),
             directory / "base_val",
         )
         outputs.update(base_val=str(directory / "base_val"), pred_val=str(Path(pred_val).resolve()))
