@@ -127,7 +127,8 @@ def _keys(plan_text: str, stage: str) -> list[str]:
 
 def test_multirun_sweep_shares_the_baseline(tmp_path):
     out = _multirun(tmp_path, "generator=classic,lakered_micro", "data.synthetic_ratio=0.1,0.3")
-    assert out.count("check passed") == 4
+    # One loop check per job (each job's loop check also runs ovcamo-train's check on its baseline).
+    assert out.count("check passed: data paths and weights files are in place") == 4
     assert len(set(_keys(out, "train/without/seed0"))) == 1  # trained once for the whole sweep
     assert len(set(_keys(out, "train/with/seed0"))) == 4
     assert len(set(_keys(out, "generate"))) == 2
@@ -135,7 +136,7 @@ def test_multirun_sweep_shares_the_baseline(tmp_path):
 
 def test_ablation_ladder_is_a_multirun(tmp_path):
     out = _multirun(tmp_path, "experiment=ablation_micro")
-    models = re.findall(r"model: (\S+)", out)
+    models = re.findall(r"model: (\S+)  backbone:", out)
     assert models == [
         "ladder_conv_micro",
         "ladder_sam_micro",

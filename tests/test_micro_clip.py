@@ -62,7 +62,7 @@ def tiny_world_cfg() -> dict:
 
 
 def tiny_clip_cfg(model: str, **overrides) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "micro_clip.yaml"))["clip"]
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "clip" / "micro.yaml"))
     cfg.update(model=model, epochs=12, batch_size=10, group_size=5, warmup_steps=2, lr=3e-3)
     cfg.update({"progress": False, **overrides})
     return cfg
