@@ -29,6 +29,8 @@ def real_class_info() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Point the toolkit's cache at a per-session temporary folder."""
     monkeypatch.setenv("OVCAMO_CACHE", str(tmp_path_factory.getbasetemp() / "ovcamo-cache"))

@@ -136,8 +136,9 @@ def test_single_process_equals_pool(dataset, tmp_path: Path) -> None:
     _predict(tmp_path / "pred", masks, classes, _test_ids())
     one = score_prediction_dir(tmp_path / "pred", paths, num_workers=1)
     two = score_prediction_dir(tmp_path / "pred", paths, num_workers=2)
-    assert one.metrics == two.metrics
-    assert one.per_sample == two.per_sample
+    clean = score_prediction_dir(tmp_path / "pred", paths, num_workers=2, fresh_workers=True)
+    assert one.metrics == two.metrics == clean.metrics
+    assert one.per_sample == two.per_sample == clean.per_sample
 
 
 def test_reference_fixes_the_hard_classes(dataset, tmp_path: Path) -> None:

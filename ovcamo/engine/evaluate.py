@@ -212,11 +212,19 @@ def _chunks(tasks: Sequence[_Task], n: int) -> list[list[_Task]]:
     return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
 
 
-def _run_pool(tasks: Sequence[_Task], num_workers: int) -> list[tuple[str, Any, str | None, bool]]:
+def _run_pool(
+    tasks: Sequence[_Task], num_workers: int, fresh_workers: bool
+) -> list[tuple[str, Any, str | None, bool]]:
     if num_workers <= 1 or len(tasks) < 2:
         return _score_chunk(tasks)
     # fork keeps start-up cheap (no re-import of torch); the workers only run numpy/scipy/cv2.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    # A process whose torch thread pools have run (it just predicted) must not fork: a child can
+    # inherit a lock held by one of those threads and hang, so it starts clean workers instead.
+    methods = mp.get_all_start_methods()
+    method = "fork" if "fork" in methods and not fresh_workers else "spawn"
+    if method == "spawn" and "forkserver" in methods:
+        method = "forkserver"
+    ctx = mp.get_context(method)
     results: list[tuple[str, Any, str | None, bool]] = []
     with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
         for part in pool.map(_score_chunk, _chunks(tasks, num_workers)):
@@ -234,13 +242,16 @@ def score_prediction_dir(
     resize_to_gt: bool = False,
     reference: str | os.PathLike | None = None,
     num_workers: int = 2,
+    fresh_workers: bool = False,
 ) -> EvaluationResult:
     """Score ``pred_dir`` against the GT masks of ``split`` (only ``unique_ids`` when given).
 
     Predictions for samples of the split outside ``unique_ids`` are ignored (and listed); a
     prediction for an id outside the split is an error. ``reference``: a reference run's
-    ``per_class.csv`` that fixes the hard classes. Raises :class:`EvaluationError` listing every
-    problem; nothing is written here (see :func:`write_results`).
+    ``per_class.csv`` that fixes the hard classes. ``fresh_workers``: start scoring processes
+    clean (forkserver/spawn) instead of forking; set it when this process has run torch work.
+    Raises :class:`EvaluationError` listing every problem; nothing is written here (see
+    :func:`write_results`).
     """
     if split not in ("train", "test"):
         raise EvaluationError(f"split must be 'train' or 'test', got {split!r}")
@@ -324,7 +335,9 @@ def score_prediction_dir(
 
     order = [u for u in gt if u in preds]
     tasks = [_Task(u, str(preds[u][1]), str(gt[u][1]), resize_to_gt) for u in order]
-    scored = {uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers)}
+    scored = {
+        uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers, fresh_workers)
+    }
     failed = [err for _, err, _ in scored.values() if err is not None]
     if failed:
         _raise_if({"unreadable or mismatched file": failed}, pred_dir)
@@ -499,6 +512,7 @@ def main(cfg: Any) -> EvaluationResult:
             resize_to_gt=bool(cfg.get("resize_to_gt", False)),
             reference=cfg.get("reference") or None,
             num_workers=int(cfg.get("num_workers", 2)),
+            fresh_workers=bool(cfg.get("checkpoint")),
         )
     except EvaluationError as e:
         print(f"ovcamo-eval: {e}", file=sys.stderr)
