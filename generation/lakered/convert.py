@@ -59,8 +59,9 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError) as e:
         raise ConversionError(
             f"{path} holds objects beyond tensors and plain containers, so it is not loaded "
-            "(weights_only). Re-save only its state_dict on a machine where you trust the file: "
-            "torch.save(torch.load(p, weights_only=False)['state_dict'], 'state_dict.pt')"
+            "(weights_only). On a machine where you trust the file, re-save only its "
+            "'state_dict' entry (a dict of tensors) with torch.save, or as safetensors, and pass "
+            "that file."
         ) from e
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
