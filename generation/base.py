@@ -36,6 +36,26 @@ class SkipSample(Exception):
     """Raised by a generator that cannot make a sample from a source; the reason is reported."""
 
 
+def check_source(
+    source: SourceObject, *, min_object_pixels: int = 1, max_object_fraction: float = 1.0
+) -> None:
+    """Refuse a source no generator can use.
+
+    Raises :class:`SkipSample` with the reason (``size_mismatch``, ``empty_mask``, ``tiny_object``,
+    ``object_fills_image``) that the writer's summary counts.
+    """
+    image, mask = source.image, source.mask
+    if image.shape[:2] != mask.shape:
+        raise SkipSample(f"size_mismatch: image {image.shape[:2]} vs mask {mask.shape}")
+    area = int(mask.sum())
+    if area == 0:
+        raise SkipSample("empty_mask")
+    if area < min_object_pixels:
+        raise SkipSample(f"tiny_object: {area} px < {min_object_pixels}")
+    if area > max_object_fraction * mask.size:
+        raise SkipSample(f"object_fills_image: {area / mask.size:.0%} of the image")
+
+
 @runtime_checkable
 class Generator(Protocol):
     """``generate`` turns a source object into a new sample; deterministic for a given seed."""

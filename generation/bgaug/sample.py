@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DCondi
 from PIL import Image
 from scipy.ndimage import minimum_filter
 
-from generation.base import GeneratedSample, Placement, SkipSample, SourceObject
+from generation.base import GeneratedSample, Placement, SkipSample, SourceObject, check_source
 from generation.bgaug.train import ensure_micro_inpainting
 from generation.diffumatting.components import from_local, pick_device
 from ovcamo.data import DataPaths
@@ -55,10 +55,7 @@ class BackgroundAugmentation:
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """One augmented copy: RGB uint8 ``H×W×3`` and the source mask (bool ``H×W``)."""
         image, mask = source.image, source.mask
-        if image.shape[:2] != mask.shape:
-            raise SkipSample(f"size_mismatch: image {image.shape[:2]} vs mask {mask.shape}")
-        if not mask.any():
-            raise SkipSample("empty_mask")
+        check_source(source)
         region = self.inpaint_region(mask)
         if not region.any():
             raise SkipSample("object_fills_image: no background left after the 7×7 erosion")

@@ -13,6 +13,7 @@ from generation.base import (
     Placement,
     SkipSample,
     SourceObject,
+    check_source,
     mask_box,
     place_object,
 )
@@ -69,15 +70,11 @@ class ClassicGenerator:
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """A new sample from ``source``: uint8 ``H×W×3`` image, bool ``H×W`` mask of the same size."""
         image, mask = source.image, source.mask
-        if image.shape[:2] != mask.shape:
-            raise SkipSample(f"size_mismatch: image {image.shape[:2]} vs mask {mask.shape}")
-        area = int(mask.sum())
-        if area == 0:
-            raise SkipSample("empty_mask")
-        if area < self.min_object_pixels:
-            raise SkipSample(f"tiny_object: {area} px < {self.min_object_pixels}")
-        if area > self.max_object_fraction * mask.size:
-            raise SkipSample(f"object_fills_image: {area / mask.size:.0%} of the image")
+        check_source(
+            source,
+            min_object_pixels=self.min_object_pixels,
+            max_object_fraction=self.max_object_fraction,
+        )
         rng = np.random.default_rng(seed)
         t, left, b, r = mask_box(mask)
         crop, crop_mask = image[t:b, left:r], mask[t:b, left:r]

@@ -25,6 +25,7 @@ from generation.base import (
     SkipSample,
     SourceObject,
     build_generator,
+    check_source,
     mask_box,
 )
 from generation.diffumatting.components import (
@@ -135,12 +136,7 @@ class DiffuMattingGenerator:
 
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """A camouflaged sample of ``class_name`` on a canvas of the source's size."""
-        if source.image.shape[:2] != source.mask.shape:
-            raise SkipSample(
-                f"size_mismatch: image {source.image.shape[:2]} vs mask {source.mask.shape}"
-            )
-        if not source.mask.any():
-            raise SkipSample("empty_mask")
+        check_source(source)
         obj = self.object(class_name, seed)
         image, alpha = place_like_source(obj.foreground, obj.alpha, source.mask)
         mask = alpha >= self.alpha_threshold

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from PIL import Image
 
-from generation.base import GeneratedSample, Placement, SkipSample, SourceObject
+from generation.base import GeneratedSample, Placement, SkipSample, SourceObject, check_source
 from generation.lakered.model import LakeRed, LakeRedConfig
 from generation.lakered.train import TrainConfig, load_trained, run_hash, train
 from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE
@@ -66,15 +66,11 @@ class LakeRedGenerator:
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """A new sample: the source object, unchanged and in place, in a generated background."""
         image, mask = source.image, source.mask
-        if image.shape[:2] != mask.shape:
-            raise SkipSample(f"size_mismatch: image {image.shape[:2]} vs mask {mask.shape}")
-        area = int(mask.sum())
-        if area == 0:
-            raise SkipSample("empty_mask")
-        if area < self.min_object_pixels:
-            raise SkipSample(f"tiny_object: {area} px < {self.min_object_pixels}")
-        if area > self.max_object_fraction * mask.size:
-            raise SkipSample(f"object_fills_image: {area / mask.size:.0%} of the image")
+        check_source(
+            source,
+            min_object_pixels=self.min_object_pixels,
+            max_object_fraction=self.max_object_fraction,
+        )
         r = self.model.config.resolution
         h, w = mask.shape
         x = np.array(Image.fromarray(image).resize((r, r), Image.BICUBIC))

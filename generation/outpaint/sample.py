@@ -17,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from generation.base import GeneratedSample, Placement, SkipSample, SourceObject
+from generation.base import GeneratedSample, Placement, SourceObject, check_source
 from generation.diffumatting.components import MissingWeightsError, from_local, pick_device
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
 from generation.outpaint.train import ensure_micro_outpainting
@@ -42,12 +42,7 @@ class Outpainting:
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """RGB uint8 ``H×W×3`` with a generated background and the source mask (bool ``H×W``)."""
         image, mask = source.image, source.mask
-        if image.shape[:2] != mask.shape:
-            raise SkipSample(f"size_mismatch: image {image.shape[:2]} vs mask {mask.shape}")
-        if not mask.any():
-            raise SkipSample("empty_mask")
-        if mask.mean() > self.max_object_fraction:
-            raise SkipSample(f"object_fills_image: {mask.mean():.0%} of the image")
+        check_source(source, max_object_fraction=self.max_object_fraction)
         h, w = mask.shape
         r = self.resolution
         background = Image.fromarray((~mask).astype(np.uint8) * 255).resize((r, r), Image.NEAREST)
