@@ -1,6 +1,6 @@
 """Generators side by side on the micro-world: seconds per sample, peak memory and quality.
 
-One row per generator config (``conf/generator/<name>.yaml``). By default every config that runs
+One row per generator config (``ovcamo/conf/generator/<name>.yaml``). By default every config that runs
 on CPU (``classic`` and the ``*_micro`` ones, so generators added later get rows of their own)
 and, when CUDA is present, the official-size ones. Each generator runs in its own process, so
 its peak memory is its own; a generator that trains on first use (``lakered_micro``) trains in
@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from generation.base import Generator, SkipSample, SourceObject  # noqa: E402
+from ovcamo import CONF_DIR  # noqa: E402
 from ovcamo.data import DataPaths  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 OFFICIAL_CUDA_ONLY = ("lakered",)
 
 
@@ -59,7 +59,7 @@ def _seconds_per_generated(
 
 
 def default_generators(cuda: bool) -> list[str]:
-    names = sorted(p.stem for p in (CONF / "generator").glob("*.yaml"))
+    names = sorted(p.stem for p in (CONF_DIR / "generator").glob("*.yaml"))
     cpu = [n for n in names if n == "classic" or n.endswith("_micro")]
     return cpu + ([n for n in names if n in OFFICIAL_CUDA_ONLY] if cuda else [])
 
@@ -87,7 +87,7 @@ def run_one(name: str, samples: int, device: str, work: Path, grids: Path | None
         "progress=false",
         f"device={device}",
     ]
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("generate", overrides=overrides)
     start = time.perf_counter()
     root = generate(cfg)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from ovcamo import CONF_DIR as _CONF_DIR
+
+CONF_DIR = str(_CONF_DIR)
 
 
 @hydra.main(version_base=None, config_path=CONF_DIR, config_name="world")

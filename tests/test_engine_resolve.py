@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
+from ovcamo import CONF_DIR
 from ovcamo.engine.resolve import resolve_pretrained
-
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def _cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF, version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("train", overrides=list(overrides))
 
 

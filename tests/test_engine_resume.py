@@ -13,6 +13,7 @@ import pytest
 import torch
 from _engine_data import write_tiny_dataset
 
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_state, load_weights
 
 
@@ -110,7 +111,7 @@ def test_crash_then_resume_in_process_is_bit_identical(tmp_path, monkeypatch):
     from ovcamo.engine.logging import RunLogger
 
     data = write_tiny_dataset(tmp_path / "data", {"snow leopard": 2, "reccoon": 2, "owl": 2})
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(CONF_DIR)
 
     def cfg(out: Path, *extra: str):
         args = [*tiny_overrides(data, out), "data.holdout_fraction=0", "train.ckpt_every_steps=1"]

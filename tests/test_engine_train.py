@@ -11,6 +11,7 @@ from _engine_data import TEST_CLASSES, write_tiny_dataset
 from hydra import compose, initialize_config_dir
 from test_engine_resume import tiny_overrides
 
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_state
 from ovcamo.data import DataPaths, OVCamoDataset
 from ovcamo.data.transforms import EvalTransform
@@ -28,11 +29,9 @@ from ovcamo.engine.train import NonFiniteLossError, ResumeError, run
 from ovcamo.engine.visualize import write_eval_figures
 from ovcamo.models.baclip import BaCLIP
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
-
 
 def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF, version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("train", overrides=overrides)
 
 

@@ -57,7 +57,7 @@ def tiny_world_cfg():
 
 
 def tiny_generator_cfg(name: str):
-    """``conf/generator/<name>.yaml`` with tiny parts, few steps and 2 sampling steps."""
+    """``ovcamo/conf/generator/<name>.yaml`` with tiny parts, few steps and 2 sampling steps."""
     cfg = OmegaConf.load(Path(CONF_DIR) / "generator" / f"{name}.yaml")
     cfg.micro = TINY_MICRO
     cfg.train = {**TINY_TRAIN, **({"uncond_prob": 0.1} if "uncond_prob" in cfg.train else {})}

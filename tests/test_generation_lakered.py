@@ -16,6 +16,7 @@ from generation.lakered.train import (
     train,
     training_step,
 )
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_checkpoint
 from ovcamo.data import DataPaths
 
@@ -44,12 +45,12 @@ def tiny(**kw) -> LakeRedConfig:
 
 
 def test_config_sizes_official_and_micro():
-    conf = OmegaConf.load("conf/generator/lakered.yaml")
+    conf = OmegaConf.load(CONF_DIR / "generator" / "lakered.yaml")
     official = LakeRedConfig.from_cfg(conf.model)
     assert official.resolution == 512 and official.latent_size == 128
     assert (official.num_vq_embeddings, official.latent_channels) == (8192, 3)
     micro = LakeRedConfig.from_cfg(
-        OmegaConf.merge(conf, OmegaConf.load("conf/generator/lakered_micro.yaml")).model
+        OmegaConf.merge(conf, OmegaConf.load(CONF_DIR / "generator" / "lakered_micro.yaml")).model
     )
     assert micro.resolution == 64 and micro.latent_size == 16
 
@@ -185,7 +186,7 @@ def test_generator_keeps_the_object_exact_and_is_seeded():
 
 
 def _node(**kw):
-    base = OmegaConf.load("conf/generator/lakered.yaml")
+    base = OmegaConf.load(CONF_DIR / "generator" / "lakered.yaml")
     base.model = OmegaConf.create(
         {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
     )

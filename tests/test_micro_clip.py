@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import ovcamo.models  # noqa: F401  (registers the micro architecture)
+from ovcamo import CONF_DIR
 from ovcamo.models.camo_prompts import CAMO_PROMPTS, class_text_embeddings
 from ovcamo.models.micro_clip import (
     REPORT_FILE,
@@ -22,7 +23,6 @@ from ovcamo.models.micro_clip import (
     main,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_CLIP = "ovcamo_test_tiny_clip"
 TINY_CLIP_CFG = {
     "embed_dim": 32,
@@ -48,7 +48,7 @@ def tiny_clip_name(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def tiny_world_cfg() -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "world" / "micro.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "world" / "micro.yaml"))
     cfg.update(
         name="tiny",
         image_size=32,
@@ -62,7 +62,7 @@ def tiny_world_cfg() -> dict:
 
 
 def tiny_clip_cfg(model: str, **overrides) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "clip" / "micro.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "clip" / "micro.yaml"))
     cfg.update(model=model, epochs=12, batch_size=10, group_size=5, warmup_steps=2, lr=3e-3)
     cfg.update({"progress": False, **overrides})
     return cfg

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ovcamo import CONF_DIR
 from ovcamo.data.io import read_image, read_mask, safe_join
 from ovcamo.data.world import ensure_world
 from ovcamo.models import build_model, model_config
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _eight_train_images() -> tuple[torch.Tensor, torch.Tensor, list[str]]:

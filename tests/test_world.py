@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from ovcamo import CONF_DIR
 from ovcamo.data import OVCamoDataset, holdout_split, load_class_info
 from ovcamo.data.io import read_image, read_mask
 from ovcamo.data.ovcamo_format import DataPaths, resolve_records
@@ -29,11 +30,9 @@ from ovcamo.data.world_render import (
     render_salient,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 def micro_cfg(**overrides) -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "world" / "micro.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "world" / "micro.yaml"))
     cfg.update(overrides)
     return cfg
 
@@ -158,7 +157,7 @@ def test_holdout_of_rendered_train_split(tiny_world: Path) -> None:
 
 
 def test_full_world_uses_all_75_classes(real_class_info: Path) -> None:
-    full = OmegaConf.load(CONF / "world" / "full.yaml")
+    full = OmegaConf.load(CONF_DIR / "world" / "full.yaml")
     cfg = micro_cfg(**{k: v for k, v in OmegaConf.to_container(full).items() if k != "defaults"})
     spec = resolve_world(cfg)
     assert len(spec.classes) == 75

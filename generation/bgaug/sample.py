@@ -100,7 +100,7 @@ def build(
     device: Any = None,
     **context: Any,
 ) -> BackgroundAugmentation:
-    """Builder named by ``conf/generator/bgaug*.yaml``: a local Stable Diffusion 2 inpainting
+    """Builder named by ``ovcamo/conf/generator/bgaug*.yaml``: a local Stable Diffusion 2 inpainting
     folder (``pretrained``), or the micro inpainting parts trained on ``data`` and cached."""
     dev = pick_device(None if device in (None, "auto") else str(device))
     if cfg.get("pretrained"):

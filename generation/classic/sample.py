@@ -105,7 +105,7 @@ class ClassicGenerator:
 
 
 def build_classic(cfg: Any, **context: Any) -> ClassicGenerator:
-    """Builder named by ``conf/generator/classic.yaml``; no weights, so the context is unused."""
+    """Builder named by ``ovcamo/conf/generator/classic.yaml``; no weights, so the context is unused."""
     keys = {k: cfg[k] for k in ClassicGenerator.__dataclass_fields__ if k in cfg}
     if "scale_range" in keys:
         keys["scale_range"] = tuple(float(v) for v in keys["scale_range"])

@@ -56,6 +56,7 @@ from generation.diffumatting.model import (
     install_green_probe,
 )
 from generation.diffumatting.train import train_diffumatting
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_weights, save_weights
 from ovcamo.data import DataPaths
 from ovcamo.data.io import atomic_write_json, read_image, read_mask, safe_join
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever training code changes what a cached micro model would be.
 TRAINER_VERSION = 2
-CONF_GENERATOR_DIR = Path(__file__).resolve().parents[2] / "conf" / "generator"
+CONF_GENERATOR_DIR = CONF_DIR / "generator"
 
 
 @dataclass
@@ -218,7 +219,7 @@ def warp_alpha(alpha: np.ndarray, placement: Placement) -> np.ndarray:
 
 def background_generator(cfg: Any, **context: Any) -> Generator:
     """The background generator a DiffuMatting config names: a config name under
-    ``conf/generator/`` (``classic``, ``lakered_micro``, ...) or a full generator node."""
+    ``ovcamo/conf/generator/`` (``classic``, ``lakered_micro``, ...) or a full generator node."""
     if isinstance(cfg, str):
         path = CONF_GENERATOR_DIR / f"{cfg}.yaml"
         if not path.is_file():
@@ -323,7 +324,7 @@ def build(
     device: Any = None,
     **context: Any,
 ) -> DiffuMattingGenerator:
-    """Builder named by ``conf/generator/diffumatting*.yaml``.
+    """Builder named by ``ovcamo/conf/generator/diffumatting*.yaml``.
 
     ``pretrained`` set: a local Stable Diffusion 1.5 folder fine-tuned with DiffuMatting's losses,
     plus ``matting_head`` (a safetensors file). ``pretrained: null``: the micro parts, trained on

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from generation.lakered.model import LakeRedConfig
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import save_checkpoint
 
 _RESNET = {
@@ -292,13 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-retrieval", action="store_true", help="accept a plain LDM inpainting checkpoint"
     )
-    parser.add_argument("--config", help="a generator yaml (default: conf/generator/lakered.yaml)")
+    parser.add_argument(
+        "--config", help="a generator yaml (default: ovcamo/conf/generator/lakered.yaml)"
+    )
     args = parser.parse_args(argv)
     from omegaconf import OmegaConf
 
-    cfg_path = args.config or str(
-        Path(__file__).resolve().parents[2] / "conf" / "generator" / "lakered.yaml"
-    )
+    cfg_path = args.config or str(CONF_DIR / "generator" / "lakered.yaml")
     config = LakeRedConfig.from_cfg(OmegaConf.load(cfg_path).model)
     weights = convert(
         load_official(args.checkpoint),

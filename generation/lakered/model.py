@@ -29,7 +29,7 @@ from torch import nn
 
 @dataclass
 class LakeRedConfig:
-    """Architecture of one LAKE-RED size (``conf/generator/lakered*.yaml`` ``model`` node)."""
+    """Architecture of one LAKE-RED size (``ovcamo/conf/generator/lakered*.yaml`` ``model`` node)."""
 
     resolution: int = 512
     latent_channels: int = 3

@@ -126,7 +126,7 @@ def build_lakered(
     device: str = "cpu",
     **_: Any,
 ) -> LakeRedGenerator:
-    """Builder named by ``conf/generator/lakered*.yaml``.
+    """Builder named by ``ovcamo/conf/generator/lakered*.yaml``.
 
     ``checkpoint`` set: load that converted/trained directory. Otherwise, with
     ``train_if_missing``, train on ``data`` (cached under ``<cache_dir>/lakered/<name>-<hash>``;

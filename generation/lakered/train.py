@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """``conf/generator/lakered*.yaml`` ``train`` node."""
+    """``ovcamo/conf/generator/lakered*.yaml`` ``train`` node."""
 
     first_stage_steps: int = 0
     first_stage_lr: float = 1e-3

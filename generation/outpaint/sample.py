@@ -79,7 +79,7 @@ def build(
     device: Any = None,
     **context: Any,
 ) -> Outpainting:
-    """Builder named by ``conf/generator/outpaint*.yaml``: a local inpainting model folder
+    """Builder named by ``ovcamo/conf/generator/outpaint*.yaml``: a local inpainting model folder
     (``pretrained``) and a trained outpainting ControlNet (``controlnet``), or the micro parts
     trained on ``data`` and cached."""
     dev = pick_device(None if device in (None, "auto") else str(device))

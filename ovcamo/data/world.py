@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 RENDERER_VERSION = 1
 #: OVCamo's class list, shipped with the package (a copy of the dataset's ``class_info.json``).
 PACKAGED_CLASS_LIST = Path(__file__).resolve().parent / "ovcamo_classes.json"
-#: Keys every ``world`` config node carries (defaults live in ``conf/world/*.yaml``).
+#: Keys every ``world`` config node carries (defaults live in ``ovcamo/conf/world/*.yaml``).
 WORLD_KEYS = (
     "name",
     "seed",
@@ -153,7 +153,7 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
     if missing:
         raise WorldConfigError(
             f"world config lacks {', '.join('world.' + k for k in missing)} "
-            "(see conf/world/micro.yaml for a complete node)"
+            "(see ovcamo/conf/world/micro.yaml for a complete node)"
         )
     unknown_keys = sorted(set(cfg) - set(WORLD_KEYS))
     if unknown_keys:

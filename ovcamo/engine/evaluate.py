@@ -473,7 +473,7 @@ def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
 
 
 def main(cfg: Any) -> EvaluationResult:
-    """Entry point of ``ovcamo-eval`` (config ``conf/eval.yaml``).
+    """Entry point of ``ovcamo-eval`` (config ``ovcamo/conf/eval.yaml``).
 
     Keys: ``pred_dir`` or ``checkpoint`` (predictions are then written first by
     :func:`ovcamo.engine.predict.predict_to_dir`), ``out_dir``, ``split`` and ``part`` (``val``: the

@@ -78,7 +78,7 @@ def check_generator(generator: DictConfig) -> list[str]:
             and not Path(os.path.expanduser(value)).exists()
         ):
             problems.append(
-                f"generator.{key}: {value} does not exist (see conf/generator/"
+                f"generator.{key}: {value} does not exist (see ovcamo/conf/generator/"
                 f"{generator.get('name', '<name>')}.yaml for how to obtain it)"
             )
     return problems

@@ -27,7 +27,9 @@ def resolve_pretrained(cfg: DictConfig) -> DictConfig:
             "'world' node: use data=micro, or give backbone.pretrained a CLIP tag or weights file"
         )
     if cfg.get("clip") is None:
-        raise KeyError("backbone.pretrained=micro needs a 'clip' node (see conf/micro_clip.yaml)")
+        raise KeyError(
+            "backbone.pretrained=micro needs a 'clip' node (see ovcamo/conf/micro_clip.yaml)"
+        )
     from ovcamo.models.micro_clip import ensure_micro_clip
 
     path = ensure_micro_clip(cfg.clip, world, cfg.get("cache_dir"))

@@ -1,6 +1,6 @@
 """Config → BaCLIP, and saving/loading trained models (safetensors + ``config.json``).
 
-Every variant of the ablation ladder is one ``conf/model/*.yaml`` read by :func:`build_model`;
+Every variant of the ablation ladder is one ``ovcamo/conf/model/*.yaml`` read by :func:`build_model`;
 :func:`model_config` composes one of those files outside a Hydra application.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
 from ovcamo.data.io import atomic_write_json
 from ovcamo.models.baclip import BaCLIP
@@ -33,7 +34,6 @@ from ovcamo.models.sam_decoder import (
 )
 
 CONFIG_FILE = "config.json"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DECODER_TYPES = ("sam", "conv")
 
 
@@ -46,7 +46,7 @@ def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def _section(cfg: Mapping[str, Any], key: str, where: str = "model") -> dict[str, Any]:
     if key not in cfg or cfg[key] is None:
         raise KeyError(
-            f"`{where}.{key}` is missing from the model config (see conf/model/baclip.yaml)"
+            f"`{where}.{key}` is missing from the model config (see ovcamo/conf/model/baclip.yaml)"
         )
     return dict(cfg[key])
 
@@ -54,7 +54,7 @@ def _section(cfg: Mapping[str, Any], key: str, where: str = "model") -> dict[str
 def _require(section: Mapping[str, Any], key: str, where: str) -> Any:
     if key not in section:
         raise KeyError(
-            f"`{where}.{key}` is missing from the model config (see conf/model/baclip.yaml)"
+            f"`{where}.{key}` is missing from the model config (see ovcamo/conf/model/baclip.yaml)"
         )
     return section[key]
 
@@ -72,7 +72,7 @@ def build_model(
     ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem``
     (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``, ``num_frequencies``,
     ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``, ``k``) and ``loss``
-    (keyword arguments of ``segmentation_loss``). See ``conf/model/``.
+    (keyword arguments of ``segmentation_loss``). See ``ovcamo/conf/model/``.
     """
     config = _as_dict(cfg)
     backbone_cfg = _section(config, "backbone")  # required even when a backbone is given
@@ -163,7 +163,7 @@ def build_model(
 def model_config(
     model: str = "baclip_micro", backbone: str = "micro", overrides: Sequence[str] = ()
 ) -> DictConfig:
-    """Compose ``conf/model/<model>.yaml`` with ``conf/backbone/<backbone>.yaml`` (outside a Hydra
+    """Compose ``ovcamo/conf/model/<model>.yaml`` with ``ovcamo/conf/backbone/<backbone>.yaml`` (outside a Hydra
     app), apply Hydra ``overrides`` such as ``"backbone.pretrained=null"`` or
     ``"model.cce.num_blocks=5"``, and return the resolved ``model`` node."""
     from hydra import compose, initialize_config_dir

@@ -226,7 +226,7 @@ def build_clip_backbone(cfg: Mapping[str, Any]) -> CLIPBackbone:
     ``image_size``)."""
     for key in ("name", "image_size"):
         if key not in cfg:
-            raise KeyError(f"backbone config is missing `{key}` (see conf/backbone/*.yaml)")
+            raise KeyError(f"backbone config is missing `{key}` (see ovcamo/conf/backbone/*.yaml)")
     name = str(cfg["name"])
     image_size = int(cfg["image_size"])
     pretrained = cfg.get("pretrained")

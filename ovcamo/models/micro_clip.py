@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 MICRO_CLIP_VERSION = 1
 CHECKPOINT_FILE = "micro_clip.safetensors"
 REPORT_FILE = "report.json"
-#: Keys every ``clip`` config node carries (defaults live in ``conf/micro_clip.yaml``).
+#: Keys every ``clip`` config node carries (defaults live in ``ovcamo/conf/micro_clip.yaml``).
 CLIP_KEYS = (
     "model",
     "epochs",
@@ -72,7 +72,7 @@ def _check_clip_cfg(cfg: Mapping[str, Any]) -> None:
     if missing:
         raise KeyError(
             f"clip config lacks {', '.join('clip.' + k for k in missing)} "
-            "(see conf/micro_clip.yaml for a complete node)"
+            "(see ovcamo/conf/micro_clip.yaml for a complete node)"
         )
     for key in ("epochs", "batch_size", "group_size"):
         if not isinstance(cfg[key], int) or cfg[key] <= 0:
