@@ -105,7 +105,8 @@ def test_sample_info_keeps_extra_fields(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "t.json").read_text(encoding="utf-8")) == [entry]
     path.write_text(json.dumps([{"unique_id": "a", "base_class": "b"}]), encoding="utf-8")
     with pytest.raises(
-        DatasetFormatError, match=r"entry 0 lacks key\(s\) \['image', 'mask', 'id'\]"
+        DatasetFormatError,
+        match=r"entry 0 \(unique_id 'a'\) lacks key\(s\) \['image', 'mask', 'id'\]",
     ):
         load_sample_info(path)
 

@@ -1,6 +1,6 @@
 """OVCamo data format, datasets, transforms, synthetic mixing and the micro-world."""
 
-from ovcamo.data.dataset import OVCamoDataset, holdout_split, load_sample
+from ovcamo.data.dataset import OVCamoDataset, UnreadableSampleError, holdout_split, load_sample
 from ovcamo.data.ovcamo_format import (
     DATA_KEYS,
     ClassInfo,
@@ -27,6 +27,7 @@ __all__ = [
     "OVCamoDataset",
     "Record",
     "SampleInfo",
+    "UnreadableSampleError",
     "ValidationReport",
     "class_names",
     "holdout_split",

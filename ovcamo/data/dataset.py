@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,29 @@ from ovcamo.data.ovcamo_format import (
 )
 
 
+class UnreadableSampleError(OSError):
+    """A sample's image or mask cannot be decoded; the message names the sample and the file."""
+
+
+def _decode(
+    read: Callable[[Path], np.ndarray], path: Path, record: Record, what: str
+) -> np.ndarray:
+    try:
+        return read(path)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise UnreadableSampleError(
+            f"{what} of {record.unique_id!r} cannot be decoded: {path} ({e})"
+        ) from e
+
+
 def load_sample(record: Record) -> dict[str, Any]:
-    """Read one sample: RGB uint8 image resized to its mask (official behaviour), bool mask."""
-    image = read_image(record.image_path)
-    mask = read_mask(record.mask_path)
+    """Read one sample: RGB uint8 image resized to its mask (official behaviour), bool mask.
+
+    A file that cannot be decoded (a corrupt body behind intact ends passes the load-time check)
+    raises :class:`UnreadableSampleError` naming the sample and the file.
+    """
+    image = _decode(read_image, record.image_path, record, "image")
+    mask = _decode(read_mask, record.mask_path, record, "mask")
     if image.shape[:2] != mask.shape:
         h, w = mask.shape
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))

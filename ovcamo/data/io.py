@@ -124,11 +124,25 @@ def read_gray(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a GT mask as bool ``H×W``: any non-zero pixel is foreground (the official reader's rule)."""
-    with Image.open(path) as im:
-        im.load()
-        arr = np.asarray(im)
+def mask_foreground(arr: np.ndarray) -> np.ndarray:
+    """Bool ``H×W`` foreground of a decoded mask (``H×W`` or ``H×W×C``): any non-zero pixel of its
+    first channel or, in colour, of its three colour channels (the official reader's rule)."""
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
     return arr > 0
+
+
+def mask_is_empty(im: Image.Image) -> bool:
+    """Whether a mask image has no foreground pixel under :func:`mask_foreground`'s rule; single-band
+    and RGB masks are tested by PIL without building an array (about twice as fast)."""
+    if len(im.getbands()) == 1 or im.mode == "RGB":
+        return im.getbbox() is None
+    return not mask_foreground(np.asarray(im)).any()
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a GT mask as bool ``H×W``: any non-zero pixel is foreground (see :func:`mask_foreground`)."""
+    with Image.open(path) as im:
+        im.load()
+        arr = np.asarray(im)
+    return mask_foreground(arr)

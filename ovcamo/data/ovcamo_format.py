@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
 
-from ovcamo.data.io import PathEscapeError, atomic_write_json, safe_join
+from ovcamo.data.io import PathEscapeError, atomic_write_json, mask_is_empty, safe_join
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
@@ -36,9 +37,9 @@ class DatasetFormatError(ValueError):
 class DatasetValidationError(ValueError):
     """Validation found problems and ``strict`` was set; the message lists every problem with counts."""
 
-    def __init__(self, report: ValidationReport):
+    def __init__(self, report: ValidationReport, where: str = ""):
         self.report = report
-        super().__init__(report.summary())
+        super().__init__(f"{where}: {report.summary()}" if where else report.summary())
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,25 @@ class SampleInfo:
         return d
 
 
-def _load_json_list(path: str | os.PathLike, what: str) -> list[Any]:
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a json file of the dataset; a missing file, text that is not UTF-8 and invalid JSON
+    raise errors that name the file (a UTF-8 byte-order mark is accepted)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(
+            f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}); "
+            "re-save the file as UTF-8"
+        ) from e
     except json.JSONDecodeError as e:
         raise DatasetFormatError(f"{path}: not valid JSON ({e})") from e
+
+
+def _load_json_list(path: str | os.PathLike, what: str) -> list[Any]:
+    data = read_json(path, what)
     if not isinstance(data, list):
         raise DatasetFormatError(
             f"{path}: expected a JSON list of {what} entries, got {type(data).__name__}"
@@ -109,59 +121,133 @@ def _load_json_list(path: str | os.PathLike, what: str) -> list[Any]:
     return data
 
 
+_MAX_LISTED = 10
+
+
+def _raise_malformed(path: str | os.PathLike, n: int, problems: list[str], rule: str) -> None:
+    if problems:
+        shown = problems[:_MAX_LISTED]
+        more = len(problems) - len(shown)
+        raise DatasetFormatError(
+            f"{path}: {len(problems)} problem(s) in {n} entries; {rule}\n  "
+            + "\n  ".join(shown)
+            + (f"\n  … and {more} more" if more else "")
+        )
+
+
+def _check_type(entry: Mapping[str, Any], key: str, kind: type) -> str | None:
+    """Why ``entry[key]`` is not of ``kind`` (``str``: non-empty; ``int``: an integer or a string
+    of digits, never a boolean), or ``None`` when it is."""
+    value = entry[key]
+    if kind is str:
+        ok = isinstance(value, str) and value != ""
+        want = "a non-empty string"
+    else:
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and value.strip().lstrip("-").isdigit()
+        )
+        want = "an integer"
+    return None if ok else f"has {key} = {json.dumps(value, ensure_ascii=False)}: expected {want}"
+
+
+def _label(entry: Mapping[str, Any], key: str) -> str:
+    value = entry.get(key)
+    return f" ({key} {value!r})" if isinstance(value, str) and value else ""
+
+
+_CLASS_RULE = (
+    "every entry needs name (string), id (integer) and split ('train' or 'test'); super_class, "
+    "sub_class (list of strings) and num_samples (integer) are optional"
+)
+
+
 def load_class_info(path: str | os.PathLike) -> list[ClassInfo]:
-    """Read ``class_info.json``; names are kept byte-exact (``snow leopard``, ``reccoon``)."""
+    """Read ``class_info.json``; names are kept byte-exact (``snow leopard``, ``reccoon``).
+
+    Every malformed entry is listed in one :class:`DatasetFormatError`.
+    """
+    entries = _load_json_list(path, "class_info")
     out: list[ClassInfo] = []
+    problems: list[str] = []
     seen: set[str] = set()
-    for i, e in enumerate(_load_json_list(path, "class_info")):
-        try:
-            split = e["split"]
-            if split not in SPLITS:
-                raise DatasetFormatError(
-                    f"{path}: entry {i} ({e.get('name')!r}) has split {split!r}, expected 'train' or 'test'"
-                )
-            ci = ClassInfo(
-                name=str(e["name"]),
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict):
+            problems.append(f"entry {i} is not an object")
+            continue
+        where = f"entry {i}{_label(e, 'name')}"
+        missing = [k for k in ("name", "id", "split") if k not in e]
+        if missing:
+            problems.append(f"{where} lacks key(s) {missing}")
+            continue
+        found = [_check_type(e, "name", str), _check_type(e, "id", int)]
+        found += [_check_type(e, "num_samples", int) if "num_samples" in e else None]
+        if not isinstance(e.get("super_class", ""), str):
+            found.append(f"has super_class = {json.dumps(e['super_class'])}: expected a string")
+        sub = e.get("sub_class", [])
+        if not (isinstance(sub, list) and all(isinstance(x, str) for x in sub)):
+            found.append(f"has sub_class = {json.dumps(sub)}: expected a list of strings")
+        if e["split"] not in SPLITS:
+            found.append(f"has split {e['split']!r}, expected 'train' or 'test'")
+        found = [f for f in found if f]
+        if found:
+            problems += [f"{where} {f}" for f in found]
+            continue
+        if e["name"] in seen:
+            problems.append(f"{where}: class {e['name']!r} is listed twice")
+            continue
+        seen.add(e["name"])
+        out.append(
+            ClassInfo(
+                name=e["name"],
                 id=int(e["id"]),
-                super_class=str(e.get("super_class", "")),
-                sub_class=tuple(e.get("sub_class", ())),
-                split=split,
+                super_class=e.get("super_class", ""),
+                sub_class=tuple(sub),
+                split=e["split"],
                 num_samples=int(e.get("num_samples", 0)),
             )
-        except (KeyError, TypeError) as err:
-            raise DatasetFormatError(
-                f"{path}: entry {i} lacks key or has wrong type: {err}"
-            ) from err
-        if ci.name in seen:
-            raise DatasetFormatError(f"{path}: class {ci.name!r} is listed twice")
-        seen.add(ci.name)
-        out.append(ci)
+        )
+    _raise_malformed(path, len(entries), problems, _CLASS_RULE)
     return out
 
 
 _SAMPLE_KEYS = ("unique_id", "base_class", "image", "mask", "id")
+_SAMPLE_RULE = "every entry needs unique_id, base_class, image and mask (strings) and id (integer)"
 
 
 def load_sample_info(path: str | os.PathLike) -> list[SampleInfo]:
-    """Read ``sample_info.json``; fields beyond the five official ones go to ``SampleInfo.extra``."""
+    """Read ``sample_info.json``; fields beyond the five official ones go to ``SampleInfo.extra``.
+
+    Every malformed entry (a missing key, ``null``, a number where a name belongs, an ``id`` that
+    is not an integer) is listed in one :class:`DatasetFormatError`.
+    """
+    entries = _load_json_list(path, "sample_info")
     out: list[SampleInfo] = []
-    for i, e in enumerate(_load_json_list(path, "sample_info")):
+    problems: list[str] = []
+    for i, e in enumerate(entries):
         if not isinstance(e, dict):
-            raise DatasetFormatError(f"{path}: entry {i} is not an object")
+            problems.append(f"entry {i} is not an object")
+            continue
+        where = f"entry {i}{_label(e, 'unique_id')}"
         missing = [k for k in _SAMPLE_KEYS if k not in e]
         if missing:
-            raise DatasetFormatError(f"{path}: entry {i} lacks key(s) {missing}")
+            problems.append(f"{where} lacks key(s) {missing}")
+            continue
+        found = [_check_type(e, k, int if k == "id" else str) for k in _SAMPLE_KEYS]
+        if any(found):
+            problems += [f"{where} {f}" for f in found if f]
+            continue
         extra = {k: v for k, v in e.items() if k not in _SAMPLE_KEYS}
         out.append(
             SampleInfo(
-                unique_id=str(e["unique_id"]),
-                base_class=str(e["base_class"]),
-                image=str(e["image"]),
-                mask=str(e["mask"]),
+                unique_id=e["unique_id"],
+                base_class=e["base_class"],
+                image=e["image"],
+                mask=e["mask"],
                 id=int(e["id"]),
                 extra=extra,
             )
         )
+    _raise_malformed(path, len(entries), problems, _SAMPLE_RULE)
     return out
 
 
@@ -202,9 +288,15 @@ class DataPaths:
     def from_paths_json(cls, path: str | os.PathLike) -> DataPaths:
         """Read a ``paths.json`` written beside a dataset; relative entries are relative to it."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"paths.json not found: {path}")
-        return cls.from_cfg(json.loads(path.read_text(encoding="utf-8")), base=path.parent)
+        data = read_json(path, "paths.json")
+        if not isinstance(data, dict):
+            raise DatasetFormatError(
+                f"{path}: expected a JSON object with the keys {', '.join(DATA_KEYS)}"
+            )
+        try:
+            return cls.from_cfg(data, base=path.parent)
+        except KeyError as e:
+            raise DatasetFormatError(f"{path}: {e.args[0]}") from e
 
     def to_json(self, relative_to: str | os.PathLike | None = None) -> dict[str, str]:
         out = {}
@@ -260,6 +352,13 @@ NOTES = (
     "mask_values_soft",
     "class_without_samples",
 )
+#: Conditions kept as they are but reported because a researcher would want to know.
+WARNINGS = ("empty_mask",)
+#: What a kind means, printed under its count where the name alone does not say it.
+HINTS = {
+    "empty_mask": "the mask has no foreground pixel; kept for training, while ovcamo-eval "
+    "refuses such GT masks (IoU and F-measure are 0/0 on them) unless allow_empty_gt=true",
+}
 
 
 @dataclass
@@ -281,14 +380,20 @@ class ValidationReport:
     def n_errors(self) -> int:
         return sum(self.counts[k] for k in ERRORS)
 
+    @property
+    def n_warnings(self) -> int:
+        return sum(self.counts[k] for k in WARNINGS)
+
     def summary(self) -> str:
         lines = [f"checked {self.n_checked} samples, kept {self.n_kept}"]
-        for kind in (*ERRORS, *NOTES):
+        for kind in (*ERRORS, *WARNINGS, *NOTES):
             if self.counts[kind]:
-                tag = "error" if kind in ERRORS else "note"
+                tag = "error" if kind in ERRORS else "warning" if kind in WARNINGS else "note"
                 lines.append(
                     f"  {tag} {kind}: {self.counts[kind]} (e.g. {', '.join(self.examples[kind])})"
                 )
+                if kind in HINTS:
+                    lines.append(f"    {HINTS[kind]}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -341,23 +446,30 @@ def _inspect_image(path: Path, full: bool) -> tuple[tuple[int, int] | None, str 
     return size, note
 
 
-def _inspect_mask(path: Path, full: bool) -> tuple[tuple[int, int] | None, str | None]:
+def _inspect_mask(path: Path, full: bool) -> tuple[tuple[int, int] | None, list[str]]:
+    """Return ``(size, notes)``; size ``None`` when the file cannot be decoded or is cut short.
+
+    Masks are always decoded (small single-channel files, about 2 ms each at 1024×768) to find
+    empty ones; ``full`` also classifies their encoding (0/1, 0/255 or soft).
+    """
     try:
         with Image.open(path) as im:
             size, fmt = im.size, im.format
-            if not full:
-                return (None if _cut_short(path, fmt) else size), None
-            import numpy as np
-
-            arr = np.asarray(im)
+            im.load()
+            notes = ["empty_mask"] if mask_is_empty(im) else []
+            arr = np.asarray(im) if full else None
+        if _cut_short(path, fmt):
+            return None, []
     except (OSError, ValueError, SyntaxError):
-        return None, None
+        return None, []
+    if arr is None:
+        return size, notes
     values = np.unique(arr)
     if values.size <= 2 and values.max(initial=0) == 1:
-        return size, "mask_values_01"
+        return size, [*notes, "mask_values_01"]
     if values.size <= 2 and set(values.tolist()) <= {0, 255}:
-        return size, "mask_values_0255"
-    return size, "mask_values_soft"
+        return size, [*notes, "mask_values_0255"]
+    return size, [*notes, "mask_values_soft"]
 
 
 def resolve_records(
@@ -372,11 +484,15 @@ def resolve_records(
 ) -> tuple[list[Record], ValidationReport]:
     """Resolve the samples of one split to files and validate them in one pass.
 
-    Every problem is counted (see ``ERRORS`` and ``NOTES``). With ``strict`` any error raises
-    :class:`DatasetValidationError` carrying the whole report; otherwise faulty samples are dropped.
-    ``check_files``: ``none`` (paths only), ``header`` (open each file, compare sizes, and check
-    that PNG/JPEG files end with their end marker, which finds truncated files) or ``full`` (decode
-    every pixel: also finds corrupt bodies and classifies mask encodings).
+    Every problem is counted (see ``ERRORS``, ``WARNINGS`` and ``NOTES``). With ``strict`` any
+    error raises :class:`DatasetValidationError` carrying the whole report; otherwise faulty
+    samples are dropped. ``check_files``: ``none`` (paths only), ``header`` (open each image,
+    compare sizes, check that PNG/JPEG files end with their end marker, which finds truncated
+    files, and decode each mask, which finds empty masks) or ``full`` (also decode every image
+    pixel, which finds corrupt bodies behind intact ends, and classify mask encodings). A corrupt
+    image body that ``header`` lets through fails when the sample is read, with an
+    :class:`~ovcamo.data.dataset.UnreadableSampleError` naming the file; the trainer skips and
+    counts such samples (``data.strict=true`` stops).
     """
     classes = list(classes) if classes is not None else load_class_info(paths.class_info)
     samples = list(samples) if samples is not None else load_sample_info(paths.sample_info)
@@ -418,14 +534,14 @@ def resolve_records(
             return problems
         full = check_files == "full"
         isize, inote = _inspect_image(r.image_path, full)
-        msize, mnote = _inspect_mask(r.mask_path, full)
+        msize, mnotes = _inspect_mask(r.mask_path, full)
         if isize is None:
             problems.append("unreadable_image")
         if msize is None:
             problems.append("unreadable_mask")
         if problems:
             return problems
-        notes = [n for n in (inote, mnote) if n]
+        notes = [n for n in (inote, *mnotes) if n]
         if isize != msize:
             notes.append("size_mismatch_resized")
         return notes
@@ -446,7 +562,11 @@ def resolve_records(
             report.add("class_without_samples", c.name)
     report.n_kept = len(records)
     if strict and report.n_errors:
-        raise DatasetValidationError(report)
+        raise DatasetValidationError(
+            report,
+            f"unusable samples in the {split} split of {paths.sample_info} (data.strict=true "
+            "stops on them; data.strict=false drops and counts them)",
+        )
     return records, report
 
 
