@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ovcamo.data.io import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be loaded safely: damaged, or not written by ovcamo."""
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
@@ -31,7 +38,13 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it is damaged or was not written by "
+            "ovcamo: restore it from a copy, or train again into a new out_dir"
+        ) from e
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -45,7 +58,24 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"state file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch names the first object it refused as "GLOBAL module.Name".
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)} first)" if found else ""
+        raise CheckpointError(
+            f"{path} was not written by this version of ovcamo: it holds Python objects{what} "
+            "beyond tensors, numbers, strings and plain containers, so torch.load(weights_only=True) "
+            "refuses it, and ovcamo never unpickles such files. Use a checkpoint written by this "
+            "version of ovcamo-train (<out_dir>/checkpoints/{last,best}), or train again into a "
+            "new out_dir"
+        ) from e
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable torch file ({str(e).split('. ')[0]}); it is damaged (a copy "
+            "cut short?) or not a training state: restore it, or start a new run in another out_dir"
+        ) from e
 
 
 def save_checkpoint(

@@ -592,6 +592,8 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
             if source.report is not None and source.report.n_errors:
                 logger.info(f"{source.name}: unusable samples dropped\n{source.report.summary()}")
                 logger.log({"data/invalid_samples": trainer.invalid_samples}, trainer.step)
+            elif source.report is not None and source.report.n_warnings:
+                logger.info(f"{source.name}: data warnings\n{source.report.summary()}")
         result = trainer.fit(logger)
     finally:
         logger.close()
@@ -606,6 +608,7 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
 def main(cfg: DictConfig) -> None:
     """``ovcamo-train``: run, turning expected failures into a message and exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ovcamo.checkpoint import CheckpointError
     from ovcamo.data.mixing import SyntheticSetError
     from ovcamo.data.ovcamo_format import DatasetFormatError, DatasetValidationError
     from ovcamo.engine.check import CheckFailed
@@ -617,6 +620,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(3) from e
     except (
         CheckFailed,
+        CheckpointError,
         ResumeError,
         SampleReadError,
         SyntheticSetError,
