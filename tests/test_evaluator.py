@@ -256,7 +256,7 @@ def test_bad_dataset_files(dataset, tmp_path: Path) -> None:
     pred = tmp_path / "pred"
     _predict(pred, masks, classes, _test_ids())
     (paths.mask_dir("test") / "000006_reccoon.png").write_bytes(b"not a png")
-    _expect_error(pred, paths, "unreadable file \\(1\\): .*000006_reccoon.png")
+    _expect_error(pred, paths, "unreadable GT mask \\(1\\): .*000006_reccoon.png")
     os.remove(paths.mask_dir("test") / "000005_reccoon.png")
     _expect_error(pred, paths, "GT mask file missing \\(1\\)")
     broken = DataPaths(

@@ -2,11 +2,13 @@
 with the class-aware OVCOS metrics (OVCamo, ECCV 2024; DESIGN §4).
 
 Unlike the official script, every inconsistency between the prediction folder and the dataset is an
-error that lists all offending files: a name without the ``[class]`` prefix, a non-PNG or non-8-bit
-file, an unknown predicted class, a prediction for no GT sample, a GT sample without a prediction
-(unless ``allow_missing``; missing samples are then left out of the averages, as the official script
-does, and listed in the results), and a size that differs from the GT (unless ``resize_to_gt``).
-Results are computed completely before anything is written, and every file is written atomically.
+error that lists all offending files: a folder, a name without the ``[class]`` prefix, a non-PNG or
+non-8-bit file, an unreadable prediction or GT mask (each named as such), an unknown predicted
+class, a prediction for no GT sample, a GT sample without a prediction (unless ``allow_missing``;
+missing samples are then left out of the averages, as the official script does, and listed in the
+results), a size that differs from the GT (unless ``resize_to_gt``) and a GT mask without a
+foreground pixel (unless ``allow_empty_gt``). ``out_dir`` is checked before any work; results are
+computed completely before anything is written, and every file is written atomically.
 Scoring runs in a process pool.
 """
 
@@ -36,6 +38,7 @@ from ovcamo.data.io import PathEscapeError, atomic_write_json, atomic_write_text
 from ovcamo.data.ovcamo_format import (
     DataPaths,
     DatasetFormatError,
+    DatasetValidationError,
     Split,
     load_class_info,
     load_sample_info,
@@ -69,6 +72,17 @@ class _Task:
     pred_path: str
     mask_path: str
     resize: bool
+    allow_empty_gt: bool = False
+
+
+_FOLDER = "folder inside the prediction folder (predictions are PNG files directly in it)"
+_UNREADABLE_PRED = "unreadable prediction"
+_UNREADABLE_GT = "unreadable GT mask"
+_SIZE_DIFFERS = "prediction size differs from the GT (resize_to_gt=true resizes)"
+_EMPTY_GT = (
+    "GT mask without a foreground pixel (IoU and F-measure are 0/0 on it; fix the mask, remove "
+    "the sample from sample_info.json, or set allow_empty_gt=true to score it by convention)"
+)
 
 
 @dataclass
@@ -179,31 +193,41 @@ def _read_gt(path: str) -> np.ndarray:
     return arr > 0
 
 
+_Problem = tuple[str, str]
+
+
 def _score_chunk(
     tasks: Sequence[_Task],
-) -> list[tuple[str, np.ndarray | None, str | None, bool]]:
+) -> list[tuple[str, np.ndarray | None, list[_Problem], bool]]:
     """Worker: read, check and score a chunk.
 
-    Returns ``(unique_id, scores or None, problem or None, resized)`` per task.
+    Returns ``(unique_id, scores or None, [(kind, detail), ...], resized)`` per task.
     """
     cv2.setNumThreads(1)
     out = []
     for t in tasks:
+        problems: list[_Problem] = []
         try:
             pred = _read_prediction(t.pred_path)
-            gt = _read_gt(t.mask_path)
         except (OSError, ValueError, SyntaxError) as e:
-            problem = f"unreadable: {t.pred_path} or {t.mask_path} ({e})"
-            out.append((t.unique_id, None, problem, False))
+            problems.append((_UNREADABLE_PRED, f"{t.pred_path} ({e})"))
+        try:
+            gt = _read_gt(t.mask_path)
+            if not t.allow_empty_gt and not gt.any():
+                problems.append((_EMPTY_GT, t.mask_path))
+        except (OSError, ValueError, SyntaxError) as e:
+            problems.append((_UNREADABLE_GT, f"{t.mask_path} ({e})"))
+        if problems:
+            out.append((t.unique_id, None, problems, False))
             continue
         resized = pred.shape != gt.shape
         if resized:
             if not t.resize:
-                problem = f"size {pred.shape} ≠ GT {gt.shape}: {t.pred_path}"
-                out.append((t.unique_id, None, problem, False))
+                problem = (_SIZE_DIFFERS, f"{t.pred_path} ({pred.shape} vs GT {gt.shape})")
+                out.append((t.unique_id, None, [problem], False))
                 continue
             pred = cv2.resize(pred, (gt.shape[1], gt.shape[0]), interpolation=cv2.INTER_LINEAR)
-        out.append((t.unique_id, sample_scores(pred, gt).to_vector(), None, resized))
+        out.append((t.unique_id, sample_scores(pred, gt).to_vector(), [], resized))
     return out
 
 
@@ -214,7 +238,7 @@ def _chunks(tasks: Sequence[_Task], n: int) -> list[list[_Task]]:
 
 def _run_pool(
     tasks: Sequence[_Task], num_workers: int, fresh_workers: bool
-) -> list[tuple[str, Any, str | None, bool]]:
+) -> list[tuple[str, Any, list[_Problem], bool]]:
     if num_workers <= 1 or len(tasks) < 2:
         return _score_chunk(tasks)
     # fork keeps start-up cheap (no re-import of torch); the workers only run numpy/scipy/cv2.
@@ -225,7 +249,7 @@ def _run_pool(
     if method == "spawn" and "forkserver" in methods:
         method = "forkserver"
     ctx = mp.get_context(method)
-    results: list[tuple[str, Any, str | None, bool]] = []
+    results: list[tuple[str, Any, list[_Problem], bool]] = []
     with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
         for part in pool.map(_score_chunk, _chunks(tasks, num_workers)):
             results.extend(part)
@@ -240,6 +264,7 @@ def score_prediction_dir(
     unique_ids: Iterable[str] | None = None,
     allow_missing: bool = False,
     resize_to_gt: bool = False,
+    allow_empty_gt: bool = False,
     reference: str | os.PathLike | None = None,
     num_workers: int = 2,
     fresh_workers: bool = False,
@@ -250,7 +275,8 @@ def score_prediction_dir(
     prediction for an id outside the split is an error. ``reference``: a reference run's
     ``per_class.csv`` that fixes the hard classes. ``fresh_workers``: start scoring processes
     clean (forkserver/spawn) instead of forking; set it when this process has run torch work.
-    Raises :class:`EvaluationError` listing every problem; nothing is written here (see
+    ``allow_empty_gt``: score GT masks without a foreground pixel by the metrics' conventions
+    instead of refusing them. Raises :class:`EvaluationError` listing every problem; nothing is written here (see
     :func:`write_results`).
     """
     if split not in ("train", "test"):
@@ -265,6 +291,7 @@ def score_prediction_dir(
     known_classes = set(class_names)
 
     problems: dict[str, list[str]] = {
+        _FOLDER: [],
         "file name without the [<class>] prefix": [],
         "not a .png file": [],
         "not an 8-bit PNG": [],
@@ -272,14 +299,18 @@ def score_prediction_dir(
         "prediction for no GT sample": [],
         "two predictions for one sample": [],
         "GT sample without prediction": [],
-        "prediction size differs from the GT (resize_to_gt=true resizes)": [],
-        "unreadable file": [],
+        _SIZE_DIFFERS: [],
+        _UNREADABLE_PRED: [],
+        _UNREADABLE_GT: [],
     }
     preds: dict[str, tuple[str, Path]] = {}
     ignored: list[str] = []
     # Dot-files are temporaries of atomic writers, never predictions.
     entries = sorted(p for p in pred_dir.iterdir() if not p.name.startswith("."))
     for p in entries:
+        if p.is_dir():
+            problems[_FOLDER].append(p.name)
+            continue
         m = PRED_NAME.match(p.name)
         if not p.is_file() or m is None:
             problems["file name without the [<class>] prefix"].append(p.name)
@@ -312,7 +343,7 @@ def score_prediction_dir(
                 mode, size = im.mode, im.size
                 fmt = im.format
         except (OSError, ValueError, SyntaxError) as e:
-            problems["unreadable file"].append(f"{p.name} ({e})")
+            problems[_UNREADABLE_PRED].append(f"{p} ({e})")
             continue
         if fmt != "PNG":
             problems["not a .png file"].append(f"{p.name} (contains {fmt})")
@@ -323,10 +354,10 @@ def score_prediction_dir(
                 with Image.open(gt[uid][1]) as gim:
                     gt_size = gim.size
             except (OSError, ValueError, SyntaxError) as e:
-                problems["unreadable file"].append(f"{gt[uid][1]} ({e})")
+                problems[_UNREADABLE_GT].append(f"{gt[uid][1]} ({e})")
                 continue
             if gt_size != size:
-                problems["prediction size differs from the GT (resize_to_gt=true resizes)"].append(
+                problems[_SIZE_DIFFERS].append(
                     f"{p.name} ({size[1]}×{size[0]} vs GT {gt_size[1]}×{gt_size[0]})"
                 )
     _raise_if(problems, pred_dir)
@@ -334,13 +365,15 @@ def score_prediction_dir(
         raise EvaluationError(f"cannot evaluate {pred_dir}: no prediction matches a GT sample")
 
     order = [u for u in gt if u in preds]
-    tasks = [_Task(u, str(preds[u][1]), str(gt[u][1]), resize_to_gt) for u in order]
+    tasks = [_Task(u, str(preds[u][1]), str(gt[u][1]), resize_to_gt, allow_empty_gt) for u in order]
     scored = {
         uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers, fresh_workers)
     }
-    failed = [err for _, err, _ in scored.values() if err is not None]
-    if failed:
-        _raise_if({"unreadable or mismatched file": failed}, pred_dir)
+    failed: dict[str, list[str]] = defaultdict(list)
+    for _, errs, _ in scored.values():
+        for kind, detail in errs:
+            failed[kind].append(detail)
+    _raise_if(failed, pred_dir)
     resized = [u for u in order if scored[u][2]]
 
     metric = OVCOSMetric()
@@ -463,7 +496,10 @@ def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path
 
 def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
     """Ids of the held-out base-validation part of the train split, as the dataset builds it."""
-    records, _ = resolve_records(paths, "train", strict=bool(cfg.data.get("strict", False)))
+    try:
+        records, _ = resolve_records(paths, "train", strict=bool(cfg.data.get("strict", False)))
+    except (FileNotFoundError, DatasetFormatError, DatasetValidationError) as e:
+        raise EvaluationError(str(e)) from e
     _, held = holdout_split(
         records,
         float(cfg.data.get("holdout_fraction", 0.0)),
@@ -472,13 +508,29 @@ def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
     return [r.unique_id for r in held]
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that results could not be written into; called before any work."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        where = "it is a file" if existing == out_dir else f"{existing} is a file"
+        raise EvaluationError(
+            f"out_dir={out_dir}: {where}, and the results are a folder of files (metrics.json, "
+            "metrics.md, per_class.csv, ...); choose another out_dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EvaluationError(
+            f"out_dir={out_dir}: {existing} is not writable; choose another out_dir"
+        )
+
+
 def main(cfg: Any) -> EvaluationResult:
     """Entry point of ``ovcamo-eval`` (config ``ovcamo/conf/eval.yaml``).
 
     Keys: ``pred_dir`` or ``checkpoint`` (predictions are then written first by
     :func:`ovcamo.engine.predict.predict_to_dir`), ``out_dir``, ``split`` and ``part`` (``val``: the
     held-out base-validation part of the train split), ``allow_missing``, ``resize_to_gt``,
-    ``reference``, ``num_workers``, ``data.*``. Bad input: message on stderr, exit status 2.
+    ``allow_empty_gt``, ``reference``, ``num_workers``, ``data.*``. Bad input (``out_dir`` included,
+    checked before any work): message on stderr, exit status 2, nothing written.
     """
     split = str(cfg.get("split", "test"))
     part = str(cfg.get("part", "all"))
@@ -492,17 +544,29 @@ def main(cfg: Any) -> EvaluationResult:
         except (KeyError, FileNotFoundError, DatasetFormatError) as e:
             raise EvaluationError(f"dataset config: {e}") from e
         if cfg.get("checkpoint"):
-            # Imported here: it pulls in the model code, which scoring a folder never needs.
+            # Imported here: they pull in the model code, which scoring a folder never needs.
+            from ovcamo.checkpoint import CheckpointError
             from ovcamo.engine.predict import predict_to_dir
 
             if not cfg.get("out_dir"):
                 raise EvaluationError("checkpoint= needs out_dir= (predictions are written there)")
-            pred_dir = predict_to_dir(cfg, split=split, part=part)
+            out_dir = Path(str(cfg.out_dir))
+            check_out_dir(out_dir)
+            try:
+                pred_dir = predict_to_dir(cfg, split=split, part=part)
+            except (
+                CheckpointError,
+                DatasetFormatError,
+                DatasetValidationError,
+                FileNotFoundError,
+            ) as e:
+                raise EvaluationError(str(e)) from e
         elif cfg.get("pred_dir"):
             pred_dir = Path(str(cfg.pred_dir))
+            out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else pred_dir.parent / "eval"
+            check_out_dir(out_dir)
         else:
             raise EvaluationError("give pred_dir=<folder of [class]uid.png> or checkpoint=<run>")
-        out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else pred_dir.parent / "eval"
         results = score_prediction_dir(
             pred_dir,
             paths,
@@ -510,6 +574,7 @@ def main(cfg: Any) -> EvaluationResult:
             unique_ids=_holdout_ids(cfg, paths) if part == "val" else None,
             allow_missing=bool(cfg.get("allow_missing", False)),
             resize_to_gt=bool(cfg.get("resize_to_gt", False)),
+            allow_empty_gt=bool(cfg.get("allow_empty_gt", False)),
             reference=cfg.get("reference") or None,
             num_workers=int(cfg.get("num_workers", 2)),
             fresh_workers=bool(cfg.get("checkpoint")),
