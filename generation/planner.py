@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -25,8 +26,15 @@ from ovcamo.data import (
     resolve_records,
 )
 from ovcamo.data.io import atomic_write_json
+from ovcamo.data.ovcamo_format import ERRORS
+
+log = logging.getLogger(__name__)
 
 RULES = ("quantile", "target", "k_rarest")
+
+
+class PlanError(ValueError):
+    """The planner's settings, the dataset or a stored plan do not allow a plan."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,9 @@ class PlanItem:
 
 @dataclass
 class Plan:
-    """What a run generates. ``counts`` are the source train counts the rule was applied to."""
+    """What a run generates. ``counts`` are the source train counts the rule was applied to;
+    ``source_validation`` holds, per split, the validation report of the samples the sources were
+    drawn from (samples it found unusable are never sources)."""
 
     generator: str
     config_hash: str
@@ -53,6 +63,7 @@ class Plan:
     targets: dict[str, int]
     items: list[PlanItem] = field(default_factory=list)
     outside_ov_protocol: bool = False
+    source_validation: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -70,6 +81,7 @@ class Plan:
             targets=dict(d["targets"]),
             items=items,
             outside_ov_protocol=bool(d.get("outside_ov_protocol", False)),
+            source_validation=dict(d.get("source_validation", {})),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -79,8 +91,26 @@ class Plan:
     def load(cls, path: str | os.PathLike) -> Plan:
         try:
             return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a plan written by generation.planner ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise PlanError(
+                f"{path}: not a plan written by generation.planner ({e}); delete it or set "
+                "output_dir to a new folder"
+            ) from e
+
+    def excluded_sources(self) -> str | None:
+        """One line on the samples validation kept out of the sources, or ``None``."""
+        parts = []
+        for split, report in self.source_validation.items():
+            bad = report["n_checked"] - report["n_kept"]
+            if bad:
+                counts, examples = report["counts"], report["examples"]
+                kinds = "; ".join(
+                    f"{k} {counts[k]} (e.g. {', '.join(examples[k])})"
+                    for k in ERRORS
+                    if counts.get(k)
+                )
+                parts.append(f"{bad} of {report['n_checked']} {split} samples: {kinds}")
+        return "excluded from the sources: " + " | ".join(parts) if parts else None
 
 
 def select_rare_classes(
@@ -99,26 +129,26 @@ def select_rare_classes(
     (the largest count when every class is chosen). Returns ``(class names, fill target)``.
     """
     if not counts:
-        raise ValueError("no train samples to plan from")
+        raise PlanError("no train samples to plan from")
     names = sorted(counts, key=lambda c: (counts[c], c))
     values = np.array([counts[c] for c in names], dtype=np.float64)
     if rule == "quantile":
         if not 0.0 < quantile <= 1.0:
-            raise ValueError(f"planner.quantile must be in (0, 1], got {quantile}")
+            raise PlanError(f"planner.quantile must be in (0, 1], got {quantile}")
         target = int(math.ceil(float(np.quantile(values, quantile))))
         rare = [c for c in names if counts[c] < target]
     elif rule == "target":
         if target_count is None or target_count <= 0:
-            raise ValueError("planner.rule=target needs planner.target_count > 0")
+            raise PlanError("planner.rule=target needs planner.target_count > 0")
         target = int(target_count)
         rare = [c for c in names if counts[c] < target]
     elif rule == "k_rarest":
         if k <= 0:
-            raise ValueError(f"planner.k must be positive, got {k}")
+            raise PlanError(f"planner.k must be positive, got {k}")
         rare = names[:k]
         target = int(values[k]) if k < len(names) else int(values.max())
     else:
-        raise ValueError(f"planner.rule must be one of {RULES}, got {rule!r}")
+        raise PlanError(f"planner.rule must be one of {RULES}, got {rule!r}")
     return rare, target
 
 
@@ -151,6 +181,7 @@ def make_plan(
     holdout_fraction: float = 0.0,
     holdout_seed: int = 0,
     classes: Sequence[ClassInfo] | None = None,
+    strict: bool = False,
 ) -> Plan:
     """Plan a run over the dataset at ``paths`` with the ``planner`` config node ``cfg``.
 
@@ -158,9 +189,17 @@ def make_plan(
     (``holdout_fraction``/``holdout_seed``, as the engine splits it) is never a source. Test-split
     classes are planned only with ``allow_novel: true`` and listed in ``novel_classes``; their
     items and the plan are then marked ``outside_ov_protocol``.
+
+    Sources are validated first (missing, unreadable or truncated files, as the trainer's loader
+    checks them, which also keeps the held-out part identical to the trainer's): unusable samples
+    are never sources, and the plan's ``source_validation`` says how many were excluded and why;
+    with ``strict`` any unusable sample raises :class:`~ovcamo.data.DatasetValidationError`.
     """
     classes = list(classes) if classes is not None else load_class_info(paths.class_info)
-    records, _ = resolve_records(paths, "train", classes, check_files="none")
+    records, report = resolve_records(paths, "train", classes, strict=strict)
+    validation = {"train": report.to_json()}
+    if not records:
+        raise PlanError(f"no usable train samples to plan from: {report.summary()}")
     if holdout_fraction > 0:
         records, _ = holdout_split(records, holdout_fraction, holdout_seed)
     by_class: dict[str, list[Record]] = {}
@@ -186,18 +225,19 @@ def make_plan(
         unknown = [c for c in wanted if c not in test_names]
         if unknown:
             raise KeyError(f"planner.novel_classes names classes not in the test split: {unknown}")
-        test_records, _ = resolve_records(paths, "test", classes, check_files="none")
+        test_records, test_report = resolve_records(paths, "test", classes, strict=strict)
+        validation["test"] = test_report.to_json()
         for r in test_records:
             if r.class_name in wanted:
                 novel.setdefault(r.class_name, []).append(r)
         n_novel = cfg.get("novel_per_class") or cfg.get("per_class")
         if not n_novel:
-            raise ValueError("planner.allow_novel needs planner.novel_per_class (or per_class) > 0")
+            raise PlanError("planner.allow_novel needs planner.novel_per_class (or per_class) > 0")
         n_novel = int(n_novel)
         for c in wanted:
             amounts[c] = n_novel if novel.get(c) else 0
     elif cfg.get("novel_classes"):
-        raise ValueError("planner.novel_classes is set but planner.allow_novel is false")
+        raise PlanError("planner.novel_classes is set but planner.allow_novel is false")
 
     base_seed = int(cfg.get("seed", 0))
     prefix = str(cfg.get("id_prefix") or generator)
@@ -221,7 +261,7 @@ def make_plan(
                     outside_ov_protocol=c in novel,
                 )
             )
-    return Plan(
+    plan = Plan(
         generator=generator,
         config_hash=config_hash,
         rule=str(cfg.get("rule", "quantile")),
@@ -229,4 +269,9 @@ def make_plan(
         targets=targets,
         items=items,
         outside_ov_protocol=bool(novel),
+        source_validation=validation,
     )
+    excluded = plan.excluded_sources()
+    if excluded:
+        log.warning("planner: %s", excluded)
+    return plan

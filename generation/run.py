@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from generation.base import SkipSample, SourceObject, build_generator
-from generation.planner import Plan, make_plan
+from generation.planner import Plan, PlanError, make_plan
 from generation.writer import SyntheticSetWriter, dist_env
 from ovcamo.data import DataPaths, Record, load_sample, resolve_records
 from ovcamo.data.config import resolve_data_paths
@@ -59,7 +60,7 @@ def _load_or_make_plan(cfg: DictConfig, paths: DataPaths, root: Path, digest: st
     if plan_path.is_file():
         plan = Plan.load(plan_path)
         if plan.config_hash != digest:
-            raise ValueError(
+            raise PlanError(
                 f"{root} holds a plan with config hash {plan.config_hash}, this run has {digest}; "
                 "set output_dir to a new folder or delete the old set"
             )
@@ -71,6 +72,7 @@ def _load_or_make_plan(cfg: DictConfig, paths: DataPaths, root: Path, digest: st
         config_hash=digest,
         holdout_fraction=float(cfg.data.get("holdout_fraction", 0.0) or 0.0),
         holdout_seed=int(cfg.data.get("holdout_seed", 0) or 0),
+        strict=bool(cfg.data.get("strict", False)),
     )
 
 
@@ -93,8 +95,9 @@ def generate(cfg: DictConfig) -> Path:
     root = output_dir(cfg, digest)
     rank, world_size = dist_env()
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
+        # Planned before the folder exists: a refused plan leaves nothing behind.
         plan = _load_or_make_plan(cfg, paths, root, digest)
+        root.mkdir(parents=True, exist_ok=True)
     else:
         for _ in range(6000):
             if (root / "plan.json").is_file():
@@ -188,6 +191,9 @@ def summary_table(root: Path) -> str:
     )
     for reason, n in sorted(summary["skip_reasons"].items()):
         lines.append(f"  skipped {reason}: {n}")
+    excluded = plan.excluded_sources()
+    if excluded:
+        lines.append(f"  {excluded}")
     for key, value in (summary.get("quality") or {}).items():
         lines.append(
             f"  quality {key}: {value:.4g}"
@@ -200,6 +206,13 @@ def summary_table(root: Path) -> str:
 
 
 def main(cfg: DictConfig) -> None:
-    root = generate(cfg)
+    """``ovcamo-generate``: generate, turning bad input into a message and exit status 2."""
+    from ovcamo.data import DatasetFormatError, DatasetValidationError
+
+    try:
+        root = generate(cfg)
+    except (PlanError, DatasetFormatError, DatasetValidationError, FileNotFoundError) as e:
+        print(f"ovcamo-generate: {e}", file=sys.stderr)
+        raise SystemExit(2) from e
     if dist_env()[0] == 0:
         print(summary_table(root))
