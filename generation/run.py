@@ -20,7 +20,12 @@ from ovcamo.data import DataPaths, Record, load_sample, resolve_records
 from ovcamo.data.config import resolve_data_paths
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, key: str) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"data.{key} not found: {path} (point OVCAMO_ROOT or data.root at the dataset, or set "
+            f"data.{key})"
+        )
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -29,8 +34,8 @@ def config_hash(cfg: DictConfig, paths: DataPaths) -> str:
     payload = {
         "generator": OmegaConf.to_container(cfg.generator, resolve=True),
         "planner": OmegaConf.to_container(cfg.planner, resolve=True),
-        "class_info": _file_digest(paths.class_info),
-        "sample_info": _file_digest(paths.sample_info),
+        "class_info": _file_digest(paths.class_info, "class_info"),
+        "sample_info": _file_digest(paths.sample_info, "sample_info"),
         "holdout": [cfg.data.get("holdout_fraction", 0.0), cfg.data.get("holdout_seed", 0)],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

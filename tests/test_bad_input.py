@@ -216,6 +216,24 @@ def test_corrupt_jpeg_body_names_the_file_when_read(tmp_path: Path, capsys) -> N
     assert str(jpg) in capsys.readouterr().err
 
 
+def _generate_cfg(root: Path, out: Path, *extra: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(
+            "generate",
+            overrides=[
+                "data=ovcamo",
+                f"data.root={root}",
+                "data.holdout_fraction=0",
+                f"output_dir={out}",
+                "progress=false",
+                "device=cpu",
+                "planner.rule=target",
+                "planner.target_count=8",
+                *extra,
+            ],
+        )
+
+
 def test_planner_plans_only_from_readable_sources(tmp_path: Path, capsys) -> None:
     root = write_dataset(tmp_path / "ds").parent
     images = sorted((root / "train" / "image").iterdir())
@@ -224,24 +242,7 @@ def test_planner_plans_only_from_readable_sources(tmp_path: Path, capsys) -> Non
         images[i].write_bytes(images[i].read_bytes()[:-40])
     from generation.run import main
 
-    def cfg(out: str, *extra: str):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return compose(
-                "generate",
-                overrides=[
-                    "data=ovcamo",
-                    f"data.root={root}",
-                    "data.holdout_fraction=0",
-                    f"output_dir={tmp_path / out}",
-                    "progress=false",
-                    "device=cpu",
-                    "planner.rule=target",
-                    "planner.target_count=8",
-                    *extra,
-                ],
-            )
-
-    main(cfg("syn"))
+    main(_generate_cfg(root, tmp_path / "syn"))
     plan = json.loads((tmp_path / "syn" / "plan.json").read_text(encoding="utf-8"))
     assert len(plan["items"]) == 23  # 8 − (4, 2, 2, 1) usable sources
     assert not broken & {i["source_unique_id"] for i in plan["items"]}
@@ -253,11 +254,22 @@ def test_planner_plans_only_from_readable_sources(tmp_path: Path, capsys) -> Non
     assert "excluded from the sources: 4 of 13 train samples: unreadable_image 4 (e.g." in out
     # data.strict=true stops before anything is written.
     with pytest.raises(SystemExit) as info:
-        main(cfg("strict", "data.strict=true"))
+        main(_generate_cfg(root, tmp_path / "strict", "data.strict=true"))
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "unusable samples in the train split of" in err and "unreadable_image: 4" in err
     assert not (tmp_path / "strict").exists()
+
+
+def test_generate_from_a_missing_dataset(tmp_path: Path, capsys) -> None:
+    from generation.run import main
+
+    with pytest.raises(SystemExit) as info:
+        main(_generate_cfg(tmp_path / "absent", tmp_path / "syn"))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"data.class_info not found: {tmp_path / 'absent' / 'class_info.json'}" in err
+    assert not (tmp_path / "syn").exists()
 
 
 def _pickled_checkpoint(directory: Path) -> None:
