@@ -6,7 +6,7 @@ Data flow (SAM decoder variants)::
                           │                    ▲  └─ E_t ─ prompt adapter ─ P ─┤ SAM mask decoder
     class names ─ CamoPrompts embeddings ──────┘                               │ (one prompt set
                           │                                                    ▼  per image)
-                          └─ dense map ─ mask-weighted pooling ─ CLIP head ─ cosine → class logits
+                          └─ CLIP's pooling, weighted by the mask ─ cosine → class logits
 
 The ``conv`` variant (first rung of the ladder) replaces everything between CLIP and the mask by
 an FPN decoder over the four trunk maps.
@@ -23,7 +23,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import Tensor, nn
 
 from ovcamo.models.cce import CCE
-from ovcamo.models.clip_backbone import CLIPBackbone, SimpleFeaturePyramid
+from ovcamo.models.clip_backbone import BackboneFeatures, CLIPBackbone, SimpleFeaturePyramid
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
@@ -111,7 +111,7 @@ class BaCLIP(nn.Module):
         features = self.pyramid(feats.dense) if self.pyramid is not None else feats.features
         text = self.backbone.text_embeddings(class_names).to(images.dtype)
         scale = self.backbone.logit_scale
-        global_image = F.normalize(self.backbone.project(feats.dense.mean((2, 3))), dim=-1)
+        global_image = F.normalize(feats.embedding.to(text.dtype), dim=-1)
         image_text_logits = scale * global_image @ text.t()
 
         if self.conv_decoder is not None:
@@ -121,7 +121,7 @@ class BaCLIP(nn.Module):
         mask_logits = F.interpolate(
             low_res, size=images.shape[-2:], mode="bilinear", align_corners=False
         )
-        class_logits = self.classify(feats.dense, mask_logits, text)
+        class_logits = self.classify(feats, mask_logits, text)
         return {
             "mask_logits": mask_logits,
             "class_logits": class_logits,
@@ -143,21 +143,24 @@ class BaCLIP(nn.Module):
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
         return decode_masks(self.mask_decoder, image_embeddings, image_pe, prompts, dense)
 
-    def classify(self, dense: Tensor, mask_logits: Tensor, text: Tensor) -> Tensor:
-        """Mask-weighted pooling of the dense CLIP map → CLIP head → cosine × logit scale.
+    def classify(self, feats: BackboneFeatures, mask_logits: Tensor, text: Tensor) -> Tensor:
+        """CLIP's own pooling restricted to the predicted mask → cosine × logit scale.
+
+        The mask probabilities, averaged onto the dense grid, weight CLIP's pooling
+        (:meth:`CLIPBackbone.pool`); a mask covering the whole image gives CLIP's own image
+        embedding, i.e. ``image_text_logits``.
 
         Args:
-            dense: ``B×C_d×h×w`` pre-head CLIP map.
+            feats: the backbone's output for the images.
             mask_logits: ``B×1×H×W``.
             text: ``K×D`` normalised class embeddings.
         Returns:
             ``B×K`` class logits.
         """
-        weights = F.adaptive_avg_pool2d(torch.sigmoid(mask_logits), dense.shape[-2:])
-        # The small floor makes an empty mask fall back to CLIP's global average pooling.
-        weights = weights.to(dense.dtype) + 1e-6
-        pooled = (dense * weights).sum((2, 3)) / weights.sum((2, 3))
-        embedding = F.normalize(self.backbone.project(pooled), dim=-1)
+        weights = F.adaptive_avg_pool2d(torch.sigmoid(mask_logits), feats.dense.shape[-2:])
+        # The small floor makes an empty mask fall back to CLIP's global pooling.
+        embedding = self.backbone.pool(feats, weights[:, 0] + 1e-6)
+        embedding = F.normalize(embedding.to(text.dtype), dim=-1)
         return self.backbone.logit_scale * embedding @ text.t()
 
     @torch.no_grad()

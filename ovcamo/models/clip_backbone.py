@@ -1,5 +1,5 @@
-"""The frozen CLIP backbone of BaCLIP (DESIGN §5, "CLIP backbone"): multi-scale trunk features,
-the dense pre-head map, the head that maps pooled dense features into the joint space, and the
+"""The frozen CLIP backbone of BaCLIP: multi-scale trunk features, the dense pre-head map, CLIP's
+own image embedding, its pooling restricted to a soft region (docs/fidelity.md), and the
 CamoPrompts class embeddings, cached per class list."""
 
 from __future__ import annotations
@@ -29,17 +29,24 @@ class WeightsNotFoundError(FileNotFoundError):
 
 @dataclass
 class BackboneFeatures:
-    """What the frozen CLIP image tower gives the decoder.
+    """What the frozen CLIP image tower gives the decoder and the classifier.
 
     ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt stages). A ViT is single-scale: its
     token map (stride p) fills the first three places and its 2× max-pool the last; the conv
     decoder gets a trainable simple feature pyramid instead (:class:`SimpleFeaturePyramid`).
-    ``dense``: the pre-head map ``B×C_d×h×w`` that :meth:`CLIPBackbone.project` maps to the joint
-    space once pooled.
+    ``dense``: the pre-head map ``B×C_d×h×w`` (a ViT's patch tokens after ``ln_post``).
+    ``embedding``: CLIP's own image embedding ``B×D``, before L2 normalisation: what
+    ``encode_image`` returns, pooled the model's own way (ConvNeXt: global average pooling and the
+    head; ViT: the class token after ``ln_post`` and the projection).
+    ``last_block_input``: a ViT's tokens ``B×(1+N)×C`` (class token first) entering its last
+    transformer block, which :meth:`CLIPBackbone.pool` reruns with a region mask; ``None`` for a
+    ConvNeXt.
     """
 
     features: list[Tensor]
     dense: Tensor
+    embedding: Tensor
+    last_block_input: Tensor | None = None
 
 
 def _weights_message(name: str, pretrained: str, reason: str) -> str:
@@ -131,8 +138,15 @@ class CLIPBackbone(nn.Module):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.is_vit = isinstance(clip_model.visual, VisionTransformer)
-        if self.is_vit and clip_model.visual.attn_pool is not None:
-            raise ValueError("ViT towers with attentional pooling are not supported as backbones")
+        if self.is_vit:
+            visual = clip_model.visual
+            if visual.attn_pool is not None or visual.pool_type != "tok":
+                raise ValueError(
+                    "only ViT towers that pool their class token (open_clip pool_type='tok', no "
+                    "attentional pooling) are supported as backbones"
+                )
+            if len(visual.transformer.resblocks) < 2:
+                raise ValueError("a ViT backbone needs at least 2 transformer blocks")
         mean, std = self._mean_std(clip_model)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -144,7 +158,7 @@ class CLIPBackbone(nn.Module):
             probe = self.forward(torch.zeros(1, 3, self.image_size, self.image_size))
         self.feature_channels = [f.shape[1] for f in probe.features]
         self.dense_channels = probe.dense.shape[1]
-        self.embed_dim = int(self.project(probe.dense.mean((2, 3))).shape[1])
+        self.embed_dim = int(probe.embedding.shape[1])
 
     @staticmethod
     def _mean_std(clip_model: nn.Module) -> tuple[Sequence[float], Sequence[float]]:
@@ -178,32 +192,71 @@ class CLIPBackbone(nn.Module):
         Args:
             images: ``B×3×H×W`` float in [0, 1].
         Returns:
-            :class:`BackboneFeatures`: four trunk maps and the dense pre-head map.
+            :class:`BackboneFeatures`: four trunk maps, the dense pre-head map, CLIP's own image
+            embedding and (ViT) the tokens entering the last block.
         """
         x = self.normalize(images)
         visual = self.clip.visual
         if self.is_vit:
-            # ln_post per token, as CLIP applies it before pooling the class token.
+            depth = len(visual.transformer.resblocks)
             out = visual.forward_intermediates(
-                x, indices=1, normalize_intermediates=True, intermediates_only=True
+                x, indices=[depth - 2, depth - 1], output_fmt="NLC", output_extra_tokens=True
             )
-            dense = out["image_intermediates"][-1]
+            (before, last), (cls_before, _) = (
+                out["image_intermediates"],
+                out["image_intermediates_prefix"],
+            )
+            h, w = visual.grid_size
+            # ln_post per token, as CLIP applies it to the class token before projecting it.
+            dense = visual.ln_post(last).transpose(1, 2).reshape(x.shape[0], -1, h, w)
             coarse = F.max_pool2d(dense, 2, ceil_mode=True)
-            return BackboneFeatures(features=[dense, dense, dense, coarse], dense=dense)
+            return BackboneFeatures(
+                features=[dense, dense, dense, coarse],
+                dense=dense,
+                embedding=out["image_features"],
+                last_block_input=torch.cat([cls_before, before], dim=1),
+            )
         final, stages = visual.trunk.forward_intermediates(x, indices=4)
-        return BackboneFeatures(features=list(stages), dense=final)
+        # The trunk's own head (global pooling, norm) and open_clip's projection: encode_image.
+        embedding = visual.head(visual.trunk.forward_head(final))
+        return BackboneFeatures(features=list(stages), dense=final, embedding=embedding)
 
-    def project(self, pooled: Tensor) -> Tensor:
-        """Map pooled dense features ``B×C_d`` to the joint space ``B×D`` (not normalised).
+    def pool(self, feats: BackboneFeatures, weights: Tensor) -> Tensor:
+        """CLIP's own pooling restricted to a soft region: the region's image embedding ``B×D``.
 
-        This is CLIP's own head after its global pooling (ConvNeXt: head norm + projection MLP;
-        ViT: the projection), so uniform pooling reproduces ``encode_image`` exactly.
+        ConvNeXt pools by global average, so the region embedding is the ``weights``-weighted
+        average of the dense map through the head. A ViT pools its class token, so the last
+        transformer block is run again with the class token's attention to patch ``j`` biased by
+        ``log(weights_j / max(weights))``, i.e. its attention weights multiplied by the relative
+        region weights and renormalised; the class token then goes through ``ln_post`` and the
+        projection. Uniform weights give exactly :attr:`BackboneFeatures.embedding` for both.
+
+        Args:
+            feats: this backbone's output for the images.
+            weights: ``B×h×w`` positive region weights on the dense grid.
+        Returns:
+            ``B×D`` region embeddings (not normalised).
         """
         visual = self.clip.visual
-        if self.is_vit:
-            return pooled @ visual.proj if visual.proj is not None else pooled
-        x = visual.trunk.forward_head(pooled[:, :, None, None], pre_logits=True)
-        return visual.head(x)
+        if not self.is_vit:
+            w = weights.unsqueeze(1).to(feats.dense.dtype)
+            pooled = (feats.dense * w).sum((2, 3)) / w.sum((2, 3))
+            return visual.head(visual.trunk.forward_head(pooled[:, :, None, None]))
+        tokens = feats.last_block_input
+        block = visual.transformer.resblocks[-1]
+        b, length = tokens.shape[:2]
+        bias = tokens.new_zeros(b, length, length)
+        # Scaled to a maximum of 1 so that, as for the weighted average, only relative weights
+        # count: the class token's own key keeps weight 1, like the region's strongest patch.
+        w = weights.flatten(1).to(tokens.dtype)
+        bias[:, 0, 1:] = torch.log(w / w.amax(dim=1, keepdim=True))
+        bias = bias.repeat_interleave(block.attn.num_heads, dim=0)
+        if visual.transformer.batch_first:
+            out = block(tokens, attn_mask=bias)
+        else:
+            out = block(tokens.transpose(0, 1), attn_mask=bias).transpose(0, 1)
+        pooled, _ = visual._pool(out)
+        return pooled @ visual.proj if visual.proj is not None else pooled
 
     def text_embeddings(self, class_names: Sequence[str]) -> Tensor:
         """CamoPrompts class embeddings ``K×D`` (L2-normalised), cached per class list."""
