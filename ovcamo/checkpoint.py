@@ -83,9 +83,10 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor],
     state: dict[str, Any],
     extra_json: dict[str, Any] | None = None,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Write ``model.safetensors``, ``state.pt`` (and ``<name>`` for each ``extra_json`` entry)
-    into ``directory`` as one atomic step.
+    """Write ``model.safetensors``, ``state.pt`` (and ``<name>`` for each ``extra_json`` and
+    ``extra_weights`` entry, the latter as safetensors) into ``directory`` as one atomic step.
 
     Files go to a fresh sibling folder which then replaces ``directory`` by two renames; a kill at
     any moment leaves either the old or the new checkpoint complete, possibly under
@@ -96,6 +97,8 @@ def save_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         save_weights(tmp / WEIGHTS_FILE, state_dict)
+        for name, tensors in (extra_weights or {}).items():
+            save_weights(tmp / name, tensors)
         for name, obj in (extra_json or {}).items():
             atomic_write_json(tmp / name, obj)
         save_state(tmp / STATE_FILE, state)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 from safetensors.torch import load_file
 from segment_anything.modeling import ImageEncoderViT, Sam
 
-from ovcamo.models import build_model, model_config, save_model
+from ovcamo.models import build_model, load_model, model_config, save_model
 from ovcamo.models.sam_decoder import (
     build_mask_decoder,
     build_prompt_encoder,
@@ -67,13 +68,49 @@ def test_sam_checkpoint_initialises_prompt_encoder_and_decoder(
     assert len(report.loaded) == sum(
         k.startswith(("prompt_encoder.", "mask_decoder.")) for k in official
     )
-    # A checkpoint-loaded prompt encoder is frozen and rebuilt from the file, not saved.
-    assert not any(k.startswith("prompt_encoder.") for k in model.trainable_state_dict())
-    assert any(k.startswith("mask_decoder.") for k in model.trainable_state_dict())
+    # The SAM tensors are stored with the model (frozen or not), so it loads without the file.
+    assert all(
+        any(k.startswith(p) for k in model.trainable_state_dict())
+        for p in ("prompt_encoder.", "mask_decoder.")
+    )
+    assert not any(p.requires_grad for p in model.prompt_encoder.parameters())
     assert model(torch.rand(1, 3, 64, 64), ["owl", "frog"])["mask_logits"].shape == (1, 1, 64, 64)
     save_model(model, tmp_path / "saved")
     saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
     assert saved.keys() == model.trainable_state_dict().keys()
+
+
+def test_saved_model_loads_without_the_sam_and_clip_files(tmp_path: Path) -> None:
+    """A model initialised from SAM, on CLIP weights from a local file, saved, then both files
+    moved away: load_model rebuilds it from its folder alone, giving identical outputs."""
+    sam = tmp_path / "weights" / "sam_vit_b_01ec64.pth"
+    sam.parent.mkdir()
+    torch.save(_official_state_dict(), sam)
+    clip = tmp_path / "weights" / "micro_clip.pt"
+    torch.manual_seed(5)
+    torch.save(open_clip.create_model("ovcamo_micro_convnext").state_dict(), clip)
+    torch.manual_seed(0)
+    model = build_model(
+        model_config("baclip_micro", "micro", [*_overrides(sam), f"backbone.pretrained='{clip}'"])
+    )
+    # Train a little so that the saved decoder differs from SAM's.
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    masks = (images[:, :1] > 0.5).float()
+    model.loss(model(images, ["owl", "frog"]), masks)["loss"].backward()
+    opt.step()
+    model.eval()
+    save_model(model, tmp_path / "saved")
+    assert (tmp_path / "saved" / "backbone.safetensors").is_file()
+    (tmp_path / "weights").rename(tmp_path / "moved")
+    loaded = load_model(tmp_path / "saved").eval()
+    assert loaded.config["sam_checkpoint"] == str(sam)  # kept as provenance, not read
+    with torch.no_grad():
+        a, b = model(images, ["owl", "frog"]), loaded(images, ["owl", "frog"])
+    for key in ("mask_logits", "class_logits", "image_text_logits"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[key]), key
 
 
 def test_sam_checkpoint_report_lists_missing_unexpected_and_mismatched(

@@ -45,8 +45,6 @@ class BaCLIP(nn.Module):
             backbone, else ``None``.
         loss_config: keyword arguments of :func:`ovcamo.models.losses.segmentation_loss`.
         config: the resolved ``model`` config, stored with saved models.
-        frozen_prompt_encoder_from_checkpoint: the prompt encoder came from a SAM checkpoint and
-            is therefore left out of :meth:`trainable_state_dict`.
     """
 
     def __init__(
@@ -63,7 +61,6 @@ class BaCLIP(nn.Module):
         mask_decoder: MaskDecoder | None = None,
         loss_config: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
-        frozen_prompt_encoder_from_checkpoint: bool = False,
         sam_load_report: SamLoadReport | None = None,
     ) -> None:
         super().__init__()
@@ -85,9 +82,6 @@ class BaCLIP(nn.Module):
         self.loss_config = dict(loss_config or {})
         self.config = dict(config or {})
         self.sam_load_report = sam_load_report
-        self._frozen_prefixes = ("backbone.",) + (
-            ("prompt_encoder.",) if frozen_prompt_encoder_from_checkpoint else ()
-        )
         if prompt_encoder is not None:
             for p in prompt_encoder.parameters():
                 p.requires_grad_(False)
@@ -199,11 +193,9 @@ class BaCLIP(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Every parameter and buffer except the frozen backbone's (and the prompt encoder's when
-        it came from a SAM checkpoint): what a checkpoint must store."""
-        return {
-            k: v for k, v in self.state_dict().items() if not k.startswith(self._frozen_prefixes)
-        }
+        """Every parameter and buffer except the frozen CLIP's, frozen SAM parts included (a model
+        initialised from a SAM file must load without it): what ``model.safetensors`` stores."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
 
     def load_trainable_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Load what :meth:`trainable_state_dict` saved; missing or unexpected keys raise."""

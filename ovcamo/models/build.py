@@ -13,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
 from ovcamo.data.io import atomic_write_json
 from ovcamo.models.baclip import BaCLIP
 from ovcamo.models.cce import CCE
-from ovcamo.models.clip_backbone import CLIPBackbone, SimpleFeaturePyramid, build_clip_backbone
+from ovcamo.models.clip_backbone import (
+    CLIPBackbone,
+    SimpleFeaturePyramid,
+    build_clip_backbone,
+    create_clip,
+)
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.mrem import MREM
 from ovcamo.models.prompt_adapter import PromptAdapter
@@ -30,10 +35,13 @@ from ovcamo.models.sam_decoder import (
     build_mask_decoder,
     build_prompt_encoder,
     load_sam_weights,
+    sam_checkpoint_path,
     unused_decoder_parameters,
 )
 
 CONFIG_FILE = "config.json"
+#: The frozen CLIP's weights, stored when no open_clip tag names them.
+BACKBONE_FILE = "backbone.safetensors"
 DECODER_TYPES = ("sam", "conv")
 
 
@@ -68,7 +76,8 @@ def build_model(
     describes), e.g. to build several ladder rungs on one CLIP without loading it again.
 
     The node holds ``backbone`` (``name``, ``pretrained``, ``image_size``), ``dim``,
-    ``sam_checkpoint`` (an official SAM file or null), ``sam_type`` (``vit_b|vit_l|vit_h``),
+    ``sam_checkpoint`` (an official SAM file; null or ``none``: random initialisation),
+    ``sam_required`` (read by the engine's checks, not here), ``sam_type`` (``vit_b|vit_l|vit_h``),
     ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem``
     (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``, ``num_frequencies``,
     ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``, ``k``) and ``loss``
@@ -99,7 +108,7 @@ def build_model(
 
     dim = int(_require(config, "dim", "model"))
     decoder_dim = int(_require(decoder, "dim", "model.decoder"))
-    sam_checkpoint = config.get("sam_checkpoint")
+    sam_checkpoint = sam_checkpoint_path(config.get("sam_checkpoint"))
     sam_type = str(config.get("sam_type", "vit_b"))
     if sam_checkpoint:
         if sam_type not in SAM_CHECKPOINTS:
@@ -155,7 +164,6 @@ def build_model(
         mask_decoder=mask_decoder,
         loss_config=loss,
         config=config,
-        frozen_prompt_encoder_from_checkpoint=bool(sam_checkpoint),
         sam_load_report=report,
     )
 
@@ -181,18 +189,42 @@ def model_config(
     return node
 
 
+def backbone_is_named(backbone_cfg: Mapping[str, Any]) -> bool:
+    """Whether the CLIP weights are an open_clip tag of the model, which open_clip fetches by name
+    on any machine (a local file or random weights are not)."""
+    import open_clip
+
+    pretrained = backbone_cfg.get("pretrained")
+    name = str(backbone_cfg.get("name", ""))
+    return bool(pretrained) and str(pretrained) in open_clip.list_pretrained_tags_by_model(name)
+
+
+def backbone_weights(model: BaCLIP) -> dict[str, dict[str, Tensor]]:
+    """``{"backbone.safetensors": CLIP state dict}`` unless the CLIP is named by an open_clip tag:
+    the part of a checkpoint that makes it load without the weights file it was trained with."""
+    if backbone_is_named(model.config.get("backbone", {})):
+        return {}
+    return {BACKBONE_FILE: model.backbone.clip.state_dict()}
+
+
 def save_model(model: BaCLIP, directory: str | os.PathLike) -> None:
-    """Write ``model.safetensors`` (:meth:`BaCLIP.trainable_state_dict`) then ``config.json``
-    into ``directory``; the frozen CLIP is rebuilt from the config when loading."""
+    """Write ``model.safetensors`` (:meth:`BaCLIP.trainable_state_dict`), ``backbone.safetensors``
+    (the frozen CLIP, unless an open_clip tag names it) and then ``config.json`` into
+    ``directory``: everything :func:`load_model` needs, on any machine."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(directory / WEIGHTS_FILE, model.trainable_state_dict())
+    for name, tensors in backbone_weights(model).items():
+        save_weights(directory / name, tensors)
     atomic_write_json(directory / CONFIG_FILE, model.config)
 
 
 def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLIP:
-    """Rebuild a model saved by :func:`save_model` (its backbone ``pretrained`` must resolve
-    here)."""
+    """Rebuild a model saved by :func:`save_model` or by ``ovcamo-train`` from its folder alone.
+
+    The SAM file named in ``config.json`` is not read (its tensors are in ``model.safetensors``);
+    the CLIP comes from ``backbone.safetensors`` when present, else from its open_clip tag.
+    """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
@@ -203,6 +235,15 @@ def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLI
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is not valid JSON: {err}") from None
-    model = build_model(config)
+    backbone = None
+    if (directory / BACKBONE_FILE).is_file():
+        backbone_cfg = {**_section(config, "backbone"), "pretrained": None}
+        clip_model, tokenizer = create_clip(
+            str(backbone_cfg["name"]), None, int(backbone_cfg["image_size"])
+        )
+        clip_model.load_state_dict(load_weights(directory / BACKBONE_FILE))
+        backbone = CLIPBackbone(clip_model, tokenizer, int(backbone_cfg["image_size"]))
+    model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
+    model.config = config
     model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
     return model.to(map_location)

@@ -1,5 +1,5 @@
-"""segment-anything's prompt encoder and mask decoder as BaCLIP uses them (DESIGN §5, "Mask
-decoder"): one prompt set per image, and initialisation from an official SAM checkpoint."""
+"""segment-anything's prompt encoder and mask decoder as BaCLIP uses them: one prompt set per
+image, and initialisation from an official SAM checkpoint."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ SAM_CHECKPOINTS = {
 }
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 SAM_PREFIXES = ("prompt_encoder.", "mask_decoder.")
+#: ``model.sam_checkpoint`` value that asks for random initialisation explicitly.
+NO_SAM = "none"
+
+
+def sam_checkpoint_path(value: object) -> str | None:
+    """The SAM file a ``model.sam_checkpoint`` value names, or ``None`` for null, ``""`` and
+    ``none`` (random initialisation)."""
+    if value is None or str(value).strip().lower() in ("", NO_SAM):
+        return None
+    return str(value)
 
 
 @dataclass
@@ -121,8 +131,9 @@ def sam_checkpoint_hint(sam_type: str) -> str:
     name = SAM_CHECKPOINTS.get(sam_type, SAM_CHECKPOINTS["vit_b"])
     return (
         f"Download the official segment-anything checkpoint (for {sam_type}: {SAM_URL}{name}, "
-        f"listed in the segment-anything README) and set model.sam_checkpoint to its path, "
-        f"or set model.sam_checkpoint=null to start the decoder from random weights."
+        f"listed in the segment-anything README) and export SAM_CHECKPOINT=<its path> (or pass "
+        f"model.sam_checkpoint=<its path>), or pass model.sam_checkpoint=none to start the "
+        f"decoder from random weights."
     )
 
 
