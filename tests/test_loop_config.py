@@ -54,7 +54,9 @@ def test_paper_experiments_compose():
     base = _compose("experiment=paper_baseline")
     assert base.backbone.name == "convnext_large_d_320"
     assert base.backbone.image_size == 384
-    assert base.model.name == "baclip" and base.model.sam_checkpoint
+    assert base.model.name == "baclip" and base.model.sam_required
+    # The paper's protocol: every base image trained on, the final weights scored.
+    assert base.data.holdout_fraction == 0 and base.train.select == "final"
     assert base.train.epochs == 30 and base.train.lr == pytest.approx(3e-5)
     assert base.train.batch_size == 4
     assert "world" not in base.data and str(base.data.class_info).endswith("class_info.json")

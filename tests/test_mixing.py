@@ -69,15 +69,24 @@ def test_resume_start_skips_exactly_the_done_batches():
     assert list(s) == full[3:]
 
 
-def test_ranks_partition_the_epoch_with_equal_counts():
-    whole = MixedBatchSampler([22], [1.0], 2, seed=0).epoch_batches(0)  # 11 batches
-    ranks = [MixedBatchSampler([22], [1.0], 2, seed=0, rank=r, world_size=2) for r in (0, 1)]
+def test_ranks_split_every_global_batch():
+    """batch_size is the global batch: each step, the ranks together see exactly the samples one
+    process sees, and every rank gets the same number of equal-sized batches."""
+    whole = MixedBatchSampler([22, 9], [0.75, 0.25], 4, seed=0)
+    whole.set_epoch(1)
+    single = list(whole)
+    ranks = [
+        MixedBatchSampler([22, 9], [0.75, 0.25], 4, seed=0, rank=r, world_size=2) for r in (0, 1)
+    ]
     for r in ranks:
-        r.set_epoch(0)
+        r.set_epoch(1, start=2)
     got = [list(r) for r in ranks]
-    assert len(got[0]) == len(got[1]) == 6
-    assert got[0][:6] == whole[0::2] and got[1][:5] == whole[1::2]
-    assert got[1][5] == whole[0]  # padding wraps around
+    assert len(got[0]) == len(got[1]) == len(single) - 2 == len(ranks[0]) - 2
+    assert all(len(b) == 2 for g in got for b in g)
+    for step, batch in enumerate(single[2:]):
+        assert sorted(got[0][step] + got[1][step]) == sorted(batch)
+    with pytest.raises(ValueError, match="global batch.*multiple of the 3 processes"):
+        MixedBatchSampler([22], [1.0], 4, seed=0, rank=0, world_size=3)
 
 
 def test_shares_from_ratio_weights_and_pool(tmp_path, real):

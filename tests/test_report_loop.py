@@ -219,3 +219,17 @@ def test_missing_scores_name_the_file(finished_loop):
     (summary.runs["with"][1].novel / "metrics.json").unlink()
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         write_loop_report(summary, out)
+
+
+def test_report_without_base_validation_says_why(finished_loop):
+    """The paper's protocol holds nothing out: the report has novel classes and no base part."""
+    summary, out = finished_loop
+    for rs in summary.runs.values():
+        for r in rs:
+            r.base_val = r.pred_val = None
+    text = write_loop_report(summary, out).read_text()
+    assert "## Novel classes (official OVCOS protocol)" in text
+    assert "## Base validation\n" in text and "data.holdout_fraction=0" in text
+    assert "rare vs common" not in text and "base validation, rare" not in text
+    assert "## Did the synthetic set help?" in text and "novel classes, cIoU" in text
+    assert not (out / "base_val_rare_common.png").exists() and not (out / "pred_rare.png").exists()

@@ -186,13 +186,14 @@ def source_shares(data_cfg: Mapping[str, Any], sources: Sequence[Source]) -> lis
 
 
 class MixedBatchSampler(Sampler[list[Slot]]):
-    """Batches of ``batch_size`` slots, each source filling its share of every batch.
+    """Global batches of ``batch_size`` slots, each source filling its share of every batch.
 
     An epoch visits every real sample once (in a seeded permutation); synthetic sources are drawn
     from seeded permutations, cycled when exhausted. Slot counts per batch follow cumulative
-    rounding, so over an epoch every source gets exactly its share. Under DDP the epoch's batches
-    are dealt round-robin to ``world_size`` ranks (padded by wrapping so every rank has the same
-    count). ``start`` skips the first batches of this rank's epoch, for resuming.
+    rounding, so over an epoch every source gets exactly its share. Under DDP every global batch
+    is split over the ``world_size`` ranks (rank ``r`` takes slots ``r, r + world_size, …``), so
+    ``batch_size`` must be a multiple of ``world_size`` and a step sees the same samples on any
+    number of processes. ``start`` skips the first batches of the epoch, for resuming.
     """
 
     def __init__(
@@ -207,6 +208,11 @@ class MixedBatchSampler(Sampler[list[Slot]]):
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_size % world_size:
+            raise ValueError(
+                f"train.batch_size={batch_size} is the global batch and must be a multiple of "
+                f"the {world_size} processes"
+            )
         if not sizes or sizes[0] == 0:
             raise ValueError("the real training part is empty")
         self.sizes, self.shares = list(sizes), list(shares)
@@ -222,7 +228,7 @@ class MixedBatchSampler(Sampler[list[Slot]]):
         return math.ceil(self.sizes[0] / (self.batch_size * self.shares[0]))
 
     def __len__(self) -> int:
-        return math.ceil(self.num_global_batches / self.world_size)
+        return self.num_global_batches
 
     def _slot_counts(self, n_batches: int) -> np.ndarray:
         """``n_batches × n_sources`` slot counts; each row sums to ``batch_size``.
@@ -269,11 +275,8 @@ class MixedBatchSampler(Sampler[list[Slot]]):
         return batches
 
     def __iter__(self) -> Iterator[list[Slot]]:
-        batches = self.epoch_batches(self.epoch)
-        per_rank = len(self)
-        padded = [batches[i % len(batches)] for i in range(per_rank * self.world_size)]
-        mine = padded[self.rank :: self.world_size]
-        yield from mine[self.start :]
+        for batch in self.epoch_batches(self.epoch)[self.start :]:
+            yield batch[self.rank :: self.world_size]
 
 
 def _cycle_permutations(rng: np.random.Generator, size: int) -> Iterator[int]:

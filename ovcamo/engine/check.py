@@ -17,6 +17,22 @@ class CheckFailed(ValueError):
     """``check=true`` found problems; the message lists all of them."""
 
 
+def _sam_line(model: DictConfig) -> str:
+    from ovcamo.models.sam_decoder import sam_checkpoint_path
+
+    if model.get("decoder", {}).get("type", "sam") != "sam":
+        return "SAM weights: not used (conv decoder)"
+    value = model.get("sam_checkpoint")
+    path = sam_checkpoint_path(value)
+    if path is None:
+        asked = " (asked for with model.sam_checkpoint=none)" if value is not None else ""
+        return f"SAM weights: none, random initialisation{asked}"
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return f"SAM weights: {path} (MISSING)"
+    return f"SAM weights: {path} ({path.stat().st_size / 2**20:.1f} MiB)"
+
+
 def _weights_line(what: str, value: Any, problems: list[str]) -> str:
     if value in (None, ""):
         return f"{what}: none (random initialisation)"
@@ -28,6 +44,75 @@ def _weights_line(what: str, value: Any, problems: list[str]) -> str:
             return f"{what}: {path} (MISSING)"
         return f"{what}: {path} ({path.stat().st_size / 2**20:.1f} MiB)"
     return f"{what}: tag {text!r} (fetched by its library on first use; offline, give a file path)"
+
+
+def sam_problems(model: DictConfig) -> list[str]:
+    """A SAM file that is named but missing, or none at all where the config requires one."""
+    from ovcamo.models.sam_decoder import SAM_CHECKPOINTS, SAM_URL, sam_checkpoint_path
+
+    if model.get("decoder", {}).get("type", "sam") != "sam":
+        return []
+    value = model.get("sam_checkpoint")
+    path = sam_checkpoint_path(value)
+    sam_type = str(model.get("sam_type", "vit_b"))
+    name = SAM_CHECKPOINTS.get(sam_type, SAM_CHECKPOINTS["vit_b"])
+    if path is not None:
+        if Path(path).expanduser().is_file():
+            return []
+        return [
+            f"model.sam_checkpoint: the SAM file {path} does not exist. Point SAM_CHECKPOINT (or "
+            f"model.sam_checkpoint) at the official {name} ({SAM_URL}{name}), or pass "
+            "model.sam_checkpoint=none to train the decoder from random weights."
+        ]
+    if value is None and model.get("sam_required", False):
+        return [
+            "No SAM checkpoint is set, but this experiment reproduces the paper, whose prompt "
+            "encoder and mask decoder start from an official SAM checkpoint. Download "
+            f"{name} ({SAM_URL}{name}) and export SAM_CHECKPOINT=/path/to/{name} (or pass "
+            "model.sam_checkpoint=/path/to/it); to train the decoder from random weights "
+            "instead, which is not the paper's setting, pass model.sam_checkpoint=none."
+        ]
+    return []
+
+
+def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[str]:
+    """Settings that would make a training run fail late or not be what its config claims,
+    found from the config alone: run by ``check=true`` and before any training starts."""
+    from ovcamo.engine.resolve import MICRO
+
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    tc = cfg.train
+    problems = sam_problems(cfg.model)
+    batch = int(tc.get("batch_size", 1))
+    if batch >= 1 and batch % world:
+        problems.append(
+            f"train.batch_size={batch} is the global batch, split over the {world} processes, and "
+            f"must be a multiple of {world}: choose a batch size divisible by the number of "
+            "processes (or scale train.lr with the batch you choose)."
+        )
+    select = tc.get("select", "final")
+    if select not in ("final", "best"):
+        problems.append(f"train.select must be final or best, got {select!r}")
+    backbone = cfg.model.backbone
+    clip = cfg.get("clip")
+    if backbone.get("pretrained") == MICRO and clip is not None and clip.model != backbone.name:
+        problems.append(
+            f"backbone.pretrained=micro trains the micro CLIP clip.model={clip.model!r}, but the "
+            f"backbone is {backbone.name!r}: choose the clip config that goes with the backbone "
+            f"(e.g. clip={backbone.name.removeprefix('ovcamo_')})"
+        )
+    return problems
+
+
+def protocol_line(cfg: DictConfig) -> str:
+    """What is trained on and which weights are the result, in words."""
+    holdout = float(cfg.data.get("holdout_fraction", 0.0))
+    best = cfg.train.get("select", "final") == "best"
+    if holdout <= 0:
+        note = " (train.select=best has no validation part to choose by)" if best else ""
+        return f"every base image is trained on; the final weights are the result{note}"
+    result = "the best base-validation checkpoint (by cIoU)" if best else "the final weights"
+    return f"{holdout:.0%} of each base class is held out for validation; the result is {result}"
 
 
 def check_training(cfg: DictConfig) -> list[str]:
@@ -44,6 +129,7 @@ def check_training(cfg: DictConfig) -> list[str]:
     for key, low in (("epochs", 1), ("batch_size", 1), ("grad_accum", 1)):
         if int(tc.get(key, 1)) < low:
             problems.append(f"train.{key} must be at least {low}, got {tc.get(key)}")
+    problems += preflight_problems(cfg)
     if float(tc.lr) <= 0:
         problems.append(f"train.lr must be positive, got {tc.lr}")
     if tc.get("amp", "bf16") not in ("bf16", "none", None):
@@ -65,7 +151,7 @@ def check_training(cfg: DictConfig) -> list[str]:
         lines.append("  CLIP weights: the micro CLIP (trained on first use, then cached)")
     else:
         lines.append("  " + _weights_line("CLIP weights", backbone.get("pretrained"), problems))
-    lines.append("  " + _weights_line("SAM weights", cfg.model.get("sam_checkpoint"), problems))
+    lines.append("  " + _sam_line(cfg.model))
 
     sizes: list[int] = []
     shares: list[float] = []
@@ -118,17 +204,20 @@ def check_training(cfg: DictConfig) -> list[str]:
                         )
                 except (SyntheticSetError, FileNotFoundError, ValueError) as e:
                     problems.append(str(e))
+    per_process = f"{int(tc.batch_size) // world} per process" if world > 1 else "1 process"
+    batch = f"global batch {tc.batch_size} ({per_process})"
     if sizes:
-        batches = math.ceil(math.ceil(sizes[0] / (int(tc.batch_size) * shares[0])) / max(world, 1))
+        batches = math.ceil(sizes[0] / (int(tc.batch_size) * shares[0]))
         steps = math.ceil(batches / max(1, int(tc.get("grad_accum", 1)))) * int(tc.epochs)
         if tc.get("max_steps"):
             steps = min(steps, int(tc.max_steps))
         lines.append(
-            f"train: {tc.epochs} epochs × {batches} batches of {tc.batch_size} per process, "
-            f"{steps} optimiser steps, AdamW lr {tc.lr}, cosine annealing"
+            f"train: {tc.epochs} epochs × {batches} batches, {batch}, {steps} optimiser steps, "
+            f"AdamW lr {tc.lr}, cosine annealing"
         )
     else:
-        lines.append(f"train: {tc.epochs} epochs, batch {tc.batch_size}, AdamW lr {tc.lr}, cosine")
+        lines.append(f"train: {tc.epochs} epochs, {batch}, AdamW lr {tc.lr}, cosine")
+    lines.append(f"protocol: {protocol_line(cfg)}")
 
     run_dir = run_dir_of(cfg)
     existing = resolve_checkpoint_dir(run_dir / "checkpoints" / "last")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -272,6 +273,9 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
             directory / "novel",
         )
         outputs.update(novel=str(directory / "novel"), pred_novel=str(Path(pred_novel).resolve()))
+        if float(ctx.cfg.data.get("holdout_fraction", 0.0)) <= 0:
+            # The paper's protocol trains on every base image: there is no base validation.
+            return outputs | {"base_val": None, "pred_val": None}
         # Base validation: the held-out part of the train split, scored per class.
         val_ids = [
             r.unique_id
@@ -341,9 +345,9 @@ def _summary(ctx: LoopContext) -> Any:
                 RunFiles(
                     int(seed),
                     Path(o["novel"]),
-                    Path(o["base_val"]),
+                    Path(o["base_val"]) if o.get("base_val") else None,
                     Path(o["pred_novel"]),
-                    Path(o["pred_val"]),
+                    Path(o["pred_val"]) if o.get("pred_val") else None,
                 )
             )
     gen = ctx.outputs.get("generate")
@@ -433,6 +437,13 @@ def run_loop(cfg: DictConfig) -> Path:
 
 def main(cfg: DictConfig) -> Path | None:
     """``ovcamo-loop``; with ``check=true`` validates inputs and prints the plan, computing nothing."""
+    if not cfg.get("check"):
+        from ovcamo.engine.check import preflight_problems
+
+        problems = preflight_problems(cfg)
+        if problems:
+            print("ovcamo-loop: " + "\n\n".join(problems), file=sys.stderr)
+            raise SystemExit(2)
     if cfg.get("check"):
         from ovcamo.engine.loop_check import check_loop
 

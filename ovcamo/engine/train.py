@@ -1,16 +1,19 @@
 """``ovcamo-train``: the BaCLIP training recipe (BaCLIP, CVPR 2026, §4.1) under Hydra.
 
 AdamW with cosine annealing over optimiser steps, the paper augmentations, gradient accumulation,
-bf16 autocast / channels_last / ``torch.compile`` on request, validation every N epochs on the
-held-out base-validation part with the class-aware OVCOS metrics (best checkpoint by cIoU), a
-``last`` checkpoint every N steps, and exact resume: model, optimiser, scheduler, every rank's RNG
+bf16 autocast / channels_last / ``torch.compile`` on request, an optional validation every N
+epochs on the held-out base-validation part with the class-aware OVCOS metrics (``train.select``:
+``final`` keeps the last weights as the result, the paper's protocol; ``best`` also writes the
+best checkpoint by cIoU), a ``last`` checkpoint every N steps, and exact resume: model, optimiser, scheduler, every rank's RNG
 and the data position are restored, so a run killed at any step and restarted with ``resume=true``
 ends with the same weights, bit for bit on CPU, as one that was never interrupted.
-DDP through ``torchrun`` (see :mod:`ovcamo.engine.distributed`).
+DDP through ``torchrun`` (see :mod:`ovcamo.engine.distributed`); ``train.batch_size`` is the global
+batch, split evenly over the processes.
 
 Run folder: ``config.yaml`` (resolved), ``run_info.json``, ``metrics.jsonl``,
-``checkpoints/{last,best}/`` (``model.safetensors`` with the trainable weights, ``state.pt``,
-``config.json`` = the resolved model node).
+``checkpoints/{last,best}/`` (``model.safetensors`` with every weight but the frozen CLIP's,
+``backbone.safetensors`` with the CLIP's unless an open_clip tag names it, ``state.pt``,
+``config.json`` = the resolved model node): each loads with nothing but its own folder.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from ovcamo.data.mixing import (
 )
 from ovcamo.data.transforms import EvalTransform, build_train_transform
 from ovcamo.engine import distributed as D
+from ovcamo.engine.check import CheckFailed, preflight_problems, protocol_line
 from ovcamo.engine.logging import RunLogger
 from ovcamo.engine.predict import MODEL_CONFIG_FILE, SampleReadError, autocast, evaluate_model
 from ovcamo.engine.resolve import plain, resolve_pretrained
@@ -276,6 +280,8 @@ class Trainer:
 
     def save(self, name: str, epoch: int, batch: int, rng: dict[str, Any] | None = None) -> Path:
         """Write ``checkpoints/<name>`` (collective under DDP: every rank's RNG goes in)."""
+        from ovcamo.models.build import backbone_weights
+
         rngs = D.all_gather_object(rng if rng is not None else D.rng_state())
         path = self.ckpt_dir / name
         if self.dist.is_main:
@@ -287,6 +293,7 @@ class Trainer:
                     MODEL_CONFIG_FILE: plain(self.cfg.model),
                     "fingerprint.json": self.fingerprint,
                 },
+                extra_weights=backbone_weights(self.model),
             )
         D.barrier()
         return path
@@ -465,6 +472,9 @@ class Trainer:
             )
             + (f" ({len(skipped)} skipped)" if skipped else "")
         )
+        # With select=final the validation only monitors: no checkpoint competes with the last.
+        if self.tc.get("select", "final") != "best":
+            return
         if not self.best or metrics["cIoU"] > self.best["cIoU"]:
             self.best, self.best_step = dict(metrics), self.step
             next_epoch, next_batch = (
@@ -526,6 +536,9 @@ def run(cfg: DictConfig) -> TrainResult | None:
 
         check_training(cfg)
         return None
+    problems = preflight_problems(cfg)
+    if problems:
+        raise CheckFailed("\n\n".join(problems))
     threads = cfg.train.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
@@ -562,6 +575,8 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
         "torch": torch.__version__,
         "command": sys.argv,
         "batches_per_epoch_per_rank": len(trainer.sampler),
+        "global_batch": int(cfg.train.batch_size),
+        "batch_per_process": int(cfg.train.batch_size) // dist.world_size,
         "optimizer_steps": trainer.total_steps,
         "val_samples": len(trainer.val_set) if trainer.val_set is not None else 0,
         "base_classes": trainer.base_classes,
@@ -586,6 +601,7 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
             f"{dist.world_size} process(es) on {dist.device}) → {run_dir}"
             + (f" from epoch {trainer.epoch + 1} batch {trainer.batch}" if resumed else "")
         )
+        logger.info(f"protocol: {protocol_line(cfg)}")
         if banner:
             logger.info(banner)
         for source in trainer.sources:
@@ -611,7 +627,6 @@ def main(cfg: DictConfig) -> None:
     from ovcamo.checkpoint import CheckpointError
     from ovcamo.data.mixing import SyntheticSetError
     from ovcamo.data.ovcamo_format import DatasetFormatError, DatasetValidationError
-    from ovcamo.engine.check import CheckFailed
 
     try:
         result = run(cfg)

@@ -32,9 +32,9 @@ class RunFiles:
 
     seed: int
     novel: Path
-    base_val: Path
+    base_val: Path | None  # None when nothing was held out (data.holdout_fraction=0)
     pred_novel: Path
-    pred_val: Path
+    pred_val: Path | None
 
 
 @dataclass
@@ -261,32 +261,44 @@ def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
     md.append(_six_table(novel, compare))
     md.append(_per_seed_table(novel, runs))
 
-    base = {name: [read_per_class(r.base_val) for r in rs] for name, rs in runs.items()}
-    md.append("## Base validation: rare vs common classes\n")
-    md.append(
-        f"cIoU on the held-out part of the train split, macro-averaged over classes. Rare classes "
-        f"(chosen by the planner): {', '.join(sorted(rare)) or 'none'}.\n"
-    )
-    groups = {
-        name: [group_means(rows, rare) for rows in per_seed] for name, per_seed in base.items()
-    }
-    # A group without classes (no rare class planned, or every class rare) is left out.
-    kinds = [
-        k
-        for k in ("rare", "common", "all")
-        if all(g[k] == g[k] for v in groups.values() for g in v)
-    ]
-    md.append(_group_table(groups, kinds, compare))
-    grouped_bar(
-        kinds,
-        {n: [Spread.of([g[k] for g in v]).mean for k in kinds] for n, v in groups.items()},
-        out / "base_val_rare_common.png",
-        errors={n: [_std0(Spread.of([g[k] for g in v])) for k in kinds] for n, v in groups.items()},
-        ylabel="cIoU",
-        title="Base validation cIoU (mean ± std over seeds)",
-    )
-    md.append("![rare vs common](base_val_rare_common.png)\n")
-    md.append(_per_class_section(base, rare, out))
+    groups: dict[str, list[dict[str, float]]] = {}
+    kinds: list[str] = []
+    if all(r.base_val is not None for rs in runs.values() for r in rs):
+        base = {name: [read_per_class(r.base_val) for r in rs] for name, rs in runs.items()}
+        md.append("## Base validation: rare vs common classes\n")
+        md.append(
+            "cIoU on the held-out part of the train split, macro-averaged over classes. Rare "
+            f"classes (chosen by the planner): {', '.join(sorted(rare)) or 'none'}.\n"
+        )
+        groups = {
+            name: [group_means(rows, rare) for rows in per_seed] for name, per_seed in base.items()
+        }
+        # A group without classes (no rare class planned, or every class rare) is left out.
+        kinds = [
+            k
+            for k in ("rare", "common", "all")
+            if all(g[k] == g[k] for v in groups.values() for g in v)
+        ]
+        md.append(_group_table(groups, kinds, compare))
+        grouped_bar(
+            kinds,
+            {n: [Spread.of([g[k] for g in v]).mean for k in kinds] for n, v in groups.items()},
+            out / "base_val_rare_common.png",
+            errors={
+                n: [_std0(Spread.of([g[k] for g in v])) for k in kinds] for n, v in groups.items()
+            },
+            ylabel="cIoU",
+            title="Base validation cIoU (mean ± std over seeds)",
+        )
+        md.append("![rare vs common](base_val_rare_common.png)\n")
+        md.append(_per_class_section(base, rare, out))
+    else:
+        md.append("## Base validation\n")
+        md.append(
+            "Not scored: every base image was trained on (`data.holdout_fraction=0`, the paper's "
+            "protocol). `data.holdout_fraction=0.1` holds out a part of each base class to score "
+            "rare against common classes.\n"
+        )
 
     if compare:
         md.append("## Did the synthetic set help?\n")
@@ -429,7 +441,7 @@ def _prediction_section(summary: LoopSummary, rare: set[str], out: Path) -> str:
         "class (green when right, red when wrong: a wrong class scores as an empty mask).\n",
     ]
     grids = [("novel", "test", "pred_novel", None, "Novel classes (test split)")]
-    if rare:
+    if rare and all(r.pred_val is not None for r in first.values()):
         grids.append(("rare", "train", "pred_val", rare, "Rare base classes (base validation)"))
     for tag, split, attr, classes, caption in grids:
         items = prediction_items(
