@@ -110,7 +110,7 @@ def _torchrun(args: list[str]) -> subprocess.Popen:
 def test_two_process_training_completes_and_resumes_after_kill(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", size=32)
     run_dir = tmp_path / "run"
-    args = [*tiny_overrides(data, run_dir), "train.ckpt_every_steps=1"]
+    args = [*tiny_overrides(data, run_dir), "train.ckpt_every_steps=1", "train.batch_size=4"]
     proc = _torchrun(args)
     state = run_dir / "checkpoints" / "last" / "state.pt"
     deadline = time.monotonic() + 300
@@ -126,7 +126,8 @@ def test_two_process_training_completes_and_resumes_after_kill(tmp_path):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     final = load_state(state)
-    # 12 train samples, batch 2 per rank: 3 steps per epoch, 2 epochs.
+    # 12 train samples, global batch 4 = 2 per rank: 3 steps per epoch, 2 epochs.
     assert final["step"] == 6 and final["epoch"] == 2
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["world_size"] == 2 and "cIoU" in info["result"]["val_metrics"]
+    assert info["global_batch"] == 4 and info["batch_per_process"] == 2
