@@ -47,3 +47,49 @@ def test_sweep_summary(tmp_path):
 def test_sweep_summary_needs_finished_jobs(tmp_path):
     with pytest.raises(FileNotFoundError, match="loop.json"):
         write_sweep_summary(tmp_path)
+
+
+def _ablation_job(sweep, num, group, row, values):
+    _job(sweep, num, [f"{group}={row}"], {("without", s): v for s, v in enumerate(values)})
+    atomic_write_text(
+        sweep / str(num) / ".hydra" / "hydra.yaml",
+        f"hydra:\n  runtime:\n    choices:\n      {group}: {row}\n      model: baclip_micro\n",
+    )
+
+
+def test_ablation_summary_puts_the_papers_numbers_beside_each_row(tmp_path):
+    group = "ablation_row_micro"
+    _ablation_job(tmp_path, 0, group, "full", [0.30, 0.34])
+    _ablation_job(tmp_path, 1, group, "conv", [0.10, 0.12])
+    _ablation_job(tmp_path, 2, group, "mfmsa_4", [0.2, 0.2])
+    text = write_sweep_summary(tmp_path).read_text()
+    table = text.split("## Ablation rows", 1)[1].split("## Every job", 1)[0]
+    rows = [line for line in table.splitlines() if "`" in line and line.startswith("| ")]
+    # The paper's row order, whatever the job order; mean ± std over the seeds of each row.
+    assert [r.split("`")[1] for r in rows] == ["conv", "full", "mfmsa_4"]
+    assert rows[0] == (
+        "| CLIP + conv decoder (baseline) (`conv`) | 2 | 0.110 ± 0.014 | 0.110 ± 0.014 "
+        "| n/a (not found) | n/a (not found) |"
+    )
+    assert rows[1].endswith("| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.589 | 0.488 |")
+    assert "OVCoser (OVCamo's baseline): cSm 0.579, cIoU 0.443" in text
+    assert "## Every job" in text  # the per-job table follows
+
+
+def test_a_sweep_without_ablation_rows_has_no_ablation_table(tmp_path):
+    _job(tmp_path, 0, ["generator=classic"], {("without", 0): 0.2})
+    assert "## Ablation rows" not in write_sweep_summary(tmp_path).read_text()
+
+
+def test_other_overrides_swept_with_a_row_are_rows_of_their_own(tmp_path):
+    """A design-choice sweep (one row, several prompt modes) keeps the modes apart."""
+    group = "ablation_row_micro"
+    for num, (mode, v) in enumerate((("weighted", 0.3), ("topk", 0.2))):
+        _ablation_job(tmp_path, num, group, "full", [v])
+        overrides = tmp_path / str(num) / ".hydra" / "overrides.yaml"
+        atomic_write_text(overrides, f"- {group}=full\n- model.prompt.mode={mode}\n")
+    table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
+    rows = [line for line in table.splitlines() if "`full`" in line]
+    assert len(rows) == 2
+    assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 |  |  |" in rows[0]
+    assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 |  |  |" in rows[1]

@@ -1,10 +1,12 @@
-"""One table for a Hydra sweep of ``ovcamo-loop``: a row per job and run, the swept values first."""
+"""Tables for a Hydra sweep of ``ovcamo-loop``: a row per job and run, the swept values first;
+for the ablation sweeps also one row per ablation row, the user's numbers beside the paper's."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,42 @@ except ImportError:  # hydra is a dependency; the guard keeps this module import
 
 _EVAL = re.compile(r"^eval/(?P<variant>[^/]+)/seed(?P<seed>\d+)$")
 
+#: The config groups whose choice names an ablation row (ovcamo/conf/ablation_row*/).
+ABLATION_GROUPS = ("ablation_row", "ablation_row_micro")
+NOT_FOUND = "n/a (not found)"
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One row of BaCLIP's ablation tables: what it changes, and the paper's novel-class numbers
+    on OVCamo where they could be confirmed (``None``: not found)."""
+
+    label: str
+    cSm: float | None = None
+    cIoU: float | None = None
+
+
+#: Every ablation row, in the order of the tables. Only the full model's numbers (the paper's main
+#: result on the 61 novel classes) are confirmed; the other rows' values are left unset rather
+#: than guessed.
+PAPER_ABLATION: dict[str, PaperRow] = {
+    "conv": PaperRow("CLIP + conv decoder (baseline)"),
+    "sam": PaperRow("+ SAM decoder"),
+    "sam_cce": PaperRow("+ CCE"),
+    "full": PaperRow("+ MREM = full BaCLIP", cSm=0.589, cIoU=0.488),
+    "mrem_t2v": PaperRow("MREM text→vision only"),
+    "mrem_v2t": PaperRow("MREM vision→text only"),
+    "no_prompt_sa": PaperRow("without prompt self-attention"),
+    "mfmsa_1": PaperRow("1 MFMSA block"),
+    "mfmsa_2": PaperRow("2 MFMSA blocks"),
+    "mfmsa_4": PaperRow("4 MFMSA blocks"),
+    "mfmsa_5": PaperRow("5 MFMSA blocks"),
+    "convnext_b": PaperRow("ConvNeXt-B backbone"),
+    "vit_l14": PaperRow("ViT-L/14 backbone"),
+}
+#: The OVCamo paper's baseline on the same split, printed under the table for reference.
+OVCOSER = PaperRow("OVCoser (OVCamo's baseline)", cSm=0.579, cIoU=0.443)
+
 
 def _jobs(sweep_dir: Path) -> list[Path]:
     jobs = [p.parent for p in sweep_dir.glob("*/loop.json")]
@@ -36,6 +74,28 @@ def _overrides(job: Path) -> list[str]:
     return [str(o) for o in OmegaConf.load(path)]
 
 
+def _ablation_row(job: Path) -> str | None:
+    """The ablation row a job ran (its Hydra choice of an ``ablation_row*`` group), if any."""
+    path = job / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    choices = OmegaConf.load(path).hydra.runtime.get("choices", {})
+    return next((str(choices[g]) for g in ABLATION_GROUPS if choices.get(g)), None)
+
+
+def _novel_metrics(job: Path) -> dict[str, list[dict[str, float]]]:
+    """Each run's (variant's) novel-class metrics, one dict per seed."""
+    outputs = json.loads((job / "loop.json").read_text(encoding="utf-8"))["outputs"]
+    per_variant: dict[str, list[dict[str, float]]] = {}
+    for name in sorted(outputs):
+        match = _EVAL.match(name)
+        if match:
+            per_variant.setdefault(match["variant"], []).append(
+                read_metrics(outputs[name]["novel"])
+            )
+    return per_variant
+
+
 def sweep_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows: job, the overrides that differ between jobs, run, six metrics (novel)."""
     jobs = _jobs(Path(sweep_dir))
@@ -45,14 +105,7 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]
     everywhere = set.intersection(*(set(o) for o in overrides.values()))
     rows = []
     for job in jobs:
-        outputs = json.loads((job / "loop.json").read_text(encoding="utf-8"))["outputs"]
-        per_variant: dict[str, list[dict[str, float]]] = {}
-        for name in sorted(outputs):
-            match = _EVAL.match(name)
-            if match:
-                per_variant.setdefault(match["variant"], []).append(
-                    read_metrics(outputs[name]["novel"])
-                )
+        per_variant = _novel_metrics(job)
         swept = " ".join(o for o in overrides[job] if o not in everywhere) or "(defaults)"
         # The baseline first, then the run with synthetic data, then anything else by name.
         order = sorted(per_variant, key=lambda v: ({"without": 0, "with": 1}.get(v, 2), v))
@@ -70,11 +123,69 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]
     return ["job", "overrides", "run", "seeds", *SIX_METRICS.values()], rows
 
 
+def _paper_value(value: float | None) -> str:
+    return NOT_FOUND if value is None else f"{value:.3f}"
+
+
+def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows for the jobs of an ablation sweep, in the paper's row order: the row (and
+    any other override swept with it, e.g. ``model.prompt.mode``), the number of seeds, this
+    sweep's novel-class cSm and cIoU (mean ± std over seeds of the run without synthetic data) and
+    the paper's. No rows when no job ran an ablation row."""
+    jobs = _jobs(Path(sweep_dir))
+    overrides = {job: _overrides(job) for job in jobs}
+    everywhere = set.intersection(*(set(o) for o in overrides.values())) if jobs else set()
+    found: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for job in jobs:
+        row = _ablation_row(job)
+        if row is None:
+            continue
+        extra = " ".join(
+            o
+            for o in overrides[job]
+            if o not in everywhere and not o.startswith(tuple(f"{g}=" for g in ABLATION_GROUPS))
+        )
+        per_variant = _novel_metrics(job)
+        runs = per_variant.get("without") or next(iter(per_variant.values()), [])
+        found.setdefault((row, extra), []).extend(runs)
+    rank = {r: i for i, r in enumerate(PAPER_ABLATION)}
+    headers = ["row", "seeds", "cSm ↑", "cIoU ↑", "paper cSm", "paper cIoU"]
+    rows = []
+    for row, extra in sorted(found, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1])):
+        paper = PAPER_ABLATION.get(row, PaperRow(row))
+        metrics = found[row, extra]
+        rows.append(
+            [
+                f"{paper.label} (`{row}`)" + (f", {extra}" if extra else ""),
+                len(metrics),
+                Spread.of([m["cSm"] for m in metrics]).format(),
+                Spread.of([m["cIoU"] for m in metrics]).format(),
+                # A row changed by another override is not the paper's row any more.
+                _paper_value(paper.cSm) if not extra else "",
+                _paper_value(paper.cIoU) if not extra else "",
+            ]
+        )
+    return headers, rows
+
+
 def write_sweep_summary(sweep_dir: str | os.PathLike) -> Path:
-    """Write ``sweep.md`` into the sweep folder: novel-class metrics, mean ± std over seeds."""
+    """Write ``sweep.md`` into the sweep folder: novel-class metrics, mean ± std over seeds, and
+    for an ablation sweep the table of rows beside the paper's numbers."""
     headers, rows = sweep_rows(sweep_dir)
-    text = (
-        "# ovcamo-loop sweep\n\n"
+    text = "# ovcamo-loop sweep\n\n"
+    a_headers, a_rows = ablation_rows(sweep_dir)
+    if a_rows:
+        text += (
+            "## Ablation rows\n\n"
+            "Novel classes (official OVCOS protocol), mean ± std over seeds, beside the paper's "
+            "numbers on OVCamo's 61 novel classes. The paper's values are given where they could "
+            f"be confirmed, `{NOT_FOUND}` elsewhere. A micro-world sweep is on another dataset at "
+            "another scale: compare the ordering of its rows with the paper's, not the values.\n\n"
+            + markdown_table(a_headers, a_rows, align="lrrrrr")
+            + f"\nFor reference, {OVCOSER.label}: cSm {OVCOSER.cSm:.3f}, cIoU {OVCOSER.cIoU:.3f}."
+            "\n\n## Every job\n\n"
+        )
+    text += (
         "Novel classes (official OVCOS protocol), mean ± std over seeds; each job's report.md has "
         "the base-validation, planner and timing sections.\n\n"
         + markdown_table(headers, rows, align="lllr" + "r" * len(SIX_METRICS))
