@@ -136,13 +136,22 @@ def test_multirun_sweep_shares_the_baseline(tmp_path):
     assert len(set(_keys(out, "generate"))) == 2
 
 
-def test_ablation_ladder_is_a_multirun(tmp_path):
+def test_ablation_rows_are_a_multirun(tmp_path):
     out = _multirun(tmp_path, "experiment=ablation_micro")
-    models = re.findall(r"model: (\S+)  backbone:", out)
+    models = re.findall(r"model: (\S+)  backbone: (\S+)", out)
     assert models == [
-        "ladder_conv_micro",
-        "ladder_sam_micro",
-        "ladder_sam_cce_micro",
-        "baclip_micro",
+        ("ladder_conv_micro", "ovcamo_micro_convnext"),
+        ("ladder_sam_micro", "ovcamo_micro_convnext"),
+        ("ladder_sam_cce_micro", "ovcamo_micro_convnext"),
+        ("baclip_micro", "ovcamo_micro_convnext"),
+        ("mrem_t2v_micro", "ovcamo_micro_convnext"),
+        ("mrem_v2t_micro", "ovcamo_micro_convnext"),
+        ("no_prompt_sa_micro", "ovcamo_micro_convnext"),
+        *[("baclip_micro", "ovcamo_micro_convnext")] * 4,  # 1, 2, 4, 5 MFMSA blocks
+        ("baclip_micro", "ovcamo_micro_convnext_b"),
+        ("baclip_micro", "ovcamo_micro_vit"),
     ]
+    # The rows share the world and the default micro CLIP; the backbone rows train their own.
+    assert len(set(_keys(out, "data"))) == 1 and len(set(_keys(out, "micro_clip"))) == 3
+    assert len(set(_keys(out, "train/without/seed0"))) == 13
     assert "generate" not in out

@@ -1,4 +1,4 @@
-"""BaCLIP, the open-vocabulary camouflaged object segmenter (DESIGN §5), and its ablation rungs.
+"""BaCLIP, the open-vocabulary camouflaged object segmenter, and its ablation rows (docs/ablation.md).
 
 Data flow (SAM decoder variants)::
 
