@@ -12,6 +12,7 @@ import open_clip
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_model_pooling import tiny_vit_backbone
 
 from ovcamo.models import BaCLIP, build_model, load_model, model_config, save_model
 from ovcamo.models.build import CONF_DIR
@@ -284,14 +285,7 @@ def test_paper_configuration_maps_384_image_to_384_mask_and_a_class() -> None:
 def test_vit_backbone_gets_a_simple_feature_pyramid(
     images: torch.Tensor, masks: torch.Tensor
 ) -> None:
-    torch.manual_seed(0)
-    tiny_vit = open_clip.create_model(
-        "ViT-B-32",
-        embed_dim=32,
-        vision_cfg={"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
-    backbone = CLIPBackbone(tiny_vit, open_clip.get_tokenizer("ViT-B-32"), image_size=64)
+    backbone = tiny_vit_backbone()
     assert backbone.is_vit and backbone.embed_dim == 32
     # Any input size is resized to the ViT's own size: 64 px = 4×4 tokens.
     feats = backbone(torch.rand(1, 3, 96, 80))

@@ -27,7 +27,8 @@ def _convnext() -> CLIPBackbone:
     return CLIPBackbone(clip, open_clip.get_tokenizer("ovcamo_micro_convnext"), image_size=64)
 
 
-def _vit() -> CLIPBackbone:
+def tiny_vit_backbone() -> CLIPBackbone:
+    """A 3-block ViT CLIP (64 px, 16-px patches: 4×4 tokens) with random weights, seeded."""
     torch.manual_seed(0)
     clip = open_clip.create_model(
         "ViT-B-32",
@@ -38,7 +39,7 @@ def _vit() -> CLIPBackbone:
     return CLIPBackbone(clip, open_clip.get_tokenizer("ViT-B-32"), image_size=64)
 
 
-BACKBONES = {"convnext": _convnext, "vit": _vit}
+BACKBONES = {"convnext": _convnext, "vit": tiny_vit_backbone}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKBONES))
