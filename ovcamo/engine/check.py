@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ovcamo import CONF_DIR
 from ovcamo.checkpoint import resolve_checkpoint_dir
 
 
@@ -96,10 +97,15 @@ def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[s
     backbone = cfg.model.backbone
     clip = cfg.get("clip")
     if backbone.get("pretrained") == MICRO and clip is not None and clip.model != backbone.name:
+        matching = [
+            p.stem
+            for p in sorted((CONF_DIR / "clip").glob("*.yaml"))
+            if OmegaConf.load(p).get("model") == backbone.name
+        ]
         problems.append(
             f"backbone.pretrained=micro trains the micro CLIP clip.model={clip.model!r}, but the "
-            f"backbone is {backbone.name!r}: choose the clip config that goes with the backbone "
-            f"(e.g. clip={backbone.name.removeprefix('ovcamo_')})"
+            f"backbone is {backbone.name!r}: choose the clip config that goes with the backbone"
+            + (f" (clip={matching[0]})" if matching else f" (clip.model={backbone.name})")
         )
     return problems
 
