@@ -637,9 +637,3 @@ def main(cfg: DictConfig) -> None:
             f"val {json.dumps({k: round(v, 4) for k, v in result.val_metrics.items() if k[0] == 'c'})}; "
             f"run folder {result.run_dir}"
         )
-
-
-if __name__ == "__main__":
-    from ovcamo.cli import train as _cli_train
-
-    _cli_train()
