@@ -21,7 +21,9 @@ import difflib
 import importlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -32,10 +34,10 @@ from ovcamo.extras import missing_extra_message
 
 CONF_DIR = str(_CONF_DIR)
 
-#: Appended to the overrides of ``check=true``: Hydra then creates no folder and writes no file.
+#: Appended to the overrides of ``check=true``: Hydra then creates no folder and writes no file
+#: but a multirun's ``multirun.yaml``, which goes to a temporary sweep folder removed afterwards.
 CHECK_OVERRIDES = (
     "hydra.run.dir=.",
-    "hydra.sweep.dir=.",
     "hydra.sweep.subdir=.",
     "hydra.output_subdir=null",
     "hydra/job_logging=stdout",
@@ -104,14 +106,21 @@ def fail(prog: str, message: str) -> NoReturn:
 
 def run_command(command: Command, argv: list[str]) -> None:
     """Compose ``command``'s config from ``argv`` (Hydra's command line) and run it."""
+    scratch = tempfile.mkdtemp(prefix="ovcamo-check-")
+    try:
+        argv = prepare_arguments(command.config_name, argv, scratch)
+        _run_hydra(command, argv)
+    except CommandError as e:
+        fail(command.prog, str(e))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_hydra(command: Command, argv: list[str]) -> None:
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        argv = prepare_arguments(command.config_name, argv)
-    except CommandError as e:
-        fail(command.prog, str(e))
     started = False
 
     @hydra.main(version_base=None, config_path=CONF_DIR, config_name=command.config_name)
@@ -217,10 +226,10 @@ def _parse(argv: Sequence[str]) -> tuple[Any, list[Any]]:
     return args, overrides
 
 
-def prepare_arguments(config_name: str, argv: Sequence[str]) -> list[str]:
+def prepare_arguments(config_name: str, argv: Sequence[str], scratch: str = ".") -> list[str]:
     """``argv`` with what makes the commands consistent appended: ``data=ovcamo`` when a key only
     the OVCamo data config has is set on a command whose default data is the micro-world, and
-    :data:`CHECK_OVERRIDES` for ``check=true``."""
+    for ``check=true`` :data:`CHECK_OVERRIDES` with ``scratch`` as the sweep folder."""
     args, overrides = _parse(argv)
     if args.help or args.hydra_help or args.shell_completion:
         return list(argv)
@@ -239,7 +248,7 @@ def prepare_arguments(config_name: str, argv: Sequence[str]) -> list[str]:
         o.key_or_group == "check" and not o.is_sweep_override() and o.value() is True
         for o in overrides
     ):
-        extra += CHECK_OVERRIDES
+        extra += [*CHECK_OVERRIDES, f"hydra.sweep.dir={scratch}"]
     return [*argv, *extra]
 
 

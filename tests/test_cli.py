@@ -168,9 +168,10 @@ def test_check_writes_nothing_anywhere(tmp_path):
         proc = _run(*args, cwd=cwd, env=env)
         assert proc.returncode == 0, proc.stderr
         assert "check passed" in proc.stdout
-    proc = _run("loop", "check=true", cwd=cwd, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "check passed" in proc.stdout
+    for args in (["loop", "check=true"], ["loop", "-m", "check=true", "loop.seeds=[0],[1]"]):
+        proc = _run(*args, cwd=cwd, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "check passed" in proc.stdout
     assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
     assert not cache.exists() and not out.exists()
 
