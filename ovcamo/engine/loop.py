@@ -1,8 +1,9 @@
-"""``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report (DESIGN §8).
+"""``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report.
 
 Every stage is cached under ``<cache_dir>/loop/<kind>/<key>`` (:mod:`ovcamo.engine.stage_cache`),
-where the key is a content hash of the stage's resolved config and of the keys of the stages it
-depends on, never of paths or wall clock. A killed loop reruns exactly the stages that had not
+where the key is a content hash of the stage's resolved config, of the keys of the stages it
+depends on and of the toolkit's code version (:func:`ovcamo.provenance.code_version`), never of
+paths or wall clock. A killed loop reruns exactly the stages that had not
 finished, and training resumes from its last checkpoint inside the unfinished stage's folder.
 """
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ovcamo.data import load_sample_info
 from ovcamo.data.io import atomic_write_json
-from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, to_plain
+from ovcamo.engine.stage_cache import StageCache, cpu_seconds, stage_key, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class StagePlan:
     kinds: dict[str, str]
 
     def key(self, name: str) -> str:
-        return content_hash({"kind": self.kinds[name], **self.inputs[name]})
+        return stage_key(self.kinds[name], self.inputs[name])
 
 
 def _without_keys(node: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
 
     def add(name: str, kind: str, value: dict[str, Any]) -> str:
         inputs[name], kinds[name] = value, kind
-        return content_hash({"kind": kind, **value})
+        return stage_key(kind, value)
 
     world_key = add("data", "data", {"world": world, "data": data if not world else None})
     clip_key = add("micro_clip", "clip", {"world": world_key, "clip": clip}) if world else None

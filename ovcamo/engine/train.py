@@ -47,6 +47,7 @@ from ovcamo.engine import distributed as D
 from ovcamo.engine.logging import RunLogger
 from ovcamo.engine.predict import MODEL_CONFIG_FILE, SampleReadError, autocast, evaluate_model
 from ovcamo.engine.resolve import plain, resolve_pretrained
+from ovcamo.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +560,7 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
         "seed": int(cfg.seed),
         "world_size": dist.world_size,
         "device": str(dist.device),
-        "torch": torch.__version__,
+        "provenance": provenance(),
         "command": sys.argv,
         "batches_per_epoch_per_rank": len(trainer.sampler),
         "optimizer_steps": trainer.total_steps,
