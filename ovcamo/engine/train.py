@@ -445,7 +445,7 @@ class Trainer:
 
     def _validate(self, logger: RunLogger, epoch: int) -> None:
         tc = self.tc
-        metrics, _, skipped = evaluate_model(
+        metrics, metric, skipped = evaluate_model(
             self.model,
             self.val_set,
             self.base_classes,
@@ -459,6 +459,8 @@ class Trainer:
         )
         self.val_metrics = metrics
         logger.log({f"val/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, self.step)
+        if self.cfg.get("logger", {}).get("name") == "wandb":
+            self._log_val_media(logger, metric)
         logger.info(
             f"epoch {epoch + 1} step {self.step}: val "
             + " ".join(
@@ -472,6 +474,27 @@ class Trainer:
                 (epoch + 1, 0) if self.batch >= len(self.sampler) else (epoch, self.batch)
             )
             self.save("best", next_epoch, next_batch)
+
+    def _log_val_media(self, logger: RunLogger, metric: Any) -> None:
+        """The per-class table and a prediction grid of the validation (``logger=wandb``)."""
+        from ovcamo.engine.visualize import validation_grid
+
+        # Every rank: the table gathers the metric's states across processes.
+        rows = metric.per_class_table(self.base_classes)
+        if not logger.media:
+            return
+        grid = validation_grid(
+            self.model,
+            self.val_set,
+            self.base_classes,
+            self.dist.device,
+            self.run_dir / "val_predictions.png",
+        )
+        logger.log_media(
+            self.step,
+            tables={"val/per_class": rows},
+            images={"val/predictions": grid} if grid is not None else None,
+        )
 
     def _handle_skipped(self, skipped: list[tuple[str, str]], logger: RunLogger) -> None:
         for uid, err in skipped:
