@@ -2,7 +2,8 @@
 a folder of links to every installed distribution except the extras' and ovcamo itself, so that
 the toolkit can be run as such a user runs it, without downloading anything.
 
-``python tests/light_env.py DEST`` builds one (``.ci/run`` installs the wheel on top of it).
+``python tests/light_env.py DEST`` builds one; ``--all`` keeps the extras (only ovcamo itself is
+left out). ``.ci/wheel_check`` installs the built wheel on top of each.
 """
 
 from __future__ import annotations
@@ -64,4 +65,5 @@ def run_light(
 
 
 if __name__ == "__main__":
-    print(light_site(Path(sys.argv[1])))
+    drop = {"ovcamo"} if "--all" in sys.argv[2:] else EXTRA_DISTRIBUTIONS | {"ovcamo"}
+    print(light_site(Path(sys.argv[1]), drop))
