@@ -6,12 +6,12 @@ package; the work lives there, and nothing in the package imports this module. O
 all six, so that they behave as one toolkit:
 
 - every command takes ``out_dir=``;
-- a key of the OVCamo data config (``data.class_info=…``, ``data.root=…``, the other four paths)
-  selects ``data=ovcamo`` where the command's default is the micro-world;
+- a key only the OVCamo data config has (``data.root`` or one of its six paths, e.g.
+  ``data.class_info=…``) selects ``data=ovcamo`` where the command's default is the micro-world;
 - ``check=true`` writes nothing: no run folder, no ``.hydra/``, no log file;
 - a bad override, an unresolvable value, a missing file, a missing optional dependency or one of
   the toolkit's own input errors ends with one paragraph on stderr and exit status 2, never a
-  traceback (``HYDRA_FULL_ERROR=1`` shows the traceback of a composition error).
+  traceback (with ``HYDRA_FULL_ERROR=1`` set, a composition error keeps Hydra's traceback).
 """
 
 from __future__ import annotations
@@ -131,11 +131,12 @@ def _run_hydra(command: Command, argv: list[str]) -> None:
 
     saved = sys.argv
     sys.argv = [saved[0] if saved else command.prog, *argv]
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         with _hydra_raises():
             task()
     except (HydraException, OmegaConfBaseException) as e:
-        if started and not _is_composition_error(e):
+        if wants_traceback or (started and not _is_composition_error(e)):
             raise
         fail(command.prog, describe_config_error(command, e))
     finally:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import os
 import subprocess
@@ -18,7 +19,15 @@ from test_engine_resume import tiny_overrides
 
 import ovcamo
 from ovcamo import CONF_DIR
-from ovcamo.cli import COMMANDS, evaluate, generate, prepare_arguments, train, world
+from ovcamo.cli import (
+    COMMANDS,
+    USER_ERRORS,
+    evaluate,
+    generate,
+    prepare_arguments,
+    train,
+    world,
+)
 
 PACKAGE = Path(ovcamo.__file__).resolve().parent
 
@@ -183,6 +192,14 @@ def test_a_failed_check_exits_2(tmp_path):
     assert proc.returncode == 2
     assert "sample_info" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_user_error_classes_exist():
+    """The wrapper finds the toolkit's input errors by module and name: a rename must show here."""
+    for module, names in USER_ERRORS.items():
+        loaded = importlib.import_module(module)
+        for name in names:
+            assert issubclass(getattr(loaded, name), Exception), f"{module}.{name}"
 
 
 # ---------------------------------------------------------------- imports
