@@ -46,6 +46,7 @@ CHECK_OVERRIDES = (
 #: The toolkit's own errors about the user's input (data, weights, settings), by module. Only
 #: modules already imported are looked at: an error class whose module never loaded was not raised.
 USER_ERRORS = {
+    "ovcamo.checkpoint": ("CheckpointError",),
     "ovcamo.data.io": ("PathEscapeError",),
     "ovcamo.data.ovcamo_format": ("DatasetFormatError", "DatasetValidationError"),
     "ovcamo.data.mixing": ("SyntheticSetError",),
@@ -55,6 +56,7 @@ USER_ERRORS = {
     "ovcamo.engine.predict": ("SampleReadError",),
     "ovcamo.engine.train": ("ResumeError",),
     "generation.lakered.convert": ("ConversionError",),
+    "generation.planner": ("PlanError",),
 }
 
 
