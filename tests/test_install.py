@@ -57,7 +57,6 @@ def _blocked(*modules: str) -> str:
     ("blocked", "args", "extra"),
     [
         (("open_clip",), ["train"], "model"),
-        (("segment_anything",), ["train"], "model"),
         (("wandb",), ["train", "logger=wandb"], "wandb"),
         (("diffusers",), ["generate", "generator=lakered_micro"], "gen"),
     ],
