@@ -80,7 +80,7 @@ def run_one(name: str, samples: int, device: str, work: Path, grids: Path | None
     k = 2
     overrides = [
         f"generator={name}",
-        f"output_dir={work / name}",
+        f"out_dir={work / name}",
         "planner.rule=k_rarest",
         f"planner.k={k}",
         f"planner.per_class={-(-samples // k)}",

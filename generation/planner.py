@@ -94,7 +94,7 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise PlanError(
                 f"{path}: not a plan written by generation.planner ({e}); delete it or set "
-                "output_dir to a new folder"
+                "out_dir to a new folder"
             ) from e
 
     def excluded_sources(self) -> str | None:

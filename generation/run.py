@@ -50,9 +50,9 @@ def _device(name: str) -> str:
 
 
 def output_dir(cfg: DictConfig, digest: str) -> Path:
-    """``cfg.output_dir`` or ``<cache_dir>/synthetic/<generator>-<config hash>``."""
-    if cfg.get("output_dir"):
-        return Path(os.path.expanduser(str(cfg.output_dir)))
+    """``cfg.out_dir`` or ``<cache_dir>/synthetic/<generator>-<config hash>``."""
+    if cfg.get("out_dir"):
+        return Path(os.path.expanduser(str(cfg.out_dir)))
     return (
         Path(os.path.expanduser(str(cfg.cache_dir)))
         / "synthetic"
@@ -67,7 +67,7 @@ def _load_or_make_plan(cfg: DictConfig, paths: DataPaths, root: Path, digest: st
         if plan.config_hash != digest:
             raise PlanError(
                 f"{root} holds a plan with config hash {plan.config_hash}, this run has {digest}; "
-                "set output_dir to a new folder or delete the old set"
+                "set out_dir to a new folder or delete the old set"
             )
         return plan
     return make_plan(

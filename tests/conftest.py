@@ -1,19 +1,40 @@
-"""Shared fixtures. Tests never touch the network or the user's cache."""
+"""Shared fixtures. Tests never touch the network, the user's home or the user's cache."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
-
+# Before anything is imported that reads them (matplotlib, torch, hydra, wandb): HOME, the XDG
+# folders and every cache this suite could reach point into one temporary folder, removed at
+# exit. Subprocesses inherit them. The toolkit's default cache, ${HOME}/.cache/ovcamo, is in there
+# too, so even a test that drops OVCAMO_CACHE writes nothing under the real home.
+SANDBOX = Path(tempfile.mkdtemp(prefix="ovcamo-tests-"))
+atexit.register(shutil.rmtree, SANDBOX, ignore_errors=True)
+os.environ.update(
+    HOME=str(SANDBOX / "home"),
+    XDG_CACHE_HOME=str(SANDBOX / "home" / ".cache"),
+    XDG_CONFIG_HOME=str(SANDBOX / "home" / ".config"),
+    XDG_DATA_HOME=str(SANDBOX / "home" / ".local" / "share"),
+    MPLCONFIGDIR=str(SANDBOX / "matplotlib"),
+    TORCH_HOME=str(SANDBOX / "torch"),
+    WANDB_DIR=str(SANDBOX / "wandb"),
+    WANDB_CACHE_DIR=str(SANDBOX / "wandb-cache"),
+    WANDB_CONFIG_DIR=str(SANDBOX / "wandb-config"),
+    OVCAMO_CACHE=str(SANDBOX / "ovcamo-cache"),
+)
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+(SANDBOX / "home").mkdir()
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ovcamo"
-CLASS_INFO = SHARED_DATA / "class_info.json"
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ovcamo.data.world import PACKAGED_CLASS_LIST  # noqa: E402
 
 # Under pytest-xdist each worker gets one core of the machine.
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -22,10 +43,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def real_class_info() -> Path:
-    """The real OVCamo class list (75 classes), kept beside the repository in shared/."""
-    if not CLASS_INFO.is_file():
-        pytest.fail(f"the real OVCamo class list is expected at {CLASS_INFO}")
-    return CLASS_INFO
+    """The real OVCamo class list (75 classes), as the package ships it."""
+    return PACKAGED_CLASS_LIST
 
 
 @pytest.fixture(autouse=True)

@@ -224,7 +224,7 @@ def _generate_cfg(root: Path, out: Path, *extra: str):
                 "data=ovcamo",
                 f"data.root={root}",
                 "data.holdout_fraction=0",
-                f"output_dir={out}",
+                f"out_dir={out}",
                 "progress=false",
                 "device=cpu",
                 "planner.rule=target",

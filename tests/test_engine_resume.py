@@ -47,7 +47,7 @@ def _env() -> dict[str, str]:
 
 def _train(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ovcamo.engine.train", *args],
+        [sys.executable, "-m", "ovcamo", "train", *args],
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

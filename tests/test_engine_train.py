@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ovcamo.engine.predict import (
 from ovcamo.engine.train import NonFiniteLossError, ResumeError, run
 from ovcamo.engine.visualize import write_eval_figures
 from ovcamo.models.baclip import BaCLIP
+from ovcamo.provenance import code_version
 
 
 def compose_train(overrides: list[str]):
@@ -54,6 +56,8 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["outside_ov_protocol"] is False and info["result"]["steps"] == 6
     assert info["base_classes"] == ["snow leopard", "reccoon", "owl"]
+    assert info["provenance"]["code_version"] == code_version()
+    assert info["provenance"]["libraries"]["torch"] == importlib.metadata.version("torch")
     lines = read_metrics(run_dir / "metrics.jsonl")
     assert [x["step"] for x in lines if "train/loss" in x] == [1, 2, 3, 4, 5, 6]
     assert any("val/cIoU" in x for x in lines)

@@ -183,7 +183,7 @@ def test_ovcamo_generate_writes_an_ovcamo_format_set(name, tmp_path, cache):
             overrides=[
                 f"generator={name}",
                 f"cache_dir={cache}",
-                f"output_dir={tmp_path / 'out'}",
+                f"out_dir={tmp_path / 'out'}",
                 "progress=false",
                 "device=cpu",
                 "planner.per_class=2",

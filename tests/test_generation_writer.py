@@ -28,7 +28,7 @@ def cfg_for(ds: Path, out: Path, *overrides: str):
                 "data=ovcamo",
                 f"data.root={ds}",
                 "data.holdout_fraction=0",
-                f"output_dir={out}",
+                f"out_dir={out}",
                 "progress=false",
                 "device=cpu",
                 *overrides,

@@ -399,15 +399,32 @@ def export_world(src: Path, out_dir: str | os.PathLike, link: bool = False) -> P
     An existing ``out_dir`` is accepted only if it holds the same world (same ``world.json``
     hash); anything else there is left untouched and reported.
     """
+    return export_dir(src, out_dir, "world", identity=("world.json", "config_hash"), link=link)
+
+
+def export_dir(
+    src: Path,
+    out_dir: str | os.PathLike,
+    what: str,
+    *,
+    identity: tuple[str, str],
+    link: bool = False,
+) -> Path:
+    """Place a finished cache folder (a ``what``) at ``out_dir``: a copy or a symlink to it.
+
+    ``identity`` names the json file and key that identify the folder's content: an existing
+    ``out_dir`` is accepted only if it holds the same, and is otherwise left untouched and reported.
+    """
     out = Path(os.path.expanduser(str(out_dir)))
-    src_hash = json.loads((src / "world.json").read_text("utf-8"))["config_hash"]
+    marker, key = identity
+    src_id = json.loads((src / marker).read_text("utf-8"))[key]
     if out.exists() or out.is_symlink():
-        marker = out / "world.json"
-        if marker.is_file() and json.loads(marker.read_text("utf-8"))["config_hash"] == src_hash:
+        found = out / marker
+        if found.is_file() and json.loads(found.read_text("utf-8")).get(key) == src_id:
             return out
         raise FileExistsError(
-            f"out_dir {out} already exists and does not hold this world (hash {src_hash[:16]}); "
-            "choose another out_dir or remove it"
+            f"out_dir {out} already exists and does not hold this {what} ({key} "
+            f"{str(src_id)[:16]}); choose another out_dir or remove it"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     if link:

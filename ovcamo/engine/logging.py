@@ -1,7 +1,9 @@
 """Run logging: always a local ``metrics.jsonl``; Weights & Biases when ``logger=wandb``.
 
 ``logger=jsonl`` (the default) writes the file and prints a line per epoch; ``logger=wandb``
-also logs to wandb (``logger.mode: offline`` unless set to ``online``, which uses the user's key);
+also logs to wandb (``logger.mode: offline`` unless set to ``online``, which uses the user's key):
+the scalars, and at each validation the per-class table and a grid of predictions; the loop adds
+one run holding its report as an artifact, and puts all runs of one loop in one group.
 ``logger=none`` writes only the file. Only rank 0 logs.
 """
 
@@ -11,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,42 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def init_wandb(
+    cfg: Mapping[str, Any],
+    run_dir: str | os.PathLike,
+    *,
+    job_type: str,
+    config: Mapping[str, Any] | None = None,
+    banner: str | None = None,
+) -> Any:
+    """A wandb run as the ``logger`` node says (offline unless ``mode: online``), files in
+    ``<run_dir>/wandb``."""
+    import wandb
+
+    return wandb.init(
+        project=cfg.get("project", "ovcamo"),
+        entity=cfg.get("entity"),
+        name=cfg.get("run_name"),
+        group=cfg.get("group"),
+        job_type=job_type,
+        tags=list(cfg.get("tags") or []) + (["outside-ov-protocol"] if banner else []),
+        notes=banner,
+        mode=str(cfg.get("mode", "offline")),
+        dir=str(Path(run_dir)),
+        config=dict(config or {}),
+        resume="allow",
+        id=cfg.get("run_id"),
+    )
+
+
+def wandb_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A ``wandb.Table`` of dict rows (the columns of the first row)."""
+    import wandb
+
+    columns = list(rows[0]) if rows else []
+    return wandb.Table(columns=columns, data=[[_plain(r.get(c)) for c in columns] for r in rows])
 
 
 class RunLogger:
@@ -41,6 +79,7 @@ class RunLogger:
         enabled: bool = True,
         run_config: Mapping[str, Any] | None = None,
         banner: str | None = None,
+        job_type: str = "train",
     ):
         cfg = dict(cfg or {})
         self.name = str(cfg.get("name", "jsonl"))
@@ -56,22 +95,31 @@ class RunLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
         if self.name == "wandb":
-            import wandb
-
-            mode = str(cfg.get("mode", "offline"))
-            self._wandb = wandb.init(
-                project=cfg.get("project", "ovcamo"),
-                entity=cfg.get("entity"),
-                name=cfg.get("run_name"),
-                group=cfg.get("group"),
-                tags=list(cfg.get("tags") or []) + (["outside-ov-protocol"] if banner else []),
-                notes=banner,
-                mode=mode,
-                dir=str(Path(run_dir)),
-                config=dict(run_config or {}),
-                resume="allow",
-                id=cfg.get("run_id"),
+            self._wandb = init_wandb(
+                cfg, run_dir, job_type=job_type, config=run_config, banner=banner
             )
+
+    @property
+    def media(self) -> bool:
+        """Whether tables and images go anywhere (``logger=wandb``, on the main rank)."""
+        return self._wandb is not None
+
+    def log_media(
+        self,
+        step: int,
+        *,
+        tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        images: Mapping[str, str | os.PathLike] | None = None,
+    ) -> None:
+        """Per-class tables (dict rows) and PNG files to wandb; nothing without ``logger=wandb``."""
+        if self._wandb is None:
+            return
+        import wandb
+
+        values = {k: wandb_table(rows) for k, rows in (tables or {}).items()}
+        values |= {k: wandb.Image(str(path)) for k, path in (images or {}).items()}
+        if values:
+            self._wandb.log(values, step=int(step))
 
     def log(self, values: Mapping[str, Any], step: int) -> None:
         if not self.enabled:
@@ -109,3 +157,40 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def log_loop_report(
+    cfg: Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    group: str,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    files: Sequence[str | os.PathLike],
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    """With ``logger=wandb``: one run (job type ``loop-report``) in the loop's ``group`` with the
+    per-class ``tables``, every PNG of ``files`` as an image and all ``files`` as one artifact
+    (type ``loop-report``). Nothing for another logger."""
+    if str(cfg.get("name")) != "wandb":
+        return
+    import wandb
+
+    out = Path(out_dir)
+    run = init_wandb(
+        {**cfg, "group": group, "run_name": cfg.get("run_name") or f"report {out.name}"},
+        out,
+        job_type="loop-report",
+        config=config,
+    )
+    try:
+        values = {k: wandb_table(rows) for k, rows in tables.items()}
+        values |= {
+            f"report/{Path(f).stem}": wandb.Image(str(f)) for f in files if Path(f).suffix == ".png"
+        }
+        run.log(values)
+        artifact = wandb.Artifact(f"{group}-report", type="loop-report")
+        for f in files:
+            artifact.add_file(str(f))
+        run.log_artifact(artifact)
+    finally:
+        run.finish()

@@ -1,8 +1,9 @@
-"""``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report (DESIGN §8).
+"""``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report.
 
 Every stage is cached under ``<cache_dir>/loop/<kind>/<key>`` (:mod:`ovcamo.engine.stage_cache`),
-where the key is a content hash of the stage's resolved config and of the keys of the stages it
-depends on, never of paths or wall clock. A killed loop reruns exactly the stages that had not
+where the key is a content hash of the stage's resolved config, of the keys of the stages it
+depends on and of the toolkit's code version (:func:`ovcamo.provenance.code_version`), never of
+paths or wall clock. A killed loop reruns exactly the stages that had not
 finished, and training resumes from its last checkpoint inside the unfinished stage's folder.
 """
 
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ovcamo.data import load_sample_info
 from ovcamo.data.io import atomic_write_json
-from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, to_plain
+from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, stage_key, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class StagePlan:
     kinds: dict[str, str]
 
     def key(self, name: str) -> str:
-        return content_hash({"kind": self.kinds[name], **self.inputs[name]})
+        return stage_key(self.kinds[name], self.inputs[name])
 
 
 def _without_keys(node: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
 
     def add(name: str, kind: str, value: dict[str, Any]) -> str:
         inputs[name], kinds[name] = value, kind
-        return content_hash({"kind": kind, **value})
+        return stage_key(kind, value)
 
     world_key = add("data", "data", {"world": world, "data": data if not world else None})
     clip_key = add("micro_clip", "clip", {"world": world_key, "clip": clip}) if world else None
@@ -108,6 +109,13 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
     return StagePlan(inputs, kinds)
 
 
+def loop_group(cfg: DictConfig, plan: StagePlan) -> str:
+    """The wandb group of a loop's runs: ``logger.group``, else ``loop-`` and a hash of every
+    stage key (the same loop, rerun or resumed, logs into the same group)."""
+    given = (cfg.get("logger") or {}).get("group")
+    return str(given) if given else "loop-" + content_hash(sorted(map(plan.key, plan.inputs)))[:12]
+
+
 @contextlib.contextmanager
 def _outside_hydra_job() -> Iterator[None]:
     """Hide the Hydra job from the stages while they run.
@@ -139,6 +147,7 @@ class LoopContext:
     stages: StageCache
     plan: StagePlan
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    group: str | None = None
 
     def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         with _outside_hydra_job():
@@ -154,10 +163,12 @@ def training_config(
     out_dir: Path,
     cache_dir: Path,
     synthetic_dir: str | None = None,
+    group: str | None = None,
 ) -> DictConfig:
     """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data.
 
-    The two variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``.
+    The two variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``. ``group`` names
+    the loop's wandb group (``logger.group``); the run is then named ``<variant>-seed<seed>``.
     """
     plain = _without_keys(OmegaConf.to_container(cfg, resolve=False), LOOP_ONLY_KEYS)
     tcfg = OmegaConf.create(plain)
@@ -166,6 +177,9 @@ def training_config(
     tcfg.cache_dir = str(cache_dir)
     tcfg.resume = True
     tcfg.check = False
+    if group and tcfg.get("logger") is not None:
+        tcfg.logger.group = group
+        tcfg.logger.run_name = tcfg.logger.get("run_name") or f"{variant}-seed{seed}"
     if variant == "with":
         if synthetic_dir is None:
             raise ValueError("the run with synthetic data needs the synthetic set's folder")
@@ -179,7 +193,7 @@ def training_config(
 
 def _run_config(ctx: LoopContext, variant: str, seed: int, out_dir: Path) -> DictConfig:
     synthetic = ctx.outputs["generate"]["set_dir"] if variant == "with" else None
-    return training_config(ctx.cfg, variant, seed, out_dir, ctx.cache_dir, synthetic)
+    return training_config(ctx.cfg, variant, seed, out_dir, ctx.cache_dir, synthetic, ctx.group)
 
 
 def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
@@ -212,7 +226,7 @@ def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
                 "generator": OmegaConf.to_container(ctx.cfg.generator, resolve=False),
                 "planner": OmegaConf.to_container(ctx.cfg.planner, resolve=False),
                 **OmegaConf.to_container(ctx.cfg.loop.generate, resolve=False),
-                "output_dir": str(directory / "set"),
+                "out_dir": str(directory / "set"),
                 "cache_dir": str(ctx.cache_dir),
             }
         )
@@ -396,7 +410,9 @@ def run_loop(cfg: DictConfig) -> Path:
     if not cfg.loop.variants or not cfg.loop.seeds:
         raise ValueError("loop.variants and loop.seeds must not be empty")
     plan = plan_stages(cfg)
-    ctx = LoopContext(cfg, cache_dir, StageCache(cache_dir / "loop"), plan)
+    ctx = LoopContext(
+        cfg, cache_dir, StageCache(cache_dir / "loop"), plan, group=loop_group(cfg, plan)
+    )
     print(describe_plan(cfg, plan, ctx.stages), flush=True)
     t0 = time.perf_counter()
     ctx.run("data", _data_stage(ctx))
@@ -431,8 +447,31 @@ def run_loop(cfg: DictConfig) -> Path:
             "config": OmegaConf.to_container(cfg, resolve=True),
         },
     )
+    if (cfg.get("logger") or {}).get("name") == "wandb":
+        _log_report(ctx, summary, out_dir, report)
     print(f"report: {report}", flush=True)
     return report
+
+
+def _log_report(ctx: LoopContext, summary: Any, out_dir: Path, report: Path) -> None:
+    """The loop's wandb run: per-class tables of every evaluated run, the report as an artifact."""
+    from ovcamo.engine.logging import log_loop_report
+    from ovcamo.report.loop_report import read_per_class
+
+    tables = {
+        f"eval/{variant}/seed{run.seed}/{part}/per_class": read_per_class(getattr(run, part))
+        for variant, runs in summary.runs.items()
+        for run in runs
+        for part in ("novel", "base_val")
+    }
+    log_loop_report(
+        to_plain(ctx.cfg.logger),
+        out_dir,
+        group=str(ctx.group),
+        tables=tables,
+        files=[report, out_dir / "loop.json", *sorted(out_dir.glob("*.png"))],
+        config=OmegaConf.to_container(ctx.cfg, resolve=True),
+    )
 
 
 def main(cfg: DictConfig) -> Path | None:

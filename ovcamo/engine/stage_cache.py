@@ -1,4 +1,4 @@
-"""A cache of finished pipeline stages, keyed by a content hash of their inputs.
+"""A cache of finished pipeline stages, keyed by a content hash of their inputs and of the code.
 
 A stage runs in ``<root>/<kind>/<key>``; it counts as done only once its ``stage.json`` marker
 exists, written atomically after the stage's own outputs. A stage killed half-way has no marker,
@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ovcamo.data.io import atomic_write_json
+from ovcamo.provenance import code_version
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,12 @@ def content_hash(obj: Any) -> str:
     """A short, stable hash of a JSON-able value (dict keys sorted)."""
     text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def stage_key(kind: str, inputs: Mapping[str, Any]) -> str:
+    """The key of a stage: its kind, its inputs and :func:`ovcamo.provenance.code_version`, so that
+    a stage computed by other code (an upgrade, an edited checkout) is never reused."""
+    return content_hash({"kind": kind, "code": code_version(), **inputs})
 
 
 def to_plain(node: Any) -> Any:
@@ -84,7 +91,7 @@ class StageCache:
         fn: Callable[[Path], dict[str, Any]],
     ) -> StageRecord:
         """Run ``fn(stage_dir) -> outputs`` unless a finished stage with the same inputs exists."""
-        key = content_hash({"kind": kind, **inputs})
+        key = stage_key(kind, inputs)
         directory = self.directory(kind, key)
         t0 = time.perf_counter()
         done = self._load(directory)
@@ -114,6 +121,7 @@ class StageCache:
                     "kind": kind,
                     "key": key,
                     "inputs": inputs,
+                    "code_version": code_version(),
                     "outputs": outputs,
                     "compute_seconds": seconds,
                     "cpu_seconds": cpu,

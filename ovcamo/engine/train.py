@@ -51,6 +51,7 @@ from ovcamo.engine.check import CheckFailed, preflight_problems, protocol_line
 from ovcamo.engine.logging import RunLogger
 from ovcamo.engine.predict import MODEL_CONFIG_FILE, SampleReadError, autocast, evaluate_model
 from ovcamo.engine.resolve import plain, resolve_pretrained
+from ovcamo.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ class Trainer:
 
     def _validate(self, logger: RunLogger, epoch: int) -> None:
         tc = self.tc
-        metrics, _, skipped = evaluate_model(
+        metrics, metric, skipped = evaluate_model(
             self.model,
             self.val_set,
             self.base_classes,
@@ -465,6 +466,8 @@ class Trainer:
         )
         self.val_metrics = metrics
         logger.log({f"val/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, self.step)
+        if self.cfg.get("logger", {}).get("name") == "wandb":
+            self._log_val_media(logger, metric)
         logger.info(
             f"epoch {epoch + 1} step {self.step}: val "
             + " ".join(
@@ -481,6 +484,27 @@ class Trainer:
                 (epoch + 1, 0) if self.batch >= len(self.sampler) else (epoch, self.batch)
             )
             self.save("best", next_epoch, next_batch)
+
+    def _log_val_media(self, logger: RunLogger, metric: Any) -> None:
+        """The per-class table and a prediction grid of the validation (``logger=wandb``)."""
+        from ovcamo.engine.visualize import validation_grid
+
+        # Every rank: the table gathers the metric's states across processes.
+        rows = metric.per_class_table(self.base_classes)
+        if not logger.media:
+            return
+        grid = validation_grid(
+            self.model,
+            self.val_set,
+            self.base_classes,
+            self.dist.device,
+            self.run_dir / "val_predictions.png",
+        )
+        logger.log_media(
+            self.step,
+            tables={"val/per_class": rows},
+            images={"val/predictions": grid} if grid is not None else None,
+        )
 
     def _handle_skipped(self, skipped: list[tuple[str, str]], logger: RunLogger) -> None:
         for uid, err in skipped:
@@ -572,7 +596,7 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
         "seed": int(cfg.seed),
         "world_size": dist.world_size,
         "device": str(dist.device),
-        "torch": torch.__version__,
+        "provenance": provenance(),
         "command": sys.argv,
         "batches_per_epoch_per_rank": len(trainer.sampler),
         "global_batch": int(cfg.train.batch_size),
@@ -652,9 +676,3 @@ def main(cfg: DictConfig) -> None:
             f"val {json.dumps({k: round(v, 4) for k, v in result.val_metrics.items() if k[0] == 'c'})}; "
             f"run folder {result.run_dir}"
         )
-
-
-if __name__ == "__main__":
-    from ovcamo.cli import train as _cli_train
-
-    _cli_train()

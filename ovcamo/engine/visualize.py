@@ -76,3 +76,43 @@ def write_eval_figures(
                 suptitle=f"{name} {k} samples by class-aware IoU",
             )
     return written
+
+
+def validation_grid(
+    model: Any,
+    dataset: Any,
+    class_names: Sequence[str],
+    device: Any,
+    path: str | os.PathLike,
+    *,
+    n: int = 4,
+) -> Path | None:
+    """Predict the first ``n`` samples of ``dataset`` (an :class:`ovcamo.data.OVCamoDataset` with
+    its eval transform) and write image | GT | prediction as one PNG; ``None`` without samples.
+
+    The loader has its own generator, so logging a grid never draws from the global RNG (whose
+    state is part of a training run's exact-resume contract).
+    """
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ovcamo.engine.predict import SkippingDataset, collate_eval, iter_predictions
+    from ovcamo.report.grids import prediction_grid
+
+    k = min(n, len(dataset))
+    loader = DataLoader(
+        SkippingDataset(dataset, range(k)),
+        batch_size=max(k, 1),
+        collate_fn=collate_eval,
+        generator=torch.Generator(),
+    )
+    records = {r.unique_id: r for r in dataset.records[:k]}
+    items = [
+        {**item, "gt": np.asarray(item["gt"], bool), "image": load_sample(records[uid])["image"]}
+        for item in iter_predictions(model, loader, class_names, device, progress=False)
+        if (uid := item.get("unique_id")) is not None
+    ]
+    if not items:
+        return None
+    return prediction_grid(items, path, suptitle="validation predictions")

@@ -423,8 +423,20 @@ def ensure_micro_clip(
 
 def main(cfg: Mapping[str, Any]) -> Path:
     """``ovcamo-micro-clip``: train (or reuse) the micro CLIP of ``cfg.world`` with ``cfg.clip``;
-    print the report and return the checkpoint path."""
+    copy (``link=true``: symlink) its folder to ``cfg.out_dir`` when set; print the report and
+    return the checkpoint path."""
+    from ovcamo.data.world import export_dir
+
     checkpoint = ensure_micro_clip(cfg["clip"], cfg["world"], cfg.get("cache_dir"))
+    if cfg.get("out_dir"):
+        folder = export_dir(
+            checkpoint.parent,
+            cfg["out_dir"],
+            "micro CLIP",
+            identity=("world.json", "hash"),
+            link=bool(cfg.get("link", False)),
+        )
+        checkpoint = folder / CHECKPOINT_FILE
     report = json.loads((checkpoint.parent / REPORT_FILE).read_text("utf-8"))
     summary = {
         k: report[k]
