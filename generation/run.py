@@ -207,6 +207,10 @@ def summary_table(root: Path) -> str:
         )
     if summary.get("outside_ov_protocol"):
         lines.append("  NOTE: test classes were generated (allow_novel): outside the OV protocol")
+    if summary.get("weights_may_overlap_ovcamo_test"):
+        lines.append(
+            "  NOTE: the generator's weights were trained on images that may be OVCamo test images"
+        )
     return "\n".join(lines)
 
 

@@ -282,6 +282,10 @@ class SyntheticSetWriter:
             "generator": self.plan.generator,
             "config_hash": self.plan.config_hash,
             "outside_ov_protocol": self.plan.outside_ov_protocol,
+            # Generator weights trained on images that may be OVCamo test images (their samples say so).
+            "weights_may_overlap_ovcamo_test": any(
+                s.get("weights_may_overlap_ovcamo_test", False) for s in merged
+            ),
             "planned": len(self.plan.items),
             "written": len(merged),
             "skipped": len(skipped),

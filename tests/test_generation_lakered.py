@@ -7,18 +7,19 @@ from generation_data import ellipse, textured, write_dataset
 from omegaconf import OmegaConf
 
 from generation.base import SkipSample, SourceObject
-from generation.lakered.model import BKRM, LMP, RCEM, LakeRed, LakeRedConfig
+from generation.lakered.model import BKRM, LMP, RCEM, LakeRed, LakeRedConfig, prepare_inputs
 from generation.lakered.sample import LakeRedGenerator, build_lakered, ddim_scheduler
 from generation.lakered.train import (
     TrainConfig,
     batch_at,
+    load_training_images,
     noise_scheduler,
     train,
     training_step,
 )
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_checkpoint
-from ovcamo.data import DataPaths
+from ovcamo.data import DataPaths, load_sample
 
 TINY = dict(
     resolution=32,
@@ -93,30 +94,76 @@ def test_bkrm_retrieves_from_its_codebook():
     assert not torch.allclose(bkrm(torch.randn(2, 4, 3)), before)
 
 
-def test_rcem_keeps_the_object_part_of_the_condition():
+def test_rcem_blends_with_the_signed_mask():
     rcem = RCEM(3)
     z = torch.randn(1, 3, 8, 8)
     m = torch.ones(1, 1, 8, 8)
-    m[:, :, 2:5, 2:5] = 0
+    m[:, :, 2:5, 2:5] = -1
     z_rec, cond = rcem(z, m, torch.randn(1, 4, 3))
-    assert torch.equal(cond[:, :, 2:5, 2:5], z[:, :, 2:5, 2:5])
+    obj = (slice(None), slice(None), slice(2, 5), slice(2, 5))
+    torch.testing.assert_close(cond[obj], 2 * z[obj] - z_rec[obj])
     torch.testing.assert_close(cond[:, :, 0, 0], z_rec[:, :, 0, 0])
+
+
+def test_lmp_pools_only_the_first_s_segments():
+    lmp = LMP(superpixels=2, sigma=0.0)
+    z = torch.zeros(1, 1, 4, 4)
+    z[0, 0, :, 2:] = 1.0
+    lmp.assign = lambda z_np, fg: np.array([[1, 1, 2, 2]] * 2 + [[3, 3, 3, 3]] * 2)
+    out = lmp(z, torch.ones(1, 1, 4, 4))
+    torch.testing.assert_close(out[0, :, 0], torch.tensor([0.0, 1.0]))
+
+
+def test_inputs_follow_the_official_value_ranges():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    mask = ellipse(24, 20, 12, 10, 6, 5)
+    out = prepare_inputs(image, mask, 16)
+    assert out["image"].shape == out["masked_image"].shape == (3, 16, 16)
+    assert set(out["mask"].unique().tolist()) == {-1.0, 1.0}
+    bg = out["mask"][0] > 0
+    assert (out["masked_image"][:, bg] == -1).all()
+    torch.testing.assert_close(out["masked_image"][:, ~bg], out["image"][:, ~bg])
+    assert out["image"].min() >= -1 and out["image"].max() <= 1
+
+
+def test_inference_mask_is_dilated_at_the_source_size():
+    mask = np.zeros((10, 10), bool)
+    mask[3:7, 3:7] = True
+    image = np.zeros((10, 10, 3), np.uint8)
+    plain = prepare_inputs(image, mask, 10)["mask"][0] > 0
+    dilated = prepare_inputs(image, mask, 10, dilation=2)["mask"][0] > 0
+    # A 2×2 kernel anchored at its centre grows the background by one pixel towards +y and +x.
+    expected = ~mask
+    expected[1:, 1:] |= ~mask[:-1, :-1]
+    expected[1:, :] |= ~mask[:-1, :]
+    expected[:, 1:] |= ~mask[:, :-1]
+    assert torch.equal(dilated, torch.from_numpy(expected))
+    assert torch.equal(plain, torch.from_numpy(~mask))
+
+
+def _batch(n: int = 4, size: int = 32) -> dict[str, torch.Tensor]:
+    rng = np.random.default_rng(0)
+    mask = ellipse(size, size, size / 2, size / 2, size / 4, size / 4)
+    items = [
+        prepare_inputs(textured(rng, size, size, rng.uniform(40, 220, 3)), mask, size)
+        for _ in range(n)
+    ]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
 def test_training_lowers_the_loss():
     torch.manual_seed(0)
     model = LakeRed(tiny())
     sched = noise_scheduler(TrainConfig())
-    x = torch.rand(4, 3, 32, 32) * 2 - 1
-    mask = torch.zeros(4, 1, 32, 32)
-    mask[:, :, 8:24, 8:24] = 1
+    batch = _batch()
     opt = torch.optim.Adam(
         [p for n, p in model.named_parameters() if not n.startswith("vqvae")], 3e-3
     )
     losses = []
     for step in range(30):
         g = torch.Generator().manual_seed(step % 2)
-        out = training_step(model, sched, x, mask, generator=g)
+        out = training_step(model, sched, batch, generator=g)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -126,14 +173,36 @@ def test_training_lowers_the_loss():
 
 
 def test_batches_are_a_function_of_the_step():
-    x, m = torch.randn(10, 3, 4, 4), torch.rand(10, 1, 4, 4)
-    a, b = batch_at(3, x, m, 4, 0), batch_at(3, x, m, 4, 0)
-    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], batch_at(4, x, m, 4, 0)[0])
+    image = torch.randn(10, 3, 4, 4)
+    data = {"image": image, "mask": image[:, :1].clone()}
+    a, b = batch_at(3, data, 4, 0), batch_at(3, data, 4, 0)
+    assert torch.equal(a["image"], b["image"])
+    assert not torch.equal(a["image"], batch_at(4, data, 4, 0)["image"])
+    # every tensor of a sample is drawn and flipped together
+    assert torch.equal(a["mask"], a["image"][:, :1])
 
 
 @pytest.fixture()
 def paths(tmp_path) -> DataPaths:
     return DataPaths.from_paths_json(write_dataset(tmp_path / "ds", size=48))
+
+
+def test_training_leaves_out_the_base_validation_part_of_the_data_config(paths):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(
+            "generate", overrides=["generator=lakered_micro", "data.holdout_fraction=0.3"]
+        )
+    assert cfg.generator.train.holdout_fraction == 0.3 == cfg.data.holdout_fraction
+    assert cfg.generator.train.holdout_seed == cfg.data.holdout_seed
+    tc = TrainConfig.from_cfg({"holdout_fraction": 0.25, "holdout_seed": 0})
+    from ovcamo.data import holdout_split, resolve_records
+
+    records, _ = resolve_records(paths, "train", check_files="none")
+    kept, held = holdout_split(records, 0.25, 0)
+    with_object = [r for r in kept if load_sample(r)["mask"].any()]
+    assert held and len(load_training_images(paths, 16, tc)["image"]) == len(with_object)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monkeypatch):
@@ -190,6 +259,8 @@ def _node(**kw):
     base.model = OmegaConf.create(
         {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
     )
+    # Standing in for the data config the generator node reads its split from.
+    base.train.holdout_fraction, base.train.holdout_seed = 0.25, 0
     return OmegaConf.merge(base, kw)
 
 

@@ -204,6 +204,21 @@ def test_two_writers_share_a_plan_by_rank(ds, tmp_path):
     ).is_file()
 
 
+def test_runs_with_weights_that_may_overlap_the_test_set_are_marked(ds, tmp_path):
+    paths = DataPaths.from_paths_json(ds / "paths.json")
+    plan = make_plan(
+        paths, {"rule": "k_rarest", "k": 1, "per_class": 2}, generator="g", config_hash="h"
+    )
+    w = SyntheticSetWriter(tmp_path / "syn", paths, plan)
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.eye(8, dtype=bool)
+    w.write(plan.items[0], GeneratedSample(image, mask))
+    assert w.finish()["weights_may_overlap_ovcamo_test"] is False
+    w.write(
+        plan.items[1], GeneratedSample(image, mask, extra={"weights_may_overlap_ovcamo_test": True})
+    )
+    assert w.finish()["weights_may_overlap_ovcamo_test"] is True
+
+
 @pytest.mark.slow
 def test_torchrun_style_ranks_in_two_processes(ds, tmp_path):
     out = tmp_path / "syn"

@@ -92,6 +92,18 @@ def test_check_reports_every_missing_file(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "loop").exists()
 
 
+def test_check_names_the_weights_lakered_trains_from(tmp_path):
+    from ovcamo.engine.loop_check import check_generator
+
+    assert check_generator(_compose("generator=lakered_micro").generator) == []
+    missing = tmp_path / "ldm_init"
+    cfg = _compose("generator=lakered_micro", f"generator.train.init_checkpoint={missing}")
+    (problem,) = check_generator(cfg.generator)
+    assert problem.startswith(f"generator.train.init_checkpoint: {missing} does not exist")
+    missing.mkdir()
+    assert check_generator(cfg.generator) == []
+
+
 def test_check_of_the_default_loop_computes_nothing(tmp_path, capsys):
     cache = tmp_path / "cache"
     cfg = _compose("check=true", f"cache_dir={cache}")

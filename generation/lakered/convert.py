@@ -8,7 +8,10 @@ Official layout (``ldm.models.diffusion.ddpm.LatentDiffusion``):
 ``bg_embed``) and optionally ``model_ema.*``. The first stage goes through diffusers' own LDM VAE
 converter; the UNet and the retrieval modules are mapped here.
 
-Usage: ``python -m generation.lakered.convert lakered.ckpt out_dir [--ema] [--no-retrieval]``
+The EMA weights (``model_ema.*``) replace the trained ones by default, since the official sampler
+runs inside ``ema_scope()``; ``--no-ema`` keeps the raw training weights.
+
+Usage: ``python -m generation.lakered.convert lakered.ckpt out_dir [--no-ema] [--no-retrieval]``
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -71,7 +75,8 @@ def load_official(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _apply_ema(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Replace ``model.*`` weights by their ``model_ema.*`` copies (LitEma drops the dots)."""
+    """Replace ``model.*`` weights by their ``model_ema.*`` copies (LitEma drops the dots; it
+    averages parameters only, so buffers such as the retrieval codebook keep their value)."""
     out = dict(sd)
     for key in sd:
         if key.startswith("model."):
@@ -81,13 +86,38 @@ def _apply_ema(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+#: Notes a converted checkpoint carries into every sample made with it.
+OFFICIAL_LAKERED_NOTES = {
+    "weights": "official LAKE-RED release",
+    "weights_trained_on": "COD10K and CAMO training images",
+    "weights_may_overlap_ovcamo_test": True,
+}
+
+
+def provenance(sd: dict[str, torch.Tensor], use_ema: bool) -> dict[str, object]:
+    """What a converted checkpoint is: LAKE-RED (with ``SBG_module``, the official release and its
+    training data) or LDM inpainting, and whether its EMA weights were used."""
+    notes: dict[str, object] = (
+        dict(OFFICIAL_LAKERED_NOTES)
+        if any(k.startswith("model.SBG_module.") for k in sd)
+        else {"weights": "LDM inpainting release"}
+    )
+    notes["weights_ema"] = use_ema and any(k.startswith("model_ema.") for k in sd)
+    return notes
+
+
+def _copy(src: str, dst: str, sd: dict, out: dict, used: set) -> None:
+    """``src.weight``/``src.bias`` → ``dst.weight``/``dst.bias`` (those present)."""
+    for kind in ("weight", "bias"):
+        k = f"{src}.{kind}"
+        if k in sd:
+            out[f"{dst}.{kind}"] = sd[k]
+            used.add(k)
+
+
 def _resnet(src: str, dst: str, sd: dict, out: dict, used: set) -> None:
     for old, new in _RESNET.items():
-        for kind in ("weight", "bias"):
-            k = f"{src}.{old}.{kind}"
-            if k in sd:
-                out[f"{dst}.{new}.{kind}"] = sd[k]
-                used.add(k)
+        _copy(f"{src}.{old}", f"{dst}.{new}", sd, out, used)
 
 
 def _attention(src: str, dst: str, heads: int, sd: dict, out: dict, used: set) -> None:
@@ -126,9 +156,7 @@ def convert_unet(
         ("out.0", "conv_norm_out"),
         ("out.2", "conv_out"),
     ):
-        for kind in ("weight", "bias"):
-            out[f"{dst}.{kind}"] = u[f"{src}.{kind}"]
-            used.add(f"{src}.{kind}")
+        _copy(src, dst, u, out, used)
     layers = config.unet_layers_per_block
     channels = config.unet_block_out_channels
     n_levels = len(channels)
@@ -152,9 +180,7 @@ def convert_unet(
             if config.resblock_updown:
                 _resnet(f"input_blocks.{k}.0", dst, u, out, used)
             else:
-                for kind in ("weight", "bias"):
-                    out[f"{dst}.conv.{kind}"] = u[f"input_blocks.{k}.0.op.{kind}"]
-                    used.add(f"input_blocks.{k}.0.op.{kind}")
+                _copy(f"input_blocks.{k}.0.op", f"{dst}.conv", u, out, used)
             k += 1
     _resnet("middle_block.0", "mid_block.resnets.0", u, out, used)
     _attention("middle_block.1", "mid_block.attentions.0", heads_of(channels[-1]), u, out, used)
@@ -180,9 +206,7 @@ def convert_unet(
                 if config.resblock_updown:
                     _resnet(f"output_blocks.{k}.{idx}", dst, u, out, used)
                 else:
-                    for kind in ("weight", "bias"):
-                        out[f"{dst}.conv.{kind}"] = u[f"output_blocks.{k}.{idx}.conv.{kind}"]
-                        used.add(f"output_blocks.{k}.{idx}.conv.{kind}")
+                    _copy(f"output_blocks.{k}.{idx}.conv", f"{dst}.conv", u, out, used)
             k += 1
     return {f"unet.{k}": v for k, v in out.items()}, {prefix + k for k in used}
 
@@ -226,11 +250,7 @@ def convert_retrieval(
     }
     out, used = {}, set()
     for old, new in names.items():
-        for kind in ("weight", "bias"):
-            k = f"{prefix}{old}.{kind}"
-            if k in sd:
-                out[f"{new}.{kind}"] = sd[k]
-                used.add(k)
+        _copy(f"{prefix}{old}", new, sd, out, used)
     if f"{prefix}bg_embed" in sd:
         out["bkrm.knowledge"] = sd[f"{prefix}bg_embed"].t().contiguous()
         used.add(f"{prefix}bg_embed")
@@ -241,14 +261,16 @@ def convert(
     sd: dict[str, torch.Tensor],
     config: LakeRedConfig,
     *,
-    use_ema: bool = False,
+    use_ema: bool = True,
     require_retrieval: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Map an official state dict onto :class:`~generation.lakered.model.LakeRed`'s keys.
 
     Every key the official model uses must be consumed and every key of ours filled; a plain LDM
     inpainting checkpoint (no ``SBG_module``) converts only with ``require_retrieval=False``, its
-    retrieval modules then keep their initialisation and retrieve from the VQ codebook.
+    retrieval modules then keep their initialisation and retrieve from a copy of the VQ codebook
+    (the official ``combine.py`` step). ``use_ema`` takes the ``model_ema.*`` weights where the
+    checkpoint has them.
     """
     from generation.lakered.model import LakeRed
 
@@ -289,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
-    parser.add_argument("--ema", action="store_true", help="use the EMA weights (as LDM samples)")
+    parser.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="keep the raw training weights instead of the EMA ones the official sampler uses",
+    )
     parser.add_argument(
         "--no-retrieval", action="store_true", help="accept a plain LDM inpainting checkpoint"
     )
@@ -301,22 +327,27 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg_path = args.config or str(CONF_DIR / "generator" / "lakered.yaml")
     config = LakeRedConfig.from_cfg(OmegaConf.load(cfg_path).model)
-    weights = convert(
-        load_official(args.checkpoint),
-        config,
-        use_ema=args.ema,
-        require_retrieval=not args.no_retrieval,
-    )
+    try:
+        sd = load_official(args.checkpoint)
+        weights = convert(
+            sd, config, use_ema=not args.no_ema, require_retrieval=not args.no_retrieval
+        )
+    except (ConversionError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    notes = provenance(sd, use_ema=not args.no_ema)
+    if not args.no_ema and not notes["weights_ema"]:
+        print(f"note: {args.checkpoint} has no EMA weights (model_ema.*); converted the raw ones")
     save_checkpoint(
         args.out_dir,
         weights,
         {
             "source": str(args.checkpoint),
-            "ema": bool(args.ema),
             "config": json.dumps(config.to_json()),
+            "notes": json.dumps(notes),
         },
     )
-    print(f"wrote {len(weights)} tensors to {args.out_dir}")
+    print(f"wrote {len(weights)} tensors to {args.out_dir} ({notes['weights']})")
 
 
 if __name__ == "__main__":

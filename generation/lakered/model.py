@@ -1,5 +1,5 @@
-"""LAKE-RED (Zhao et al., CVPR 2024; DESIGN §7): latent background-knowledge retrieval for
-camouflaged image generation, built from stock ``diffusers`` parts.
+"""LAKE-RED (Zhao et al., CVPR 2024): latent background-knowledge retrieval for camouflaged
+image generation, built from stock ``diffusers`` parts.
 
 The first stage is a ``VQModel`` whose codebook is the global background knowledge; the denoiser
 is a ``UNet2DModel`` over ``[z_t, condition, mask]`` (7 channels for a 3-channel latent), laid out
@@ -9,8 +9,11 @@ foreground latent over SLIC superpixels, BKRM retrieves background knowledge fro
 with the pooled vectors as queries, and RCEM lays the retrieved vectors over the latent grid,
 fuses them with the masked latent and fills the background part of the condition.
 
-Mask convention, as in the official code: ``bg_mask`` is 1 (white) where the background is to be
-generated and 0 on the object.
+Input conventions, as in the official code (one path for every model size, see
+:func:`prepare_inputs`): the image, the mask and the masked image are all mapped ``x·2 − 1``, so
+the mask is ``+1`` where the background is to be generated and ``−1`` on the object, and the
+masked image is ``−1`` (black) on the background. The condition blend and the reconstruction loss
+follow from those values (:class:`RCEM`, :func:`background_reconstruction_loss`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DModel, VQModel
 from diffusers.models.attention_processor import Attention
+from PIL import Image
 from skimage.segmentation import slic
 from torch import nn
 
@@ -84,9 +89,10 @@ class LMP(nn.Module):
     """Localized Masked Pooling (LAKE-RED §3.2): SLIC superpixels (``s`` segments) of the
     foreground latent, each mean-pooled into one foreground vector.
 
-    The superpixel assignment is computed without gradients (SLIC is not differentiable); the
-    pooling is differentiable. Segments SLIC does not produce give zero vectors, as in the
-    official code, so the output always has ``s`` rows.
+    As in the official code, SLIC runs on the float32 latent restricted to the object, and only
+    segment labels ``1…s`` are pooled: a segment SLIC does not produce, or one numbered beyond
+    ``s``, gives no vector (a zero row), so the output always has ``s`` rows. The assignment is
+    computed without gradients (SLIC is not differentiable); the pooling is differentiable.
     """
 
     def __init__(self, superpixels: int = 16, sigma: float = 5.0):
@@ -95,7 +101,7 @@ class LMP(nn.Module):
         self.sigma = sigma
 
     def assign(self, z: np.ndarray, fg: np.ndarray) -> np.ndarray:
-        """Superpixel labels ``h×w`` (0 outside ``fg``, 1…s inside) of one latent ``h×w×D``."""
+        """Superpixel labels ``h×w`` (0 outside ``fg``, 1… inside) of one latent ``h×w×D``."""
         n_fg = int(fg.sum())
         if n_fg == 0:
             return np.zeros(fg.shape, np.int64)
@@ -104,18 +110,19 @@ class LMP(nn.Module):
             labels[fg] = np.arange(1, n_fg + 1)
             return labels
         return np.asarray(
-            slic(z.astype(np.float64), n_segments=self.superpixels, sigma=self.sigma, mask=fg),
+            slic(z.astype(np.float32), n_segments=self.superpixels, sigma=self.sigma, mask=fg),
             np.int64,
         )
 
     def forward(self, z: torch.Tensor, fg_mask: torch.Tensor) -> torch.Tensor:
-        """``z`` ``B×D×h×w``, ``fg_mask`` ``B×1×h×w`` (1 on the object) → vectors ``B×s×D``."""
+        """``z`` ``B×D×h×w``, ``fg_mask`` ``B×1×h×w`` (true on the object) → vectors ``B×s×D``."""
         b, d = z.shape[:2]
         s = self.superpixels
         fg = (fg_mask[:, 0] > 0.5).cpu().numpy()
         z_np = z.detach().permute(0, 2, 3, 1).float().cpu().numpy()
         labels = torch.from_numpy(np.stack([self.assign(z_np[i], fg[i]) for i in range(b)]))
-        labels = labels.to(z.device).clamp(max=s).view(b, -1)
+        labels = labels.to(z.device).view(b, -1)
+        labels = torch.where(labels > s, 0, labels)
         onehot = F.one_hot(labels, s + 1)[..., 1:].to(z.dtype)  # B×hw×s
         sums = torch.einsum("bns,bdn->bsd", onehot, z.reshape(b, d, -1))
         return sums / onehot.sum(1).clamp(min=1)[..., None]
@@ -178,9 +185,10 @@ class BKRM(nn.Module):
 class RCEM(nn.Module):
     """Reasoning-driven Condition Enhancement Module (LAKE-RED §3.3).
 
-    The retrieved vectors are laid out over the latent grid, fused with the masked latent by a
-    1×1 convolution into the background latent ``z_rec``, which fills the background part of
-    the condition. Trained with the background reconstruction loss ``‖z_rec·m − z₀·m‖²``.
+    The retrieved vectors are laid out over the latent grid and fused with the masked latent by a
+    1×1 convolution into the background latent ``z_rec``, which the official blend
+    ``z_masked·(1 − m) + z_rec·m`` with the ±1 mask ``m`` puts into the condition: ``z_rec`` on
+    the background (``m = +1``) and ``2·z_masked − z_rec`` on the object (``m = −1``).
     """
 
     def __init__(self, latent_dim: int):
@@ -188,26 +196,58 @@ class RCEM(nn.Module):
         self.fuse = nn.Conv2d(2 * latent_dim, latent_dim, kernel_size=1)
 
     def forward(
-        self, z_masked: torch.Tensor, bg_mask: torch.Tensor, knowledge: torch.Tensor
+        self, z_masked: torch.Tensor, mask: torch.Tensor, knowledge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``z_masked`` ``B×D×h×w`` (latent of the image with its background removed), ``bg_mask``
-        ``B×1×h×w``, ``knowledge`` ``B×s×D``.
-
-        Returns ``(z_rec, condition)``, both ``B×D×h×w``; ``condition`` equals ``z_masked`` on the
-        object and ``z_rec`` on the background.
-        """
+        """``z_masked`` ``B×D×h×w`` (latent of the masked image), ``mask`` ``B×1×h×w`` in
+        {−1, +1}, ``knowledge`` ``B×s×D``. Returns ``(z_rec, condition)``, both ``B×D×h×w``."""
         s = knowledge.shape[1]
         grid = knowledge.transpose(1, 2)[..., None].expand(-1, -1, -1, s)
         grid = F.interpolate(grid, size=z_masked.shape[-2:], mode="nearest")
         z_rec = self.fuse(torch.cat([grid, z_masked], 1))
-        return z_rec, z_masked * (1 - bg_mask) + z_rec * bg_mask
+        return z_rec, z_masked * (1 - mask) + z_rec * mask
 
 
 def background_reconstruction_loss(
-    z_rec: torch.Tensor, z0: torch.Tensor, bg_mask: torch.Tensor
+    condition: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """``‖z_rec·m − z₀·m‖²``, averaged over latent elements (LAKE-RED Eq. 7, official ``l2``)."""
-    return F.mse_loss(z_rec * bg_mask, z0 * bg_mask)
+    """``‖c·m − z₀·m‖²`` averaged over latent elements, with ``c`` the blended condition and ``m``
+    the ±1 mask (the official ``l2`` background reconstruction loss).
+
+    With ``m² = 1`` this is the squared error of the whole condition against ``z₀``: the
+    background part trains ``z_rec`` to be the background latent, the object part trains
+    ``2·z_masked − z_rec`` to stay the object latent.
+    """
+    return F.mse_loss(condition * mask, z0 * mask)
+
+
+def prepare_inputs(
+    image: np.ndarray, object_mask: np.ndarray, resolution: int, dilation: int = 0
+) -> dict[str, torch.Tensor]:
+    """The official model inputs from a uint8 ``H×W×3`` image and its bool ``H×W`` object mask.
+
+    The image goes to ``resolution`` (bicubic); the background mask too (bicubic, then ≥ 0.1 is
+    background, as the official loaders threshold it); the masked image is the image with its
+    background set to 0; then all three are mapped ``x·2 − 1``. ``dilation > 0`` (inference) takes
+    the denoiser's mask from the background mask dilated at the source size with a
+    ``dilation×dilation`` kernel, as the official test script does; the model resizes it to the
+    latent grid. Returns ``image`` and ``masked_image`` ``3×R×R`` in [−1, 1] and ``mask``
+    ``1×R×R`` (``1×H×W`` with dilation) in {−1, +1}.
+    """
+    size = (resolution, resolution)
+    x = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC), np.float32) / 255.0
+    background = (~object_mask.astype(bool)).astype(np.uint8) * 255
+    bg = np.asarray(Image.fromarray(background).resize(size, Image.BICUBIC), np.float32)
+    bg = (bg / 255.0 >= 0.1).astype(np.float32)[..., None]
+    if dilation > 0:
+        kernel = np.ones((dilation, dilation), np.uint8)
+        mask = (cv2.dilate(background, kernel, iterations=1) / 255.0 >= 0.1).astype(np.float32)
+    else:
+        mask = bg[..., 0]
+    return {
+        "image": torch.from_numpy(x).permute(2, 0, 1) * 2 - 1,
+        "masked_image": torch.from_numpy((1 - bg) * x).permute(2, 0, 1) * 2 - 1,
+        "mask": torch.from_numpy(mask)[None] * 2 - 1,
+    }
 
 
 #: Plain diffusers blocks resample with convolutions; with ``resblock_updown`` (LDM) they resample
@@ -296,21 +336,33 @@ class LakeRed(nn.Module):
         return self.vqvae.decode(z).sample
 
     def condition(
-        self, image: torch.Tensor, bg_mask: torch.Tensor
+        self, masked_image: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Build the denoiser's condition from an image and its background mask.
+        """The denoiser's condition, as the official model builds it.
 
-        ``image`` ``B×3×H×W`` in [−1, 1], ``bg_mask`` ``B×1×H×W`` (1 = background to generate).
-        Returns ``(condition B×D×h×w, latent mask B×1×h×w, z_rec B×D×h×w)``.
+        ``masked_image`` ``B×3×H×W`` in [−1, 1] (−1 on the background), ``mask`` ``B×1×H'×W'`` in
+        {−1, +1} (+1 = background to generate; any size, nearest-resized to the latent grid).
+        Returns ``(condition B×D×h×w, latent mask B×1×h×w in {−1, +1}, z_rec B×D×h×w)``. In eval
+        mode a sample whose object vanishes on the latent grid keeps the plain masked latent as
+        its condition (no retrieval), as the official sampler does.
         """
-        z_masked = self.encode(image * (1 - bg_mask))
-        m = F.interpolate(bg_mask, size=z_masked.shape[-2:], mode="nearest")
-        knowledge = self.bkrm(self.lmp(z_masked, 1 - m))
+        z_masked = self.encode(masked_image)
+        m = F.interpolate(mask, size=z_masked.shape[-2:], mode="nearest")
+        fg = m < 0
+        knowledge = self.bkrm(self.lmp(z_masked, fg))
         z_rec, cond = self.rcem(z_masked, m, knowledge)
+        if not self.training:
+            has_object = fg.flatten(1).any(1)[:, None, None, None]
+            cond = torch.where(has_object, cond, z_masked)
         return cond, m, z_rec
 
     def denoise(
         self, z_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, m: torch.Tensor
     ) -> torch.Tensor:
-        """Noise prediction ``B×D×h×w`` from ``[z_t, condition, mask]``."""
-        return self.unet(torch.cat([z_t, cond, m], 1), t).sample
+        """Noise prediction ``B×D×h×w`` from ``[z_t, condition, mask]`` (the UNet's 7 channels)."""
+        return self.unet(self.unet_input(z_t, cond, m), t).sample
+
+    @staticmethod
+    def unet_input(z_t: torch.Tensor, cond: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """``[z_t, condition, mask]`` concatenated on channels: ``B×(2D+1)×h×w``."""
+        return torch.cat([z_t, cond, m], 1)

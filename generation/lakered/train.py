@@ -2,8 +2,9 @@
 atomic checkpoints and exact resume (weights, optimiser, RNG, step; the batch of step ``i`` is
 drawn from a generator seeded with ``i``, so the data position resumes too).
 
-Two stages: the VQ first stage (reconstruction + commitment; the official model starts from the
-pretrained LDM VQ-f4 and skips it) and the LAKE-RED stage (first stage frozen).
+Two stages: the VQ first stage (reconstruction + commitment) and the LAKE-RED stage (first stage
+frozen). The official recipe starts from LDM's inpainting weights (``init_checkpoint``) and skips
+the first stage; the micro-world model trains both from scratch.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler
-from PIL import Image
+from diffusers import DDIMScheduler, DDPMScheduler
 
-from generation.lakered.model import LakeRed, LakeRedConfig, background_reconstruction_loss
-from ovcamo.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from generation.lakered.model import (
+    LakeRed,
+    LakeRedConfig,
+    background_reconstruction_loss,
+    prepare_inputs,
+)
+from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_checkpoint, load_state, save_checkpoint
 from ovcamo.data import DataPaths, holdout_split, load_sample, resolve_records
 
 log = logging.getLogger(__name__)
@@ -48,67 +52,71 @@ class TrainConfig:
     beta_end: float = 0.0205
     checkpoint_every: int = 200
     seed: int = 0
+    ema_decay: float = 0.9999
     holdout_fraction: float = 0.0
     holdout_seed: int = 0
     max_images: int | None = None
+    init_checkpoint: str | None = None
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> TrainConfig:
         return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
 
 
+def _schedule(train: TrainConfig) -> dict[str, Any]:
+    """LDM's noise schedule (``scaled_linear`` 0.0015 → 0.0205 over 1000 steps), as scheduler
+    arguments."""
+    return {
+        "num_train_timesteps": train.num_train_timesteps,
+        "beta_schedule": train.beta_schedule,
+        "beta_start": train.beta_start,
+        "beta_end": train.beta_end,
+        "clip_sample": False,
+    }
+
+
 def noise_scheduler(train: TrainConfig) -> DDPMScheduler:
-    """LDM's training noise schedule (``scaled_linear`` 0.0015 → 0.0205 over 1000 steps)."""
-    return DDPMScheduler(
-        num_train_timesteps=train.num_train_timesteps,
-        beta_schedule=train.beta_schedule,
-        beta_start=train.beta_start,
-        beta_end=train.beta_end,
-        clip_sample=False,
-    )
+    """The training noise schedule."""
+    return DDPMScheduler(**_schedule(train))
+
+
+def ddim_scheduler(train: TrainConfig) -> DDIMScheduler:
+    """DDIM over the training noise schedule, with the official sampler's timesteps
+    (``1, 1 + T/S, …``) and final ``ᾱ`` (that of step 0)."""
+    return DDIMScheduler(**_schedule(train), set_alpha_to_one=False, steps_offset=1)
 
 
 def load_training_images(
     paths: DataPaths, resolution: int, train: TrainConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train split's training part (held-out part removed) as tensors.
+) -> dict[str, torch.Tensor]:
+    """The train split's training part (its held-out base-validation part removed) in the
+    official input conventions (:func:`~generation.lakered.model.prepare_inputs`, no dilation).
 
-    Returns images ``N×3×R×R`` in [−1, 1] and object masks ``N×1×R×R`` in {0, 1}; samples with
-    empty masks are left out (there is no object to keep).
+    Returns ``image`` and ``masked_image`` ``N×3×R×R`` in [−1, 1] and ``mask`` ``N×1×R×R`` in
+    {−1, +1}; samples with empty masks are left out (there is no object to keep).
     """
     records, _ = resolve_records(paths, "train", check_files="none")
-    if train.holdout_fraction > 0:
-        records, _ = holdout_split(records, train.holdout_fraction, train.holdout_seed)
+    records, _ = holdout_split(records, train.holdout_fraction, train.holdout_seed)
     records = records[: train.max_images] if train.max_images else records
-    images, masks = [], []
+    batches = []
     for r in records:
         s = load_sample(r)
-        if not s["mask"].any():
-            continue
-        img = Image.fromarray(s["image"]).resize((resolution, resolution), Image.BICUBIC)
-        msk = Image.fromarray(s["mask"].astype(np.uint8) * 255).resize(
-            (resolution, resolution), Image.NEAREST
-        )
-        images.append(np.asarray(img))
-        masks.append(np.asarray(msk) > 0)
-    if not images:
+        if s["mask"].any():
+            batches.append(prepare_inputs(s["image"], s["mask"], resolution))
+    if not batches:
         raise ValueError(f"no training images with objects found in {paths.sample_info}")
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    m = torch.from_numpy(np.stack(masks))[:, None].float()
-    return x, m
+    return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def batch_at(
-    step: int, images: torch.Tensor, masks: torch.Tensor, batch_size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    step: int, data: Mapping[str, torch.Tensor], batch_size: int, seed: int
+) -> dict[str, torch.Tensor]:
     """The batch of ``step``: a seeded draw with horizontal flips, the same on every resume."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    idx = torch.randint(0, images.shape[0], (batch_size,), generator=g)
-    flip = torch.rand(batch_size, generator=g) < 0.5
-    x, m = images[idx], masks[idx]
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    m = torch.where(flip[:, None, None, None], m.flip(-1), m)
-    return x, m
+    n = next(iter(data.values())).shape[0]
+    idx = torch.randint(0, n, (batch_size,), generator=g)
+    flip = (torch.rand(batch_size, generator=g) < 0.5)[:, None, None, None]
+    return {k: torch.where(flip, v[idx].flip(-1), v[idx]) for k, v in data.items()}
 
 
 def first_stage_step(model: LakeRed, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -122,27 +130,25 @@ def first_stage_step(model: LakeRed, x: torch.Tensor) -> dict[str, torch.Tensor]
 def training_step(
     model: LakeRed,
     scheduler: DDPMScheduler,
-    x: torch.Tensor,
-    object_mask: torch.Tensor,
+    batch: Mapping[str, torch.Tensor],
     rec_weight: float = 1.0,
     generator: torch.Generator | None = None,
     loss_type: str = "l1",
 ) -> dict[str, torch.Tensor]:
-    """One LAKE-RED step: ``x`` ``B×3×H×W`` in [−1, 1], ``object_mask`` ``B×1×H×W`` (1 = object).
+    """One LAKE-RED step on a batch of :func:`load_training_images` tensors.
 
-    ``loss = |ε − ε_θ(z_t, t, c)| + rec_weight · ‖z_rec·m − z₀·m‖²`` with ``m`` the latent
-    background mask (LAKE-RED Eq. 8; ``loss_type`` picks L1, the official choice, or L2 for the
-    diffusion term).
+    ``loss = |ε − ε_θ(z_t, t, c)| + rec_weight · ‖c·m − z₀·m‖²`` with ``c`` the blended condition
+    and ``m`` the ±1 latent mask (:func:`~generation.lakered.model.background_reconstruction_loss`;
+    ``loss_type`` picks L1, the official choice, or L2 for the diffusion term).
     """
-    bg = 1.0 - object_mask
     with torch.no_grad():
-        z0 = model.encode(x)
-    cond, m, z_rec = model.condition(x, bg)
+        z0 = model.encode(batch["image"])
+    cond, m, _ = model.condition(batch["masked_image"], batch["mask"])
     noise = torch.randn(z0.shape, generator=generator, device=z0.device)
     t = torch.randint(
         0,
         scheduler.config.num_train_timesteps,
-        (x.shape[0],),
+        (z0.shape[0],),
         generator=generator,
         device=z0.device,
     )
@@ -154,18 +160,63 @@ def training_step(
         diffusion = F.mse_loss(pred, noise)
     else:
         raise ValueError(f"generator.train.loss_type must be 'l1' or 'l2', got {loss_type!r}")
-    rec = background_reconstruction_loss(z_rec, z0, m)
+    rec = background_reconstruction_loss(cond, z0, m)
     return {"loss": diffusion + rec_weight * rec, "diffusion": diffusion, "reconstruction": rec}
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_hash(model_cfg: LakeRedConfig, train: TrainConfig, paths: DataPaths) -> str:
+    """Hash of what decides a training run: sizes, recipe, the data files and the initial
+    weights' content."""
     payload = {
         "model": model_cfg.to_json(),
         "train": train.__dict__,
-        "sample_info": hashlib.sha256(Path(paths.sample_info).read_bytes()).hexdigest(),
-        "class_info": hashlib.sha256(Path(paths.class_info).read_bytes()).hexdigest(),
+        "sample_info": _file_digest(Path(paths.sample_info)),
+        "class_info": _file_digest(Path(paths.class_info)),
     }
+    if train.init_checkpoint:
+        payload["init"] = _file_digest(
+            Path(os.path.expanduser(train.init_checkpoint)) / WEIGHTS_FILE
+        )
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def init_checkpoint_message(path: Path) -> str:
+    """What ``train.init_checkpoint`` must hold and how to make it."""
+    return (
+        f"LAKE-RED initial checkpoint not found: {path} (needs {WEIGHTS_FILE} and {STATE_FILE}). "
+        "The official recipe starts LAKE-RED from LDM's inpainting model plus a copy of its VQ "
+        "codebook: fetch LDM's inpainting_big last.ckpt on a connected machine, convert it with "
+        "`python -m generation.lakered.convert last.ckpt <dir> --no-retrieval` (which makes the "
+        "codebook copy) and set generator.train.init_checkpoint=<dir>."
+    )
+
+
+def load_initial(model: LakeRed, directory: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load converted weights (``train.init_checkpoint``) into ``model``; returns their notes."""
+    path = Path(os.path.expanduser(str(directory)))
+    if not (path / WEIGHTS_FILE).is_file() or not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(init_checkpoint_message(path))
+    weights, state = load_checkpoint(path, device)
+    _load_exact(model, weights, path)
+    return json.loads(state.get("notes") or "{}")
+
+
+def _load_exact(model: LakeRed, weights: dict[str, torch.Tensor], path: Path) -> None:
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise KeyError(
+            f"{path / WEIGHTS_FILE} does not match the configured LAKE-RED size: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}); check generator.model against the checkpoint"
+        )
 
 
 def train(
@@ -177,7 +228,14 @@ def train(
     progress: bool = True,
 ) -> LakeRed:
     """Train (or resume) into ``out_dir``: ``last/`` every ``checkpoint_every`` steps, ``final/``
-    at the end. Returns the trained model. A finished ``final/`` is loaded, not retrained."""
+    at the end. Returns the trained model. A finished ``final/`` is loaded, not retrained.
+
+    The model starts from ``train.init_checkpoint`` when set (converted weights, see
+    :func:`init_checkpoint_message`), else from scratch. The LAKE-RED stage keeps an exponential
+    moving average of its weights (``ema_decay``, LDM's warm-up ``(1 + n)/(10 + n)``); ``final/``
+    holds the averaged weights, which the sampler uses, as the official sampler does.
+    """
+    from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -185,7 +243,10 @@ def train(
         return load_trained(out_dir / "final", model_cfg, device)
     torch.manual_seed(train_cfg.seed)
     model = LakeRed(model_cfg).to(device)
-    images, masks = load_training_images(paths, model_cfg.resolution, train_cfg)
+    notes = (
+        load_initial(model, train_cfg.init_checkpoint, device) if train_cfg.init_checkpoint else {}
+    )
+    data = load_training_images(paths, model_cfg.resolution, train_cfg)
     scheduler = noise_scheduler(train_cfg)
     stages = [
         ("first_stage", train_cfg.first_stage_steps, train_cfg.first_stage_lr),
@@ -199,12 +260,13 @@ def train(
         step = int(resume["step"])
         torch.set_rng_state(resume["rng"])
         log.info("resuming LAKE-RED training at %s step %d", resume["stage"], step)
+    ema = None
     for i in range(stage_i, len(stages)):
         name, n_steps, lr = stages[i]
         if n_steps <= 0:
             continue
         params = (
-            model.vqvae.parameters()
+            list(model.vqvae.parameters())
             if name == "first_stage"
             else [p for n, p in model.named_parameters() if not n.startswith("vqvae.")]
         )
@@ -215,9 +277,13 @@ def train(
         )
         if name == "lakered" and (resume is None or resume["stage"] != name or step == 0):
             model.load_knowledge_from_codebook()
+        if name == "lakered" and train_cfg.ema_decay > 0:
+            ema = EMAModel(params, decay=train_cfg.ema_decay)
         if resume is not None and resume["stage"] == name and resume["optimizer"] is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["lr_scheduler"])
+            if ema is not None:
+                ema.load_state_dict(resume["ema"])
         else:
             step = 0
         model.train()
@@ -229,42 +295,52 @@ def train(
             total=n_steps,
         )
         for step in bar:
-            x, m = batch_at(step, images, masks, train_cfg.batch_size, train_cfg.seed + i)
-            x, m = x.to(device), m.to(device)
+            batch = {
+                k: v.to(device)
+                for k, v in batch_at(step, data, train_cfg.batch_size, train_cfg.seed + i).items()
+            }
             if name == "first_stage":
-                losses = first_stage_step(model, x)
+                losses = first_stage_step(model, batch["image"])
             else:
                 g = torch.Generator(device=device).manual_seed(train_cfg.seed * 7919 + step)
                 losses = training_step(
-                    model, scheduler, x, m, train_cfg.rec_weight, g, train_cfg.loss_type
+                    model, scheduler, batch, train_cfg.rec_weight, g, train_cfg.loss_type
                 )
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.step(params)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
             done = step + 1
             if done % train_cfg.checkpoint_every == 0 or done == n_steps:
+                next_stage = done == n_steps and i + 1 < len(stages)
                 save_checkpoint(
                     out_dir / "last",
                     model.state_dict(),
                     {
-                        "stage": stages[i + 1][0]
-                        if done == n_steps and i + 1 < len(stages)
-                        else name,
-                        "step": 0 if done == n_steps and i + 1 < len(stages) else done,
+                        "stage": stages[i + 1][0] if next_stage else name,
+                        "step": 0 if next_stage else done,
                         "optimizer": opt.state_dict(),
                         "lr_scheduler": sched.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None,
                         "rng": torch.get_rng_state(),
                         "losses": {k: float(v.detach()) for k, v in losses.items()},
                     },
                 )
+        if ema is not None:
+            ema.copy_to(params)
         resume = None
     save_checkpoint(
         out_dir / "final",
         model.state_dict(),
-        {"config": json.dumps(model_cfg.to_json()), "train": json.dumps(train_cfg.__dict__)},
+        {
+            "config": json.dumps(model_cfg.to_json()),
+            "train": json.dumps(train_cfg.__dict__),
+            "notes": json.dumps(notes),
+        },
     )
     return model.eval()
 
@@ -276,11 +352,10 @@ def load_trained(
     directory = Path(directory)
     model = LakeRed(model_cfg).to(device)
     weights, _ = load_checkpoint(directory, device)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise KeyError(
-            f"{directory / 'model.safetensors'} does not match the configured LAKE-RED size: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]}); check generator.model against the checkpoint"
-        )
+    _load_exact(model, weights, directory)
     return model.eval()
+
+
+def checkpoint_notes(directory: str | os.PathLike) -> dict[str, Any]:
+    """The provenance notes a converted or trained checkpoint carries (``{}`` when none)."""
+    return json.loads(load_state(Path(directory) / STATE_FILE).get("notes") or "{}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -67,14 +68,13 @@ def check_open_clip_tag(name: str, tag: str) -> list[str]:
 
 
 def check_generator(generator: DictConfig) -> list[str]:
-    """Weights the generator reads from disk; none for one that trains them when missing."""
-    if generator.get("train_if_missing", False):
-        return []
+    """Weights the generator reads from disk, at any depth of its node (e.g. LAKE-RED's
+    ``train.init_checkpoint``, which it trains from); unset ones (null) are not needed."""
     problems = []
-    for key, value in to_plain(generator).items():
+    for key, value in _leaves(to_plain(generator)):
         if (
             isinstance(value, str)
-            and any(w in key for w in WEIGHT_KEYS)
+            and any(w in key.rsplit(".", 1)[-1] for w in WEIGHT_KEYS)
             and not Path(os.path.expanduser(value)).exists()
         ):
             problems.append(
@@ -82,3 +82,13 @@ def check_generator(generator: DictConfig) -> list[str]:
                 f"{generator.get('name', '<name>')}.yaml for how to obtain it)"
             )
     return problems
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a plain nested dict."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
