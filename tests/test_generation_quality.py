@@ -9,12 +9,15 @@ from scipy import linalg
 from generation.quality import (
     InceptionFeatureExtractor,
     SmallFeatureExtractor,
+    background_texture_descriptor,
+    background_texture_distance,
     build_feature_extractor,
     camouflage_score,
     evaluate_set,
     fid_kid,
     foreground_preservation,
     mask_integrity,
+    seam_halo_score,
 )
 from ovcamo.data import DataPaths
 
@@ -107,6 +110,93 @@ def test_camouflage_score_separates_hidden_and_salient_objects():
     assert np.isnan(camouflage_score(hidden, np.zeros_like(m)))
 
 
+def _scenes(n: int, seed: int, size: int = 64):
+    """Micro-world camouflaged scenes of two classes: the real data the metrics compare with."""
+    from ovcamo.data.world_render import class_style, render_camouflaged
+
+    out = []
+    for i in range(n):
+        style = class_style(("mantis", "owl")[i % 2], i % 2, 0)
+        out.append(
+            (
+                render_camouflaged(style, size, 0.5, np.random.default_rng(seed * 1000 + i)),
+                style.name,
+            )
+        )
+    return out
+
+
+def _with_background(scene, background: np.ndarray):
+    return np.where(scene.mask[..., None], scene.image, background), scene.mask
+
+
+def test_background_texture_distance_sees_flat_blurred_and_foreign_backgrounds():
+    import cv2
+
+    real, test = _scenes(40, 0), _scenes(12, 1)
+    ref = np.array([background_texture_descriptor(sc.image, sc.mask) for sc, _ in real])
+    ref_classes = [c for _, c in real]
+    classes = [c for _, c in test]
+
+    def distance(make) -> float:
+        d = np.array([background_texture_descriptor(*make(sc)) for sc, _ in test])
+        return background_texture_distance(d, ref, classes, ref_classes)
+
+    like_real = distance(lambda sc: (sc.image, sc.mask))
+    blurred = distance(
+        lambda sc: _with_background(sc, cv2.GaussianBlur(sc.background_layer, (0, 0), 2))
+    )
+    flat = distance(
+        lambda sc: _with_background(
+            sc, np.broadcast_to(sc.background_layer.mean((0, 1)).astype(np.uint8), sc.image.shape)
+        )
+    )
+    object_texture = distance(lambda sc: _with_background(sc, sc.object_layer))
+    assert like_real < 1.5
+    for worse in (blurred, flat, object_texture):
+        assert worse > 3 * like_real and worse > 2.5
+    assert flat > blurred  # no texture at all is farther than a softened one
+    # the real classes are weighted to the compared set's mix
+    only_owl = [i for i, c in enumerate(classes) if c == "owl"]
+    d_owl = np.array(
+        [background_texture_descriptor(test[i][0].image, test[i][0].mask) for i in only_owl]
+    )
+    weighted = background_texture_distance(d_owl, ref, ["owl"] * len(only_owl), ref_classes)
+    assert weighted < background_texture_distance(d_owl, ref)
+    assert np.isnan(background_texture_descriptor(test[0][0].image, np.ones((64, 64), bool))).all()
+
+
+def test_seam_halo_score_sees_halos_and_smeared_rings():
+    import cv2
+
+    from generation.quality import _distance_to_object
+
+    test = [sc for sc, _ in _scenes(12, 1)]
+
+    def score(make) -> float:
+        return float(np.nanmean([seam_halo_score(*make(sc)) for sc in test]))
+
+    def halo(sc, amount):
+        ring = (_distance_to_object(sc.mask) >= 1) & (_distance_to_object(sc.mask) <= 3)
+        image = sc.image.astype(np.int32)
+        image[ring] += amount
+        return np.clip(image, 0, 255).astype(np.uint8), sc.mask
+
+    def smeared(sc):
+        d = _distance_to_object(sc.mask)
+        ring = (d >= 1) & (d <= 4)
+        image = sc.image.copy()
+        image[ring] = cv2.GaussianBlur(sc.image, (0, 0), 1.5)[ring]
+        return image, sc.mask
+
+    real = score(lambda sc: (sc.image, sc.mask))
+    assert real < 0.3
+    assert score(lambda sc: halo(sc, 15)) > 3 * real
+    assert score(lambda sc: halo(sc, 40)) > score(lambda sc: halo(sc, 15))
+    assert score(smeared) > 3 * real
+    assert np.isnan(seam_halo_score(test[0].image, np.ones((64, 64), bool)))
+
+
 def test_evaluate_set_on_a_classic_set(tmp_path):
     from test_generation_writer import cfg_for
 
@@ -129,3 +219,5 @@ def test_evaluate_set_on_a_classic_set(tmp_path):
     assert q["mask_iou"] == 1.0 and q["mask_binary"] == 1.0
     assert 0 < q["camouflage"] <= 1 and 0 < q["camouflage_source"] <= 1
     assert np.isfinite(q["fid"]) and q["n_real"] == 13
+    for key in ("background_texture", "seam_halo", "fid"):
+        assert np.isfinite(q[key]) and np.isfinite(q[f"{key}_source"]), key
