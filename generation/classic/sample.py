@@ -1,11 +1,13 @@
-"""The classic background-matching generator: quilted background from the object's own texture,
-the object pasted at a new position and scale with its pixels and mask exact (DESIGN §7)."""
+"""The classic background-matching generator: a background quilted from real backgrounds of the
+object's class (or from the object's own texture), the object pasted at a new position and scale
+with its pixels and mask exact (docs/generation.md)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from generation.base import (
@@ -18,18 +20,34 @@ from generation.base import (
     place_object,
 )
 from generation.classic.quilting import match_colour_statistics, quilt_texture
+from ovcamo.data import DataPaths, Record, holdout_split, load_sample, resolve_records
+
+#: Where the background texture comes from.
+EXEMPLARS = ("class", "source", "object")
 
 
 @dataclass
 class ClassicGenerator:
     """Background matching without weights.
 
-    ``scale_range`` bounds the object's new scale; ``max_fill`` the share of each canvas side the
-    scaled object may take. An object touching a border keeps touching it (its cut edge stays at
-    the frame), and one touching two opposite borders keeps its scale and offset on that axis.
+    ``exemplar`` picks the texture the background is quilted from:
+
+    - ``class``: the background of a training image of the same class, drawn per seed from
+      ``pool`` (the training part of the data, never its held-out part); the source's own
+      background when the class has no image in the pool;
+    - ``source``: the source image's own background;
+    - ``object``: the object's own pixels (the background then wears the object's texture).
+
+    Exemplar backgrounds are taken more than ``exemplar_margin`` px from their object and
+    rescaled to the source's size, so their texture keeps its scale. ``scale_range`` bounds the
+    object's new scale; ``max_fill`` the share of each canvas side the scaled object may take. An
+    object touching a border keeps touching it (its cut edge stays at the frame), and one
+    touching two opposite borders keeps its scale and offset on that axis.
     """
 
     name: str = "classic"
+    exemplar: str = "class"
+    exemplar_margin: int = 2
     patch: int = 32
     candidates: int = 16
     tolerance: float = 0.1
@@ -38,6 +56,13 @@ class ClassicGenerator:
     min_object_pixels: int = 64
     max_object_fraction: float = 0.85
     colour_match: bool = True
+    pool: dict[str, list[Record]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.exemplar not in EXEMPLARS:
+            raise ValueError(
+                f"generator.exemplar must be one of {EXEMPLARS}, got {self.exemplar!r}"
+            )
 
     def placement(self, mask: np.ndarray, rng: np.random.Generator) -> Placement:
         """Draw a new scale and position for the object in ``mask`` (same canvas size)."""
@@ -67,22 +92,43 @@ class ClassicGenerator:
         new_left = offset(sw, w, touch_left, touch_right, left)
         return Placement(box, scale, top, new_left, h, w)
 
+    def texture_exemplar(
+        self, source: SourceObject, class_name: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(image, mask of usable pixels, where from)`` for the background texture."""
+        if self.exemplar == "object":
+            t, left, b, r = mask_box(source.mask)
+            return source.image[t:b, left:r], source.mask[t:b, left:r], source.unique_id
+        image, mask, uid = source.image, source.mask, source.unique_id
+        pool = self.pool.get(class_name) if self.exemplar == "class" else None
+        if pool:
+            record = pool[int(rng.integers(len(pool)))]
+            loaded = load_sample(record)
+            image, mask, uid = loaded["image"], loaded["mask"], record.unique_id
+            scale = min(source.mask.shape) / min(mask.shape)
+            if scale != 1.0:
+                size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+                mask = mask.astype(bool)
+        kernel = np.ones((2 * self.exemplar_margin + 1,) * 2, np.uint8)
+        near_object = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+        return image, ~near_object, uid
+
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """A new sample from ``source``: uint8 ``H×W×3`` image, bool ``H×W`` mask of the same size."""
-        image, mask = source.image, source.mask
         check_source(
             source,
             min_object_pixels=self.min_object_pixels,
             max_object_fraction=self.max_object_fraction,
         )
         rng = np.random.default_rng(seed)
-        t, left, b, r = mask_box(mask)
-        crop, crop_mask = image[t:b, left:r], mask[t:b, left:r]
-        h, w = mask.shape
+        exemplar, usable, exemplar_id = self.texture_exemplar(source, class_name, rng)
+        h, w = source.mask.shape
         try:
             background, patch = quilt_texture(
-                crop,
-                crop_mask,
+                exemplar,
+                usable,
                 h,
                 w,
                 rng,
@@ -91,22 +137,34 @@ class ClassicGenerator:
                 tolerance=self.tolerance,
             )
         except ValueError as e:
-            raise SkipSample(f"tiny_object: {e}") from e
+            raise SkipSample(f"tiny_exemplar: {e}") from e
         if self.colour_match:
-            background = match_colour_statistics(background, crop, crop_mask)
-        placement = self.placement(mask, rng)
-        obj, new_mask = place_object(image, mask, placement)
-        out = np.where(new_mask[..., None], obj, background)
+            background = match_colour_statistics(background, exemplar, usable)
+        placement = self.placement(source.mask, rng)
+        obj, new_mask = place_object(source.image, source.mask, placement)
         return GeneratedSample(
-            image=out,
+            image=np.where(new_mask[..., None], obj, background),
             mask=new_mask,
-            extra={"placement": placement.to_json(), "patch": patch},
+            extra={"placement": placement.to_json(), "patch": patch, "exemplar": exemplar_id},
         )
 
 
-def build_classic(cfg: Any, **context: Any) -> ClassicGenerator:
-    """Builder named by ``ovcamo/conf/generator/classic.yaml``; no weights, so the context is unused."""
-    keys = {k: cfg[k] for k in ClassicGenerator.__dataclass_fields__ if k in cfg}
+def training_pool(data: DataPaths, holdout_fraction: float, holdout_seed: int) -> dict:
+    """Train-split records by class, without the held-out base-validation part."""
+    records, _ = resolve_records(data, "train", check_files="none")
+    kept, _ = holdout_split(records, holdout_fraction, holdout_seed)
+    pool: dict[str, list[Record]] = {}
+    for r in kept:
+        pool.setdefault(r.class_name, []).append(r)
+    return pool
+
+
+def build_classic(cfg: Any, data: DataPaths | None = None, **_: Any) -> ClassicGenerator:
+    """Builder named by ``ovcamo/conf/generator/classic.yaml``. With ``exemplar: class`` the
+    exemplar pool is the training part of ``data`` (``holdout_*`` follow the data config)."""
+    keys = {k: cfg[k] for k in ClassicGenerator.__dataclass_fields__ if k in cfg and k != "pool"}
     if "scale_range" in keys:
         keys["scale_range"] = tuple(float(v) for v in keys["scale_range"])
+    if keys.get("exemplar", "class") == "class" and data is not None:
+        keys["pool"] = training_pool(data, float(cfg.holdout_fraction), int(cfg.holdout_seed))
     return ClassicGenerator(**keys)
