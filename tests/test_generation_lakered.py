@@ -207,7 +207,15 @@ def test_training_leaves_out_the_base_validation_part_of_the_data_config(paths):
 
 def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monkeypatch):
     cfg = tiny()
-    tc = TrainConfig(first_stage_steps=2, steps=4, batch_size=2, checkpoint_every=1, lr=1e-3)
+    tc = TrainConfig(
+        first_stage_steps=3,
+        first_stage_warmup=1,
+        scale_by_std=True,
+        steps=4,
+        batch_size=2,
+        checkpoint_every=1,
+        lr=1e-3,
+    )
     full = train(cfg, tc, paths, tmp_path / "full", progress=False)
 
     import generation.lakered.train as T
@@ -230,7 +238,30 @@ def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monke
     resumed = train(cfg, tc, paths, tmp_path / "cut", progress=False)
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
-    torch.testing.assert_close(resumed.bkrm.knowledge, resumed.codebook)
+    torch.testing.assert_close(resumed.bkrm.knowledge, resumed.codebook * resumed.scale_factor)
+    assert resumed.scale_factor != 1.0
+
+
+def test_scale_by_std_gives_unit_latents_and_leaves_decoding_alone():
+    model = LakeRed(tiny()).eval()
+    x = _batch(4)["image"]
+    before = model.decode(model.encode(x))
+    factor = model.scale_latents_by_std(x)
+    assert factor != 1.0
+    torch.testing.assert_close(model.encode(x).std(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.decode(model.encode(x)), before, rtol=1e-4, atol=1e-4)
+
+
+def test_codebook_starts_on_encoder_outputs():
+    from generation.lakered.train import init_codebook
+
+    model = LakeRed(tiny()).eval()
+    x = _batch(2)["image"]
+    init_codebook(model, x)
+    with torch.no_grad():
+        latents = model.vqvae.encode(x).latents.permute(0, 2, 3, 1).flatten(0, 2)
+    distance = (model.codebook[:, None] - latents[None]).abs().amax(-1).min(1).values
+    assert distance.max() == 0 and len(model.codebook.unique(dim=0)) == len(model.codebook)
 
 
 def source(size=40) -> SourceObject:

@@ -229,6 +229,13 @@ def test_ema_weights_are_used_by_default():
         assert torch.equal(ema[key], plain[key])
 
 
+def test_scale_factor_comes_from_the_checkpoint_or_is_one():
+    sd = official_checkpoint()
+    assert convert(sd, tiny())["scale_factor"] == 1.0
+    sd["scale_factor"] = torch.tensor(0.25)
+    assert convert(sd, tiny())["scale_factor"] == 0.25
+
+
 def test_plain_ldm_inpainting_needs_the_flag():
     sd = official_checkpoint(with_sbg=False)
     with pytest.raises(ConversionError, match="missing"):

@@ -120,6 +120,17 @@ def _resnet(src: str, dst: str, sd: dict, out: dict, used: set) -> None:
         _copy(f"{src}.{old}", f"{dst}.{new}", sd, out, used)
 
 
+def _resampler(
+    src: str, conv: str, dst: str, resblock: bool, sd: dict, out: dict, used: set
+) -> None:
+    """An up/down sampler: a ResNet block at ``src`` (``resblock_updown``) or the plain
+    convolution ``src.<conv>``."""
+    if resblock:
+        _resnet(src, dst, sd, out, used)
+    else:
+        _copy(f"{src}.{conv}", f"{dst}.conv", sd, out, used)
+
+
 def _attention(src: str, dst: str, heads: int, sd: dict, out: dict, used: set) -> None:
     """openaimodel ``AttentionBlock`` (legacy QKV order: per head [q, k, v]) → diffusers ``Attention``."""
     for kind in ("weight", "bias"):
@@ -177,10 +188,7 @@ def convert_unet(
             k += 1
         if level < n_levels - 1:
             dst = f"down_blocks.{level}.downsamplers.0"
-            if config.resblock_updown:
-                _resnet(f"input_blocks.{k}.0", dst, u, out, used)
-            else:
-                _copy(f"input_blocks.{k}.0.op", f"{dst}.conv", u, out, used)
+            _resampler(f"input_blocks.{k}.0", "op", dst, config.resblock_updown, u, out, used)
             k += 1
     _resnet("middle_block.0", "mid_block.resnets.0", u, out, used)
     _attention("middle_block.1", "mid_block.attentions.0", heads_of(channels[-1]), u, out, used)
@@ -201,12 +209,9 @@ def convert_unet(
                     used,
                 )
             if j == layers and level < n_levels - 1:
-                idx = 2 if attn else 1
+                src = f"output_blocks.{k}.{2 if attn else 1}"
                 dst = f"up_blocks.{level}.upsamplers.0"
-                if config.resblock_updown:
-                    _resnet(f"output_blocks.{k}.{idx}", dst, u, out, used)
-                else:
-                    _copy(f"output_blocks.{k}.{idx}.conv", f"{dst}.conv", u, out, used)
+                _resampler(src, "conv", dst, config.resblock_updown, u, out, used)
             k += 1
     return {f"unet.{k}": v for k, v in out.items()}, {prefix + k for k in used}
 
@@ -282,6 +287,9 @@ def convert(
         used |= part[1]
     model = LakeRed(config)
     expected = model.state_dict()
+    # LDM stores scale_factor only when it was set from the data (scale_by_std); else it is 1.
+    out["scale_factor"] = sd.get("scale_factor", torch.tensor(1.0)).reshape(())
+    used.add("scale_factor")
     if not require_retrieval and not any(k.startswith("bkrm.mlp_in") for k in out):
         out.update({k: v for k, v in expected.items() if k.startswith(("bkrm.", "rcem."))})
         out["bkrm.knowledge"] = out["vqvae.quantize.embedding.weight"]

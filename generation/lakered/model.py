@@ -316,6 +316,9 @@ class LakeRed(nn.Module):
             config.retrieval_head_dim,
         )
         self.rcem = RCEM(d)
+        # LDM's scale_factor: the first stage's latents are multiplied by it (1 for the official
+        # weights; 1/std of the latents for a first stage trained here, LDM's scale_by_std).
+        self.register_buffer("scale_factor", torch.tensor(1.0))
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -324,16 +327,26 @@ class LakeRed(nn.Module):
 
     @torch.no_grad()
     def load_knowledge_from_codebook(self) -> None:
-        """Copy the (trained) VQ codebook into BKRM's retrieval memory."""
-        self.bkrm.knowledge.copy_(self.codebook)
+        """Copy the (trained) VQ codebook, in the scaled latent space, into BKRM's retrieval
+        memory (the official ``combine.py`` step, whose scale is 1)."""
+        self.bkrm.knowledge.copy_(self.codebook * self.scale_factor)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """``B×3×H×W`` in [−1, 1] → pre-quantisation latent ``B×D×H/f×W/f``."""
-        return self.vqvae.encode(image).latents
+        """``B×3×H×W`` in [−1, 1] → pre-quantisation latent ``B×D×H/f×W/f`` times
+        ``scale_factor``: the space of both the condition and the diffusion target."""
+        return self.vqvae.encode(image).latents * self.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent ``B×D×h×w`` → image ``B×3×H×W`` (through the codebook, as in LDM)."""
-        return self.vqvae.decode(z).sample
+        return self.vqvae.decode(z / self.scale_factor).sample
+
+    @torch.no_grad()
+    def scale_latents_by_std(self, images: torch.Tensor) -> float:
+        """Set ``scale_factor`` to ``1/std`` of the latents of ``images`` (LDM's scale_by_std),
+        so the diffusion sees unit-variance latents. Returns the factor."""
+        self.scale_factor.fill_(1.0)
+        self.scale_factor.fill_(1.0 / float(self.encode(images).std()))
+        return float(self.scale_factor)
 
     def condition(
         self, masked_image: torch.Tensor, mask: torch.Tensor

@@ -41,6 +41,8 @@ class TrainConfig:
 
     first_stage_steps: int = 0
     first_stage_lr: float = 1e-3
+    first_stage_warmup: int = 0
+    scale_by_std: bool = False
     steps: int = 1000
     lr: float = 1e-4
     batch_size: int = 8
@@ -119,12 +121,27 @@ def batch_at(
     return {k: torch.where(flip, v[idx].flip(-1), v[idx]) for k, v in data.items()}
 
 
-def first_stage_step(model: LakeRed, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """VQ reconstruction (L1 + MSE) plus the quantiser's commitment/codebook loss."""
-    out = model.vqvae(x)
+def first_stage_step(
+    model: LakeRed, x: torch.Tensor, quantize: bool = True
+) -> dict[str, torch.Tensor]:
+    """VQ reconstruction (L1 + MSE) plus the quantiser's commitment/codebook loss; without
+    ``quantize`` a plain autoencoder step (the decoder reads the unquantised latent)."""
+    out = model.vqvae.decode(model.vqvae.encode(x).latents, force_not_quantize=not quantize)
     rec = F.l1_loss(out.sample, x) + F.mse_loss(out.sample, x)
     commit = out.commit_loss.mean()
     return {"loss": rec + commit, "reconstruction": rec, "commitment": commit}
+
+
+@torch.no_grad()
+def init_codebook(model: LakeRed, images: torch.Tensor, seed: int = 0) -> None:
+    """Set the VQ codebook to ``K`` latent vectors drawn from ``images``' encodings, so every
+    code starts where the encoder puts latents (diffusers draws tiny random codes, which a short
+    training collapses onto a few)."""
+    flat = model.vqvae.encode(images).latents.permute(0, 2, 3, 1).flatten(0, 2)
+    g = torch.Generator().manual_seed(seed)
+    n, k = flat.shape[0], model.vqvae.quantize.n_e
+    idx = torch.randperm(n, generator=g)[:k] if n >= k else torch.randint(0, n, (k,), generator=g)
+    model.vqvae.quantize.embedding.weight.copy_(flat[idx.to(flat.device)])
 
 
 def training_step(
@@ -276,6 +293,8 @@ def train(
             opt, lambda s, n=n_steps: 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
         )
         if name == "lakered" and (resume is None or resume["stage"] != name or step == 0):
+            if train_cfg.scale_by_std:
+                model.scale_latents_by_std(data["image"][:64].to(device))
             model.load_knowledge_from_codebook()
         if name == "lakered" and train_cfg.ema_decay > 0:
             ema = EMAModel(params, decay=train_cfg.ema_decay)
@@ -300,7 +319,10 @@ def train(
                 for k, v in batch_at(step, data, train_cfg.batch_size, train_cfg.seed + i).items()
             }
             if name == "first_stage":
-                losses = first_stage_step(model, batch["image"])
+                if step == train_cfg.first_stage_warmup > 0:
+                    init_codebook(model, data["image"][:64].to(device), train_cfg.seed)
+                quantize = step >= train_cfg.first_stage_warmup
+                losses = first_stage_step(model, batch["image"], quantize)
             else:
                 g = torch.Generator(device=device).manual_seed(train_cfg.seed * 7919 + step)
                 losses = training_step(
