@@ -89,9 +89,9 @@ def run_one(name: str, samples: int, device: str, work: Path, grids: Path | None
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("generate", overrides=overrides)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), _cpu_seconds()
     root = generate(cfg)
-    total = time.perf_counter() - start
+    total, total_cpu = time.perf_counter() - start, _cpu_seconds() - start_cpu
     summary = json.loads((root / "summary.json").read_text())
     per_sample = summary.get("seconds_per_sample", float("nan"))
     cache_dir = os.path.expanduser(str(cfg.cache_dir))
@@ -113,6 +113,7 @@ def run_one(name: str, samples: int, device: str, work: Path, grids: Path | None
         "written": summary["written"],
         "skipped": summary["skipped"],
         "setup_s": total - per_sample * summary["written"] if summary["written"] else total,
+        "generate_cpu_s": total_cpu,
         "s_per_sample": per_sample,
         "s_per_sample_384": per_sample_384,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -125,6 +126,11 @@ def run_one(name: str, samples: int, device: str, work: Path, grids: Path | None
     if grids is not None:
         row["grid"] = str(write_grid(root, paths, grids / f"{name}_grid.png"))
     return row
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_grid(root: Path, source: DataPaths, path: Path, n: int = 6) -> Path:
@@ -170,12 +176,15 @@ def table(rows: list[dict]) -> str:
         ("generator", "generator"),
         ("written", "n"),
         ("setup_s", "setup s"),
+        ("generate_cpu_s", "CPU s (setup + samples)"),
         ("s_per_sample", "s/sample"),
         ("s_per_sample_384", "s/sample @384"),
         ("peak_rss_mb", "peak RSS MB"),
         ("cuda_peak_mb", "CUDA peak MB"),
         ("q_fid", "FID (small)"),
         ("q_kid_mean", "KID (small)"),
+        ("q_background_texture", "bg texture"),
+        ("q_seam_halo", "seam/halo"),
         ("q_foreground_preservation", "fg kept"),
         ("q_mask_iou", "mask IoU"),
         ("q_camouflage", "camouflage"),
@@ -184,6 +193,11 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+    # Every generator starts from the same planned sources: the real reference row.
+    ref = next((r for r in rows if "q_fid_source" in r), None)
+    if ref is not None:
+        real = {**{k: ref.get(k + "_source") for k, _ in cols}, "generator": "real (the sources)"}
+        lines.append("| " + " | ".join(_fmt(real.get(k)) for k, _ in cols) + " |")
     return "\n".join(lines)
 
 
