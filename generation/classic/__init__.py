@@ -1,4 +1,4 @@
-"""Classic background matching: a weight-free baseline generator (DESIGN §7)."""
+"""Classic background matching: a weight-free baseline generator (docs/generation.md)."""
 
 from generation.classic.quilting import match_colour_statistics, quilt_texture
 from generation.classic.sample import ClassicGenerator, build_classic

@@ -1,6 +1,7 @@
-"""Texture synthesis from the object's own pixels: image quilting (Efros & Freeman, SIGGRAPH 2001)
-with patches sampled inside the mask, minimum-error boundary cuts, feathered seams and a Lab colour
-match (Reinhard et al., 2001). The background LAKE-RED learns to retrieve, made without weights."""
+"""Texture synthesis from the masked pixels of an exemplar (a real background, or the object):
+image quilting (Efros & Freeman, SIGGRAPH 2001) with patches sampled inside the mask, minimum-error
+boundary cuts, feathered seams and a Lab colour match (Reinhard et al., 2001). The background
+LAKE-RED learns to retrieve, made without weights."""
 
 from __future__ import annotations
 
@@ -65,9 +66,9 @@ def quilt_texture(
     """Synthesise an ``height×width×3`` uint8 texture from the masked pixels of ``exemplar``.
 
     Patches are drawn only where ``exemplar_mask`` covers at least ``min_coverage`` of the window,
-    and the few non-object pixels such windows hold are inpainted from the object first, so no
-    pixel of the exemplar's own background leaks in. The patch size shrinks (down to
-    ``min_patch``) for small objects. Returns ``(texture, patch size used)``; raises ``ValueError``
+    and the few pixels outside the mask such windows hold are inpainted from the masked ones
+    first, so no unmasked pixel leaks in. The patch size shrinks (down to ``min_patch``) for
+    small masked regions. Returns ``(texture, patch size used)``; raises ``ValueError``
     when the object is too small for any patch.
     """
     corners = valid_patch_corners(exemplar_mask, patch, min_coverage)
@@ -75,10 +76,10 @@ def quilt_texture(
         patch = max(min_patch, patch * 2 // 3)
         corners = valid_patch_corners(exemplar_mask, patch, min_coverage)
     if corners.shape[0] == 0:
-        raise ValueError(f"no {min_patch}×{min_patch} window lies inside the object")
+        raise ValueError(f"no {min_patch}×{min_patch} window lies inside the exemplar's mask")
     if not exemplar_mask.all():
-        # Windows may hold up to (1 − min_coverage) of non-object pixels; fill those from the
-        # object's own pixels first, so none of the old background reaches the new one.
+        # Windows may hold up to (1 − min_coverage) of unmasked pixels; fill those from the
+        # masked ones first, so none of them reaches the new texture.
         exemplar = cv2.inpaint(
             np.ascontiguousarray(exemplar), (~exemplar_mask).astype(np.uint8), 3, cv2.INPAINT_TELEA
         )
