@@ -158,6 +158,12 @@ def test_class_exemplars_come_from_the_training_part_of_their_class(tmp_path):
     assert not used & {r.unique_id for r in held}
     # a class without training images falls back to the source's own background
     assert gen.generate(source_object, "crab", 0).extra["exemplar"] == leopards[0].unique_id
+    # so does a node loaded without a data config (the split is unknown: no pool at all)
+    alone = build_classic(OmegaConf.load(CONF_DIR / "generator" / "classic.yaml"), data=paths)
+    assert alone.pool == {}
+    assert (
+        alone.generate(source_object, "snow leopard", 0).extra["exemplar"] == leopards[0].unique_id
+    )
 
 
 def test_unknown_exemplar_is_refused():

@@ -196,6 +196,11 @@ def test_training_leaves_out_the_base_validation_part_of_the_data_config(paths):
         )
     assert cfg.generator.train.holdout_fraction == 0.3 == cfg.data.holdout_fraction
     assert cfg.generator.train.holdout_seed == cfg.data.holdout_seed
+    # without a data config the split is unknown, and training refuses to guess it
+    alone = OmegaConf.load(CONF_DIR / "generator" / "lakered.yaml")
+    assert alone.train.holdout_fraction is None
+    with pytest.raises(ValueError, match="data.holdout_fraction"):
+        load_training_images(paths, 16, TrainConfig.from_cfg(alone.train))
     tc = TrainConfig.from_cfg({"holdout_fraction": 0.25, "holdout_seed": 0})
     from ovcamo.data import holdout_split, resolve_records
 
@@ -208,6 +213,7 @@ def test_training_leaves_out_the_base_validation_part_of_the_data_config(paths):
 def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monkeypatch):
     cfg = tiny()
     tc = TrainConfig(
+        holdout_fraction=0.0,
         first_stage_steps=3,
         first_stage_warmup=1,
         scale_by_std=True,

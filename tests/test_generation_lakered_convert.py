@@ -290,7 +290,9 @@ def test_ldm_inpainting_weights_start_a_training_run(tmp_path):
     OmegaConf.save(_node(), conf)
     main([str(ckpt), str(tmp_path / "ldm"), "--no-retrieval", "--config", str(conf)])
     paths = DataPaths.from_paths_json(write_dataset(tmp_path / "ds", size=40))
-    tc = TrainConfig(steps=1, lr=0.0, batch_size=2, init_checkpoint=str(tmp_path / "ldm"))
+    tc = TrainConfig(
+        steps=1, lr=0.0, batch_size=2, holdout_fraction=0.0, init_checkpoint=str(tmp_path / "ldm")
+    )
     model = train(tiny(), tc, paths, tmp_path / "run", progress=False)
     init, _ = load_checkpoint(tmp_path / "ldm")
     for key in ("unet.conv_in.weight", "vqvae.encoder.conv_in.weight", "rcem.fuse.weight"):

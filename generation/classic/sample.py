@@ -4,6 +4,7 @@ with its pixels and mask exact (docs/generation.md)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,14 @@ from generation.base import (
     place_object,
 )
 from generation.classic.quilting import match_colour_statistics, quilt_texture
-from ovcamo.data import DataPaths, Record, holdout_split, load_sample, resolve_records
+from ovcamo.data import (
+    DataPaths,
+    Record,
+    UnreadableSampleError,
+    holdout_split,
+    load_sample,
+    resolve_records,
+)
 
 #: Where the background texture comes from.
 EXEMPLARS = ("class", "source", "object")
@@ -101,10 +109,14 @@ class ClassicGenerator:
             return source.image[t:b, left:r], source.mask[t:b, left:r], source.unique_id
         image, mask, uid = source.image, source.mask, source.unique_id
         pool = self.pool.get(class_name) if self.exemplar == "class" else None
+        loaded = None
         if pool:
             record = pool[int(rng.integers(len(pool)))]
-            loaded = load_sample(record)
-            image, mask, uid = loaded["image"], loaded["mask"], record.unique_id
+            # A body too corrupt to decode passes the header check; its sample keeps the source's.
+            with contextlib.suppress(UnreadableSampleError):
+                loaded = load_sample(record)
+        if loaded is not None:
+            image, mask, uid = loaded["image"], loaded["mask"], loaded["unique_id"]
             scale = min(source.mask.shape) / min(mask.shape)
             if scale != 1.0:
                 size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
@@ -150,8 +162,9 @@ class ClassicGenerator:
 
 
 def training_pool(data: DataPaths, holdout_fraction: float, holdout_seed: int) -> dict:
-    """Train-split records by class, without the held-out base-validation part."""
-    records, _ = resolve_records(data, "train", check_files="none")
+    """Usable train-split records by class (validated as the trainer's loader does, so the
+    held-out part is the trainer's), without the held-out base-validation part."""
+    records, _ = resolve_records(data, "train")
     kept, _ = holdout_split(records, holdout_fraction, holdout_seed)
     pool: dict[str, list[Record]] = {}
     for r in kept:
@@ -160,11 +173,17 @@ def training_pool(data: DataPaths, holdout_fraction: float, holdout_seed: int) -
 
 
 def build_classic(cfg: Any, data: DataPaths | None = None, **_: Any) -> ClassicGenerator:
-    """Builder named by ``ovcamo/conf/generator/classic.yaml``. With ``exemplar: class`` the
-    exemplar pool is the training part of ``data`` (``holdout_*`` follow the data config)."""
+    """Builder named by ``ovcamo/conf/generator/classic.yaml``.
+
+    With ``exemplar: class`` the exemplar pool is the training part of ``data``, split as the data
+    config says (``holdout_*``). A node loaded without a data config (``holdout_fraction`` null,
+    e.g. as another generator's background) cannot know that split and gets no pool: every sample
+    then takes its source's own background, which is never a held-out image.
+    """
     keys = {k: cfg[k] for k in ClassicGenerator.__dataclass_fields__ if k in cfg and k != "pool"}
     if "scale_range" in keys:
         keys["scale_range"] = tuple(float(v) for v in keys["scale_range"])
-    if keys.get("exemplar", "class") == "class" and data is not None:
-        keys["pool"] = training_pool(data, float(cfg.holdout_fraction), int(cfg.holdout_seed))
+    fraction = cfg.get("holdout_fraction")
+    if keys.get("exemplar", "class") == "class" and data is not None and fraction is not None:
+        keys["pool"] = training_pool(data, float(fraction), int(cfg.get("holdout_seed") or 0))
     return ClassicGenerator(**keys)

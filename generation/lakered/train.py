@@ -30,7 +30,13 @@ from generation.lakered.model import (
     prepare_inputs,
 )
 from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_checkpoint, load_state, save_checkpoint
-from ovcamo.data import DataPaths, holdout_split, load_sample, resolve_records
+from ovcamo.data import (
+    DataPaths,
+    UnreadableSampleError,
+    holdout_split,
+    load_sample,
+    resolve_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     ema_decay: float = 0.9999
-    holdout_fraction: float = 0.0
+    holdout_fraction: float | None = None
     holdout_seed: int = 0
     max_images: int | None = None
     init_checkpoint: str | None = None
@@ -97,12 +103,23 @@ def load_training_images(
     Returns ``image`` and ``masked_image`` ``N×3×R×R`` in [−1, 1] and ``mask`` ``N×1×R×R`` in
     {−1, +1}; samples with empty masks are left out (there is no object to keep).
     """
-    records, _ = resolve_records(paths, "train", check_files="none")
+    if train.holdout_fraction is None:
+        raise ValueError(
+            "generator.train.holdout_fraction is not set: LAKE-RED trains on the training part of "
+            "the data config's split (data.holdout_fraction), which ovcamo-generate and "
+            "ovcamo-loop pass; set it to that value when building the generator by hand"
+        )
+    # Validated as the trainer's loader does, so the held-out part is the trainer's.
+    records, _ = resolve_records(paths, "train")
     records, _ = holdout_split(records, train.holdout_fraction, train.holdout_seed)
     records = records[: train.max_images] if train.max_images else records
     batches = []
     for r in records:
-        s = load_sample(r)
+        try:
+            s = load_sample(r)
+        except UnreadableSampleError as e:
+            log.warning("LAKE-RED training skips %s", e)
+            continue
         if s["mask"].any():
             batches.append(prepare_inputs(s["image"], s["mask"], resolution))
     if not batches:
