@@ -272,25 +272,11 @@ def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(
     fails("did not write", images=str(tmp_path / "img"), classes=CANDIDATES)
     assert (out / "keep.txt").read_text(encoding="utf-8") == "mine"
     (out / "keep.txt").unlink()
-    main(
-        _cfg(
-            checkpoint=str(checkpoint),
-            images=str(tmp_path / "img"),
-            classes=CANDIDATES,
-            out_dir=str(out),
-        )
-    )
+    run = {"checkpoint": str(checkpoint), "images": str(tmp_path / "img"), "out_dir": str(out)}
+    main(_cfg(**run, classes=CANDIDATES))
     first = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     (tmp_path / "img" / "c.png").unlink()
-    main(
-        _cfg(
-            checkpoint=str(checkpoint),
-            images=str(tmp_path / "img"),
-            classes=CANDIDATES,
-            out_dir=str(out),
-            overlay=False,
-        )
-    )
+    main(_cfg(**run, classes=CANDIDATES, overlay=False))
     second = json.loads((out / "predictions.json").read_text(encoding="utf-8"))
     assert len(first["images"]) == 3 and len(second["images"]) == 2
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png"]

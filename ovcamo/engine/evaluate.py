@@ -106,12 +106,12 @@ class EvaluationResult:
 
     ``metrics``: official keys and paper aliases over the scored samples; ``diagnostics``: the
     class-agnostic ``agnostic_*`` numbers and ``class_accuracy`` (not the official protocol);
-    ``per_class``: rows of
-    :func:`ovcamo.metrics.per_class_table`; ``hard``: :func:`ovcamo.metrics.hard_subset`;
-    ``per_sample``: :func:`ovcamo.metrics.per_sample_rows`; ``missing``: GT ids without a prediction
-    (only with ``allow_missing``); ``resized``: ids whose prediction was resized to the GT size;
-    ``scores``: raw float64 ``(N, SCORE_LENGTH)`` score vectors in ``per_sample`` order (curves
-    included, before the class check) and ``correct``: bool ``(N,)``.
+    ``per_class``: rows of :func:`ovcamo.metrics.per_class_table`; ``hard``:
+    :func:`ovcamo.metrics.hard_subset`; ``per_sample``: :func:`ovcamo.metrics.per_sample_rows`;
+    ``missing``: GT ids without a prediction (only with ``allow_missing``); ``resized``: ids whose
+    prediction was resized to the GT size; ``scores``: raw float64 ``(N, SCORE_LENGTH)`` score
+    vectors in ``per_sample`` order (curves included, before the class check) and ``correct``:
+    bool ``(N,)``.
     """
 
     metrics: dict[str, float]
@@ -139,7 +139,10 @@ class EvaluationResult:
             "missing": self.missing,
             "resized": self.resized,
             "ignored": self.ignored,
-            "hard": {k: self.hard[k] for k in ("source", "classes", "num_samples", "metrics")},
+            "hard": {
+                k: self.hard[k]
+                for k in ("source", "classes", "num_samples", "metrics", "diagnostics")
+            },
         }
 
 
