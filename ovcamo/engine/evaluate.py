@@ -1,5 +1,5 @@
 """``ovcamo-eval``: score a folder of ``[<pred class>]<unique_id>.png`` predictions (or a checkpoint's)
-with the class-aware OVCOS metrics (OVCamo, ECCV 2024; DESIGN §4).
+with the class-aware OVCOS metrics (OVCamo, ECCV 2024; docs/evaluation.md).
 
 Unlike the official script, every inconsistency between the prediction folder and the dataset is an
 error that lists all offending files: a folder, a name without the ``[class]`` prefix, a non-PNG or

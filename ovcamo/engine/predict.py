@@ -1,4 +1,4 @@
-"""Predictions in the official OVCOS format and class-aware scoring of a model (DESIGN §4).
+"""Predictions in the official OVCOS format and class-aware scoring of a model (docs/evaluation.md).
 
 A prediction is the mask logit map post-processed by ``to_uint8_prediction`` (sigmoid → per-image
 min-max → bilinear to GT size → uint8) and the argmax over the candidate classes; files are

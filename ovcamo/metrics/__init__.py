@@ -1,9 +1,10 @@
 """Class-aware OVCOS metrics (cSm, cFωβ, cMAE, cFβ, cEm, cIoU) and their class-agnostic diagnostics.
 
-Per-sample measures (:mod:`~ovcamo.metrics.functional`), aggregation (:mod:`~ovcamo.metrics.summary`)
-and per-class tables (:mod:`~ovcamo.metrics.tables`) need numpy, scipy and OpenCV only. The
-torchmetrics ``OVCOSMetric`` and ``to_uint8_prediction`` need torch; names are imported on first
-use, so ``import ovcamo.metrics`` stays cheap and scoring files never loads torch.
+Per-sample measures (:mod:`~ovcamo.metrics.functional`), aggregation
+(:mod:`~ovcamo.metrics.summary`) and per-class tables (:mod:`~ovcamo.metrics.tables`) need numpy,
+scipy and OpenCV only. The torchmetrics ``OVCOSMetric`` and ``to_uint8_prediction`` need torch;
+names are imported on first use, so ``import ovcamo.metrics`` stays cheap and scoring files never
+loads torch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Per-sample SOD measures of the OVCOS protocol (DESIGN §4), vectorised over the uint8 histogram.
+"""Per-sample SOD measures of the OVCOS protocol (docs/evaluation.md), vectorised over the uint8
+histogram.
 
 One call scores one prediction/GT pair: S-measure (Fan et al., ICCV 2017, α = 0.5), weighted
 F-measure (Margolin et al., CVPR 2014, β² = 1, 7×7 Gaussian σ = 5), MAE, F-measure (β² = 0.3),

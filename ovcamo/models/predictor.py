@@ -58,8 +58,8 @@ def postprocess(
 
     ``mask_logits``: ``S×S`` logits; ``class_logits``: ``(K,)``. Returns ``mask`` (uint8 ``H×W``,
     the evaluator's post-processing), ``mask_probs`` (float32 ``H×W``, the sigmoid resized
-    bilinearly, not min-max normalised), ``class_name`` (the argmax), ``score`` (its probability) and
-    ``class_probs`` (``{name: probability}``, softmax over the K candidates, in their order).
+    bilinearly, not min-max normalised), ``class_name`` (the argmax), ``score`` (its probability)
+    and ``class_probs`` (``{name: probability}``, softmax over the K candidates, in their order).
     """
     probs = torch.sigmoid(mask_logits.float())[None, None]
     probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[0, 0]
