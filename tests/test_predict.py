@@ -100,6 +100,17 @@ def test_eval_checkpoint_predicts_then_scores_through_the_command(
     assert saved["diagnostics"]["agnostic_IoU"] == pytest.approx(reference["agnostic_IoU"])
 
 
+@pytest.fixture
+def loaded(checkpoint: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In-process runs reuse the loaded model (building the micro CLIP takes seconds); the
+    subprocess tests load the checkpoint for real."""
+    import ovcamo.engine.predict as predict
+
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    monkeypatch.setattr(predict, "load_trained_model", lambda path, device="cpu": (model, config))
+    return checkpoint
+
+
 def _images(folder: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     shapes = {"a": (40, 56), "b": (33, 20), "c": (64, 64)}
@@ -199,13 +210,13 @@ def test_predict_command_writes_masks_overlays_and_probabilities(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "pred"]
 
 
-def test_format_ovcamo_is_read_by_the_evaluator(checkpoint: Path, tmp_path: Path) -> None:
+def test_format_ovcamo_is_read_by_the_evaluator(loaded: Path, tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data", size=32)
     paths = DataPaths.from_paths_json(data / "paths.json")
     out = tmp_path / "pred"
     main(
         _cfg(
-            checkpoint=str(checkpoint),
+            checkpoint=str(loaded),
             images=str(paths.test_image_dir),
             classes=list(TEST_CLASSES),
             out_dir=str(out),
@@ -234,9 +245,26 @@ def test_candidate_classes(tmp_path: Path) -> None:
     ]
 
 
+def test_a_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _images(tmp_path / "img")
+    with pytest.raises(SystemExit) as info:
+        main(
+            _cfg(
+                checkpoint=str(tmp_path / "nope"),
+                images=str(tmp_path / "img"),
+                out_dir=str(tmp_path / "x"),
+            )
+        )
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint={tmp_path / 'nope'}: no checkpoint at" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    loaded: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    checkpoint = loaded
     _images(tmp_path / "img")
     out = tmp_path / "pred"
 
