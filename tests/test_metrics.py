@@ -52,7 +52,7 @@ def reference_scores(pred: np.ndarray, gt: np.ndarray, smeasure=Smeasure) -> dic
 
 
 def reference_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, np.ndarray]:
-    """IoU of DESIGN §4 by brute force: binarise at every threshold separately."""
+    """OVCamo's IoU by brute force: binarise at every threshold separately."""
     p = pred / 255
     if p.max() != p.min():
         p = (p - p.min()) / (p.max() - p.min())

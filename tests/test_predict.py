@@ -309,4 +309,5 @@ def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(
     assert len(first["images"]) == 3 and len(second["images"]) == 2
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png"]
     assert not (out / "overlays").exists()
-    fails("is a file", images=str(tmp_path / "img"), out_dir=str(tmp_path / "img" / "a.png"))
+    fails("it is a file", images=str(tmp_path / "img"), out_dir=str(tmp_path / "img" / "a.png"))
+    fails("a.png is a file", images=str(tmp_path / "img"), out_dir=str(tmp_path / "img/a.png/sub"))

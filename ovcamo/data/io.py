@@ -63,6 +63,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def out_dir_problem(out_dir: str | os.PathLike) -> str | None:
+    """Why no folder of results could be written at ``out_dir`` (a file in the way, or no write
+    permission where it would be created), or ``None``; commands check this before any work."""
+    out_dir = Path(out_dir)
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        return "it is a file" if existing == out_dir else f"{existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 @contextlib.contextmanager
 def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
     """A fresh hidden sibling folder of ``final`` to fill; when the block succeeds it takes

@@ -42,7 +42,13 @@ import numpy as np
 from PIL import Image
 
 from ovcamo.data.config import resolve_data_paths
-from ovcamo.data.io import PathEscapeError, atomic_write_json, atomic_write_text, safe_join
+from ovcamo.data.io import (
+    PathEscapeError,
+    atomic_write_json,
+    atomic_write_text,
+    out_dir_problem,
+    safe_join,
+)
 from ovcamo.data.ovcamo_format import (
     DataPaths,
     DatasetFormatError,
@@ -538,16 +544,11 @@ def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
 
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an ``out_dir`` that results could not be written into; called before any work."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not existing.is_dir():
-        where = "it is a file" if existing == out_dir else f"{existing} is a file"
+    problem = out_dir_problem(out_dir)
+    if problem is not None:
         raise EvaluationError(
-            f"out_dir={out_dir}: {where}, and the results are a folder of files (metrics.json, "
+            f"out_dir={out_dir}: {problem}, and the results are a folder of files (metrics.json, "
             "metrics.md, per_class.csv, ...); choose another out_dir"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EvaluationError(
-            f"out_dir={out_dir}: {existing} is not writable; choose another out_dir"
         )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from ovcamo.data.io import atomic_write_json, staged_dir, write_png
+from ovcamo.data.io import atomic_write_json, out_dir_problem, staged_dir, write_png
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,9 @@ def _check_inputs(images: Sequence[Path], names: Sequence[str], fmt: str) -> Non
 
 
 def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise PredictInputError(f"out_dir={out} is a file; give a folder")
+    problem = out_dir_problem(out)
+    if problem is not None:
+        raise PredictInputError(f"out_dir={out}: {problem}; give a folder this command can create")
     if out.is_dir() and any(out.iterdir()) and not (out / RESULTS_FILE).is_file():
         raise PredictInputError(
             f"out_dir={out} already holds files that ovcamo-predict did not write; choose "
