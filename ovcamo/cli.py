@@ -1,9 +1,9 @@
 """Console commands: ``ovcamo-world``, ``ovcamo-micro-clip``, ``ovcamo-train``, ``ovcamo-eval``,
-``ovcamo-generate`` and ``ovcamo-loop`` (also ``python -m ovcamo <command> …``).
+``ovcamo-predict``, ``ovcamo-generate`` and ``ovcamo-loop`` (also ``python -m ovcamo <command> …``).
 
 Each command composes its Hydra config from :data:`ovcamo.CONF_DIR` and calls one function of the
 package; the work lives there, and nothing in the package imports this module. One wrapper serves
-all six, so that they behave as one toolkit:
+all seven, so that they behave as one toolkit:
 
 - every command takes ``out_dir=``;
 - a key only the OVCamo data config has (``data.root`` or one of its six paths, e.g.
@@ -54,6 +54,7 @@ USER_ERRORS = {
     "ovcamo.engine.check": ("CheckFailed",),
     "ovcamo.engine.evaluate": ("EvaluationError",),
     "ovcamo.engine.predict": ("SampleReadError",),
+    "ovcamo.engine.predict_images": ("PredictInputError",),
     "ovcamo.engine.train": ("ResumeError",),
     "generation.lakered.convert": ("ConversionError",),
     "generation.planner": ("PlanError",),
@@ -85,6 +86,12 @@ train = Command("train", "train", "ovcamo.engine.train:main", "train a segmenter
 evaluate = Command(
     "eval", "eval", "ovcamo.engine.evaluate:main", "score predictions or a checkpoint (OVCOS)"
 )
+predict = Command(
+    "predict",
+    "predict",
+    "ovcamo.engine.predict_images:main",
+    "segment your own images with a trained model",
+)
 generate = Command(
     "generate", "generate", "generation.run:main", "write a synthetic OVCamo-format set"
 )
@@ -93,7 +100,7 @@ loop = Command(
 )
 
 #: ``python -m ovcamo <name>``.
-COMMANDS = {c.name: c for c in (world, micro_clip, train, evaluate, generate, loop)}
+COMMANDS = {c.name: c for c in (world, micro_clip, train, evaluate, predict, generate, loop)}
 
 
 class CommandError(Exception):

@@ -66,3 +66,22 @@ def write_tiny_dataset(
         },
     )
     return root
+
+
+def write_tiny_checkpoint(directory: Path, *, seed: int = 0, image_size: int = 32) -> Path:
+    """A randomly initialised micro BaCLIP (micro CLIP, ``backbone.pretrained=null``) saved as
+    ``ovcamo-train`` saves a checkpoint: ``save_model`` plus a ``state.pt`` with the seed the frozen
+    backbone is rebuilt from. Returns ``directory``."""
+    import torch
+
+    from ovcamo.checkpoint import STATE_FILE, save_state
+    from ovcamo.models import build_model, model_config, save_model
+
+    torch.manual_seed(seed)
+    cfg = model_config(
+        "baclip_micro",
+        overrides=["backbone.pretrained=null", f"backbone.image_size={image_size}"],
+    )
+    save_model(build_model(cfg).eval(), directory)
+    save_state(directory / STATE_FILE, {"seed": seed})
+    return directory

@@ -84,7 +84,7 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     direct, _, _ = evaluate_model(
         model, test_set, test_set.class_names, dist=init_distributed("cpu"), progress=False
     )
-    assert scored.metrics == pytest.approx(direct, abs=1e-12)
+    assert {**scored.metrics, **scored.diagnostics} == pytest.approx(direct, abs=1e-12)
     figures = write_eval_figures(scored, paths, tmp_path / "figures", n=2)
     assert sorted(figures) == ["best", "per_class", "worst"]
     assert all(p.stat().st_size > 1000 for p in figures.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -18,9 +19,16 @@ from ovcamo.engine.evaluate import (
     EvaluationError,
     main,
     score_prediction_dir,
+    scoring_context,
     write_results,
 )
-from ovcamo.metrics import OVCOSMetric, read_class_ciou
+from ovcamo.metrics import (
+    DIAGNOSTIC_KEYS,
+    METRIC_KEYS,
+    PAPER_ALIASES,
+    OVCOSMetric,
+    read_class_ciou,
+)
 
 CLASSES = [
     ClassInfo("owl", 1, "bird", ("owl",), "train", 3),
@@ -105,11 +113,12 @@ def test_scores_match_the_metric_and_files_are_written(dataset, tmp_path: Path) 
     for uid, (pred, cls) in preds.items():
         metric.update(pred, masks[uid], cls, classes[uid], uid)
     expected = metric.compute()
-    assert results.metrics == pytest.approx(expected, abs=1e-12)
+    assert {**results.metrics, **results.diagnostics} == pytest.approx(expected, abs=1e-12)
     assert results.num_samples == 10
     assert [r["class"] for r in results.per_class] == ["snow leopard", "reccoon", "moth", "crab"]
     reccoon = next(r for r in results.per_class if r["class"] == "reccoon")
-    assert reccoon["accuracy"] == pytest.approx(2 / 3)
+    assert reccoon["class_accuracy"] == pytest.approx(2 / 3)
+    assert reccoon["agnostic_IoU"] > reccoon["avgiou"]
     assert results.hard["source"] == "this run" and len(results.hard["classes"]) == 1
 
     out = write_results(results, tmp_path / "eval")
@@ -124,11 +133,31 @@ def test_scores_match_the_metric_and_files_are_written(dataset, tmp_path: Path) 
     ]
     saved = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert saved["metrics"]["cIoU"] == pytest.approx(expected["avgiou"])
-    assert saved["num_samples"] == 10 and saved["classification_accuracy"] == pytest.approx(0.9)
+    assert set(saved["metrics"]) == set(METRIC_KEYS) | set(PAPER_ALIASES)
+    diagnostics = saved["diagnostics"]
+    assert set(diagnostics) == {*DIAGNOSTIC_KEYS, "note"}
+    assert "not part of the official OVCOS protocol" in diagnostics["note"]
+    assert diagnostics["class_accuracy"] == pytest.approx(0.9)
+    assert diagnostics["agnostic_IoU"] == pytest.approx(expected["agnostic_IoU"], abs=1e-12)
+    assert diagnostics["agnostic_IoU"] > saved["metrics"]["cIoU"]
+    assert saved["num_samples"] == 10
     md = (out / "metrics.md").read_text(encoding="utf-8")
     assert "cFωβ" in md and f"{expected['sm']:.3f}" in md
+    diag_md = md[md.index("## Diagnostics") :]
+    assert "class-agnostic (diagnostic)" in diag_md and f"{expected['agnostic_IoU']:.3f}" in diag_md
     per_class = read_class_ciou(out / "per_class.csv")
     assert set(per_class) == set(TEST_IDS)
+    with (out / "per_class.csv").open(encoding="utf-8") as f:
+        rows = {r["class"]: r for r in csv.DictReader(f)}
+    assert float(rows["reccoon"]["class_accuracy"]) == pytest.approx(2 / 3)
+    assert float(rows["reccoon"]["agnostic_IoU"]) == pytest.approx(reccoon["agnostic_IoU"])
+    with (out / "per_sample.csv").open(encoding="utf-8") as f:
+        samples = list(csv.DictReader(f))
+    # The per-sample rows reproduce the diagnostics.
+    assert np.mean([float(r["agnostic_IoU"]) for r in samples]) == pytest.approx(
+        diagnostics["agnostic_IoU"]
+    )
+    assert np.mean([r["correct"] == "True" for r in samples]) == pytest.approx(0.9)
 
 
 def test_single_process_equals_pool(dataset, tmp_path: Path) -> None:
@@ -136,9 +165,22 @@ def test_single_process_equals_pool(dataset, tmp_path: Path) -> None:
     _predict(tmp_path / "pred", masks, classes, _test_ids())
     one = score_prediction_dir(tmp_path / "pred", paths, num_workers=1)
     two = score_prediction_dir(tmp_path / "pred", paths, num_workers=2)
-    clean = score_prediction_dir(tmp_path / "pred", paths, num_workers=2, fresh_workers=True)
-    assert one.metrics == two.metrics == clean.metrics
-    assert one.per_sample == two.per_sample == clean.per_sample
+    assert one.metrics == two.metrics and one.diagnostics == two.diagnostics
+    assert one.per_sample == two.per_sample
+
+
+def test_scoring_workers_never_hold_torch() -> None:
+    """This process has torch loaded (conftest imports it), so forked workers would inherit it and
+    could hang on one of its locks; scoring workers must start without it."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    assert "torch" in sys.modules
+    with ProcessPoolExecutor(max_workers=2, mp_context=scoring_context()) as pool:
+        # eval is picklable by reference, so the worker imports nothing of this test module.
+        held = list(pool.map(eval, ["'torch' in __import__('sys').modules"] * 4))
+        scorer = pool.submit(eval, "'ovcamo.engine.evaluate' in __import__('sys').modules")
+        assert scorer.result()
+    assert held == [False] * 4
 
 
 def test_reference_fixes_the_hard_classes(dataset, tmp_path: Path) -> None:
@@ -365,12 +407,18 @@ def test_cli_end_to_end(dataset, tmp_path: Path) -> None:
         f"data.test_mask_dir={paths.test_mask_dir}",
         f"out_dir={out}",
     ]
-    code = "from ovcamo.cli import evaluate; evaluate()"
+    # The scoring path never imports torch, so its forked workers cannot inherit torch's locks.
+    code = (
+        "import atexit, sys; "
+        "atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules)); "
+        "from ovcamo.cli import evaluate; evaluate()"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert "cSm" in done.stdout
+    assert "torch loaded: False" in done.stdout
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["num_samples"] == 10
     # The test images are not named on the command line: the bar chart is drawn, the grids are not.
     assert (out / "per_class_ciou.png").stat().st_size > 1000

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from generation_data import ellipse, textured, write_dataset
@@ -169,3 +171,25 @@ def test_class_exemplars_come_from_the_training_part_of_their_class(tmp_path):
 def test_unknown_exemplar_is_refused():
     with pytest.raises(ValueError, match="generator.exemplar"):
         ClassicGenerator(exemplar="sky")
+
+
+def test_work_on_a_384_image_is_one_vectorised_step_per_block(monkeypatch):
+    """Speed without a clock (timings belong to benchmarks/generation.py): a 384² canvas is
+    quilted in one vectorised step per patch block, each with at most two seam cuts along the
+    overlap strip, the only per-pixel Python work."""
+    from generation.classic import quilting
+
+    cuts: list[tuple[int, int]] = []
+
+    def counted(error: np.ndarray) -> np.ndarray:
+        cuts.append(error.shape)
+        return _min_cut(error)
+
+    monkeypatch.setattr(quilting, "_min_cut", counted)
+    out = ClassicGenerator().generate(source(384), "owl", 1)
+    patch = out.extra["patch"]
+    overlap = max(2, patch // 4)
+    blocks_per_side = math.ceil((384 - overlap) / (patch - overlap))
+    # Every block but the first gets one cut per neighbour already placed (left, top).
+    assert len(cuts) == 2 * blocks_per_side * (blocks_per_side - 1)
+    assert set(cuts) == {(patch, overlap)}

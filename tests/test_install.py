@@ -123,7 +123,7 @@ def test_the_plain_install_scores_predictions_and_renders_the_world(light, tiny,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert result["num_samples"] == 6 and result["classification_accuracy"] == 1.0
+    assert result["num_samples"] == 6 and result["diagnostics"]["class_accuracy"] == 1.0
     assert result["metrics"]["maxiou"] == 1.0 and result["metrics"]["cMAE"] == 0.0
     assert result["metrics"]["cSm"] == pytest.approx(1.0)
 

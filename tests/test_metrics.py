@@ -13,6 +13,8 @@ from hypothesis.extra.numpy import arrays
 from py_sod_metrics import MAE, Emeasure, Fmeasure, Smeasure, WeightedFmeasure
 
 from ovcamo.metrics import (
+    AGNOSTIC_KEYS,
+    DIAGNOSTIC_KEYS,
     METRIC_KEYS,
     PAPER_ALIASES,
     OVCOSMetric,
@@ -50,7 +52,7 @@ def reference_scores(pred: np.ndarray, gt: np.ndarray, smeasure=Smeasure) -> dic
 
 
 def reference_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, np.ndarray]:
-    """IoU of DESIGN §4 by brute force: binarise at every threshold separately."""
+    """OVCamo's IoU by brute force: binarise at every threshold separately."""
     p = pred / 255
     if p.max() != p.min():
         p = (p - p.min()) / (p.max() - p.min())
@@ -254,7 +256,61 @@ def test_aggregation_matches_official_rules() -> None:
         assert abs(got[key] - expected[key]) <= TOL, key
     for alias, key in PAPER_ALIASES.items():
         assert got[alias] == got[key]
-    assert set(got) == set(METRIC_KEYS) | set(PAPER_ALIASES)
+    assert set(got) == set(METRIC_KEYS) | set(PAPER_ALIASES) | set(DIAGNOSTIC_KEYS)
+
+
+def test_diagnostics_when_every_class_is_wrong() -> None:
+    """Class-aware numbers collapse; the class-agnostic ones are pysodmetrics' and the IoU's own."""
+    samples = [(p, g, "not " + gc, gc, u) for p, g, _, gc, u in _dataset(8, seed=4)]
+    metric = OVCOSMetric()
+    for s in samples:
+        metric.update(*s)
+    got = metric.compute()
+    assert got["cIoU"] == 0.0 and got["cSm"] == 0.0 and got["cMAE"] == 1.0
+    assert got["class_accuracy"] == 0.0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sm, wfm, mae, fm, em = Smeasure(), WeightedFmeasure(), MAE(), Fmeasure(), Emeasure()
+    ious = []
+    for pred, gt, *_ in samples:
+        for m in (sm, wfm, mae, fm, em):
+            m.step(pred, gt.astype(np.uint8) * 255)
+        ious.append(reference_iou(pred, gt)[1])
+    expected = {
+        "agnostic_Sm": sm.get_results()["sm"],
+        "agnostic_Fwb": wfm.get_results()["wfm"],
+        "agnostic_MAE": mae.get_results()["mae"],
+        "agnostic_Fb": fm.get_results()["fm"]["curve"].mean(),
+        "agnostic_Em": em.get_results()["em"]["curve"].mean(),
+        "agnostic_IoU": np.mean(ious, axis=0).mean(),
+    }
+    for key, value in expected.items():
+        assert abs(got[key] - value) <= TOL, key
+    assert got["agnostic_IoU"] > 0.3
+
+    rows = metric.per_sample()
+    assert np.mean([r["agnostic_IoU"] for r in rows]) == pytest.approx(got["agnostic_IoU"])
+    assert all(r["avgiou"] == 0.0 and not r["correct"] for r in rows)
+
+
+def test_diagnostics_are_the_scores_without_the_class_check() -> None:
+    samples = _dataset(12, seed=2)
+    metric = OVCOSMetric()
+    for s in samples:
+        metric.update(*s)
+    got = metric.compute()
+    scores, correct, _ = metric.synced_arrays()
+    assert 0 < correct.sum() < len(correct)
+    plain = summarize(scores)
+    for name, key in AGNOSTIC_KEYS.items():
+        assert got[name] == plain[key], name
+    assert got["class_accuracy"] == pytest.approx(correct.mean())
+    assert got["cIoU"] < got["agnostic_IoU"]
+    rows = metric.per_sample()
+    for name in AGNOSTIC_KEYS:
+        assert np.mean([r[name] for r in rows]) == pytest.approx(got[name], abs=1e-12), name
+    assert np.mean([r["correct"] for r in rows]) == pytest.approx(got["class_accuracy"])
 
 
 def test_wrong_class_zeroes_everything_but_mae() -> None:
@@ -308,7 +364,8 @@ def test_per_class_table_and_hard_classes(tmp_path) -> None:
     for row in rows:
         sel = np.array([r[2] == row["class"] for r in records])
         assert row["avgiou"] == pytest.approx(summarize(scores[sel], correct[sel])["avgiou"])
-        assert row["accuracy"] == pytest.approx(correct[sel].mean())
+        assert row["class_accuracy"] == pytest.approx(correct[sel].mean())
+        assert row["agnostic_IoU"] == pytest.approx(summarize(scores[sel])["avgiou"])
 
     ciou = {r["class"]: r["avgiou"] for r in rows}
     hardest = min(ciou, key=ciou.get)

@@ -77,7 +77,7 @@ def test_cli_check_and_start_stop_without_sam(data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SAM_CHECKPOINT"}
     for extra in (["check=true"], []):
         proc = subprocess.run(
-            [sys.executable, "-m", "ovcamo.engine.train", *_paper(data, tmp_path / "run"), *extra],
+            [sys.executable, "-m", "ovcamo", "train", *_paper(data, tmp_path / "run"), *extra],
             env=env,
             capture_output=True,
             text=True,

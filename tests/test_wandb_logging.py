@@ -22,6 +22,7 @@ from test_engine_resume import tiny_overrides
 from ovcamo import CONF_DIR
 from ovcamo.engine.loop import _log_report, loop_group, plan_stages, training_config
 from ovcamo.engine.train import run
+from ovcamo.metrics.tables import PER_CLASS_COLUMNS
 from ovcamo.report.loop_report import RunFiles
 
 pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
@@ -97,7 +98,7 @@ def test_training_logs_per_class_tables_and_predictions(offline, tmp_path):
     assert {"val/cIoU", "val/per_class", "val/predictions"} <= history_keys(records)
     (table,) = (folder / "files" / "media" / "table" / "val").glob("per_class*.table.json")
     rows = json.loads(table.read_text())
-    assert rows["columns"][:3] == ["class", "num_samples", "accuracy"]
+    assert rows["columns"] == list(PER_CLASS_COLUMNS)
     assert sorted(r[0] for r in rows["data"]) == ["owl", "reccoon", "snow leopard"]
     assert list((folder / "files" / "media" / "images" / "val").glob("predictions*.png"))
 

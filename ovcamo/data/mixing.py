@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from ovcamo.data.dataset import holdout_split, load_sample
 from ovcamo.data.ovcamo_format import (
     ClassInfo,
     DataPaths,
@@ -33,6 +32,7 @@ from ovcamo.data.ovcamo_format import (
     load_sample_info,
     resolve_records,
 )
+from ovcamo.data.samples import holdout_split, load_sample
 
 log = logging.getLogger(__name__)
 

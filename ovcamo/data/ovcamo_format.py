@@ -491,7 +491,7 @@ def resolve_records(
     files, and decode each mask, which finds empty masks) or ``full`` (also decode every image
     pixel, which finds corrupt bodies behind intact ends, and classify mask encodings). A corrupt
     image body that ``header`` lets through fails when the sample is read, with an
-    :class:`~ovcamo.data.dataset.UnreadableSampleError` naming the file; the trainer skips and
+    :class:`~ovcamo.data.samples.UnreadableSampleError` naming the file; the trainer skips and
     counts such samples (``data.strict=true`` stops).
     """
     classes = list(classes) if classes is not None else load_class_info(paths.class_info)

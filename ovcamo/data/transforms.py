@@ -100,6 +100,13 @@ class TrainTransform:
         return {**sample, "image": image, "mask": mask.to(torch.float32)}
 
 
+def eval_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """What a segmenter sees at evaluation: uint8 RGB ``H×W×3`` → float32 ``3×S×S`` in [0, 1],
+    resized bilinearly (antialiased) to ``size²``; CLIP normalisation happens inside the model."""
+    resized, _ = resize_pair(_image_tensor(image), None, size)
+    return resized.to(torch.float32).div_(255.0)
+
+
 @dataclass(frozen=True)
 class EvalTransform:
     """Evaluation preprocessing: image resized to ``image_size``², mask kept at its own size.
@@ -112,11 +119,10 @@ class EvalTransform:
     image_size: int = 384
 
     def __call__(self, sample: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-        image, _ = resize_pair(_image_tensor(sample["image"]), None, self.image_size)
         mask = np.asarray(sample["mask"], dtype=bool)
         return {
             **sample,
-            "image": image.to(torch.float32).div_(255.0),
+            "image": eval_image(sample["image"], self.image_size),
             "mask": mask,
             "gt_size": mask.shape,
         }

@@ -1,5 +1,5 @@
 """``ovcamo-eval``: score a folder of ``[<pred class>]<unique_id>.png`` predictions (or a checkpoint's)
-with the class-aware OVCOS metrics (OVCamo, ECCV 2024; DESIGN §4).
+with the class-aware OVCOS metrics (OVCamo, ECCV 2024; docs/evaluation.md).
 
 Unlike the official script, every inconsistency between the prediction folder and the dataset is an
 error that lists all offending files: a folder, a name without the ``[class]`` prefix, a non-PNG or
@@ -9,7 +9,15 @@ missing samples are then left out of the averages, as the official script does, 
 results), a size that differs from the GT (unless ``resize_to_gt``) and a GT mask without a
 foreground pixel (unless ``allow_empty_gt``). ``out_dir`` is checked before any work; results are
 computed completely before anything is written, and every file is written atomically.
-Scoring runs in a process pool.
+
+Beside the official class-aware numbers, ``metrics.json`` holds ``diagnostics`` outside the
+protocol (the six metrics without the class check and the classification accuracy), so that a bad
+mask can be told from a wrong class.
+
+Scoring a folder needs numpy, PIL, OpenCV and scipy only; this module never imports torch
+(``checkpoint=`` imports the model code when it predicts). Scoring runs in a process pool whose
+workers never hold torch either: they are forked from this process while it has not loaded torch,
+and otherwise come from a forkserver that imports only this module.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -33,8 +42,13 @@ import numpy as np
 from PIL import Image
 
 from ovcamo.data.config import resolve_data_paths
-from ovcamo.data.dataset import holdout_split
-from ovcamo.data.io import PathEscapeError, atomic_write_json, atomic_write_text, safe_join
+from ovcamo.data.io import (
+    PathEscapeError,
+    atomic_write_json,
+    atomic_write_text,
+    out_dir_problem,
+    safe_join,
+)
 from ovcamo.data.ovcamo_format import (
     DataPaths,
     DatasetFormatError,
@@ -44,16 +58,23 @@ from ovcamo.data.ovcamo_format import (
     load_sample_info,
     resolve_records,
 )
-from ovcamo.metrics import (
+from ovcamo.data.samples import holdout_split
+from ovcamo.metrics.functional import sample_scores
+from ovcamo.metrics.summary import (
+    DIAGNOSTICS_NOTE,
     METRIC_KEYS,
-    OVCOSMetric,
+    PER_SAMPLE_COLUMNS,
+    per_sample_rows,
+    split_diagnostics,
+    summarize,
+)
+from ovcamo.metrics.tables import (
+    diagnostics_table,
     hard_subset,
     paper_table,
     per_class_csv,
     per_class_table,
-    per_sample_rows,
 )
-from ovcamo.metrics.functional import sample_scores
 
 #: ``[<pred class>]<unique_id>.png``; the class is everything up to the first ``]``, as officially.
 PRED_NAME = re.compile(r"^\[(?P<cls>[^\]]*)\](?P<uid>.+)$")
@@ -89,15 +110,18 @@ _EMPTY_GT = (
 class EvaluationResult:
     """Everything :func:`write_results` writes.
 
-    ``metrics``: official keys and paper aliases over the scored samples; ``per_class``: rows of
-    :func:`ovcamo.metrics.per_class_table`; ``hard``: :func:`ovcamo.metrics.hard_subset`;
-    ``per_sample``: :func:`ovcamo.metrics.per_sample_rows`; ``missing``: GT ids without a prediction
-    (only with ``allow_missing``); ``resized``: ids whose prediction was resized to the GT size;
-    ``scores``: raw float64 ``(N, SCORE_LENGTH)`` score vectors in ``per_sample`` order (curves
-    included, before the class check) and ``correct``: bool ``(N,)``.
+    ``metrics``: official keys and paper aliases over the scored samples; ``diagnostics``: the
+    class-agnostic ``agnostic_*`` numbers and ``class_accuracy`` (not the official protocol);
+    ``per_class``: rows of :func:`ovcamo.metrics.per_class_table`; ``hard``:
+    :func:`ovcamo.metrics.hard_subset`; ``per_sample``: :func:`ovcamo.metrics.per_sample_rows`;
+    ``missing``: GT ids without a prediction (only with ``allow_missing``); ``resized``: ids whose
+    prediction was resized to the GT size; ``scores``: raw float64 ``(N, SCORE_LENGTH)`` score
+    vectors in ``per_sample`` order (curves included, before the class check) and ``correct``:
+    bool ``(N,)``.
     """
 
     metrics: dict[str, float]
+    diagnostics: dict[str, float]
     per_class: list[dict[str, Any]]
     hard: dict[str, Any]
     per_sample: list[dict[str, Any]]
@@ -114,14 +138,17 @@ class EvaluationResult:
         """The content of ``metrics.json``."""
         return {
             "metrics": self.metrics,
+            "diagnostics": {**self.diagnostics, "note": DIAGNOSTICS_NOTE},
             "num_samples": self.num_samples,
             "split": self.split,
             "pred_dir": self.pred_dir,
-            "classification_accuracy": float(np.mean([r["correct"] for r in self.per_sample])),
             "missing": self.missing,
             "resized": self.resized,
             "ignored": self.ignored,
-            "hard": {k: self.hard[k] for k in ("source", "classes", "num_samples", "metrics")},
+            "hard": {
+                k: self.hard[k]
+                for k in ("source", "classes", "num_samples", "metrics", "diagnostics")
+            },
         }
 
 
@@ -236,19 +263,30 @@ def _chunks(tasks: Sequence[_Task], n: int) -> list[list[_Task]]:
     return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
 
 
+def scoring_context() -> mp.context.BaseContext:
+    """How scoring workers start; by construction none of them holds torch.
+
+    A fork is cheapest (the child has this module already) and safe while this process has not
+    loaded torch and runs no other thread. A process that has (it predicted, or its caller uses
+    torch) could hand a child a lock held by one of torch's threads, and the child would hang; its
+    workers come from a forkserver that preloads only this module, which imports no torch.
+    """
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and "torch" not in sys.modules and threading.active_count() == 1:
+        return mp.get_context("fork")
+    if "forkserver" in methods:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return mp.get_context("spawn")
+
+
 def _run_pool(
-    tasks: Sequence[_Task], num_workers: int, fresh_workers: bool
+    tasks: Sequence[_Task], num_workers: int
 ) -> list[tuple[str, Any, list[_Problem], bool]]:
     if num_workers <= 1 or len(tasks) < 2:
         return _score_chunk(tasks)
-    # fork keeps start-up cheap (no re-import of torch); the workers only run numpy/scipy/cv2.
-    # A process whose torch thread pools have run (it just predicted) must not fork: a child can
-    # inherit a lock held by one of those threads and hang, so it starts clean workers instead.
-    methods = mp.get_all_start_methods()
-    method = "fork" if "fork" in methods and not fresh_workers else "spawn"
-    if method == "spawn" and "forkserver" in methods:
-        method = "forkserver"
-    ctx = mp.get_context(method)
+    ctx = scoring_context()
     results: list[tuple[str, Any, list[_Problem], bool]] = []
     with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
         for part in pool.map(_score_chunk, _chunks(tasks, num_workers)):
@@ -267,16 +305,15 @@ def score_prediction_dir(
     allow_empty_gt: bool = False,
     reference: str | os.PathLike | None = None,
     num_workers: int = 2,
-    fresh_workers: bool = False,
 ) -> EvaluationResult:
     """Score ``pred_dir`` against the GT masks of ``split`` (only ``unique_ids`` when given).
 
     Predictions for samples of the split outside ``unique_ids`` are ignored (and listed); a
     prediction for an id outside the split is an error. ``reference``: a reference run's
-    ``per_class.csv`` that fixes the hard classes. ``fresh_workers``: start scoring processes
-    clean (forkserver/spawn) instead of forking; set it when this process has run torch work.
-    ``allow_empty_gt``: score GT masks without a foreground pixel by the metrics' conventions
-    instead of refusing them. Raises :class:`EvaluationError` listing every problem; nothing is written here (see
+    ``per_class.csv`` that fixes the hard classes. ``num_workers`` scoring processes (see
+    :func:`scoring_context`). ``allow_empty_gt``: score GT masks without a foreground pixel by the
+    metrics' conventions instead of refusing them. Raises :class:`EvaluationError` listing every
+    problem; nothing is written here (see
     :func:`write_results`).
     """
     if split not in ("train", "test"):
@@ -366,9 +403,7 @@ def score_prediction_dir(
 
     order = [u for u in gt if u in preds]
     tasks = [_Task(u, str(preds[u][1]), str(gt[u][1]), resize_to_gt, allow_empty_gt) for u in order]
-    scored = {
-        uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers, fresh_workers)
-    }
+    scored = {uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers)}
     failed: dict[str, list[str]] = defaultdict(list)
     for _, errs, _ in scored.values():
         for kind, detail in errs:
@@ -376,15 +411,10 @@ def score_prediction_dir(
     _raise_if(failed, pred_dir)
     resized = [u for u in order if scored[u][2]]
 
-    metric = OVCOSMetric()
-    metric.add_scores(
-        np.stack([scored[u][0] for u in order]),
-        [preds[u][0] for u in order],
-        [gt[u][0] for u in order],
-        order,
-    )
-    metrics = metric.compute()
-    scores, correct, records = metric.synced_arrays()
+    scores = np.stack([scored[u][0] for u in order])
+    records = [(u, preds[u][0], gt[u][0]) for u in order]
+    correct = np.array([pc == gc for _, pc, gc in records], dtype=bool)
+    metrics, diagnostics = split_diagnostics(summarize(scores, correct))
     per_class = per_class_table(scores, correct, records, class_order=class_names)
     try:
         hard = hard_subset(scores, correct, records, per_class, reference=reference)
@@ -392,6 +422,7 @@ def score_prediction_dir(
         raise EvaluationError(f"reference per-class table: {e}") from e
     return EvaluationResult(
         metrics=metrics,
+        diagnostics=diagnostics,
         per_class=per_class,
         hard=hard,
         per_sample=per_sample_rows(scores, correct, records),
@@ -416,19 +447,24 @@ def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def results_markdown(results: EvaluationResult) -> str:
-    """``metrics.md``: the paper's table, then all twelve official numbers and the caveats."""
+    """``metrics.md``: the paper's table, all twelve official numbers, the diagnostics in a table of
+    their own, then the caveats."""
     title = "OVCamo test" if results.split == "test" else f"{results.split} split"
     lines = [
         f"# OVCOS evaluation of `{results.pred_dir}`",
         "",
-        f"{results.num_samples} samples, {len(results.per_class)} classes, "
-        f"class accuracy {results.summary()['classification_accuracy']:.3f}.",
+        f"{results.num_samples} samples, {len(results.per_class)} classes.",
         "",
         paper_table(results.metrics, title=title),
         "| " + " | ".join(METRIC_KEYS) + " |",
         "|" + "---:|" * len(METRIC_KEYS),
         "| " + " | ".join(f"{results.metrics[k]:.4f}" for k in METRIC_KEYS) + " |",
         "",
+        "## Diagnostics: class-agnostic metrics and classification accuracy",
+        "",
+        DIAGNOSTICS_NOTE,
+        "",
+        diagnostics_table({**results.metrics, **results.diagnostics}, title=title),
         f"Hard classes ({results.hard['source']}, bottom quarter by cIoU): "
         + ", ".join(results.hard["classes"]),
         "",
@@ -474,9 +510,7 @@ def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path
     out.mkdir(parents=True, exist_ok=True)
     texts = {
         "per_class.csv": per_class_csv(results.per_class),
-        "per_sample.csv": _csv(
-            results.per_sample, ("unique_id", "gt_class", "pred_class", "correct", *METRIC_KEYS)
-        ),
+        "per_sample.csv": _csv(results.per_sample, PER_SAMPLE_COLUMNS),
         "hard_classes.csv": _csv(
             [
                 {"class": c, "ranking_ciou": results.hard["class_ciou"][c]}
@@ -510,16 +544,11 @@ def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
 
 def check_out_dir(out_dir: Path) -> None:
     """Refuse an ``out_dir`` that results could not be written into; called before any work."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not existing.is_dir():
-        where = "it is a file" if existing == out_dir else f"{existing} is a file"
+    problem = out_dir_problem(out_dir)
+    if problem is not None:
         raise EvaluationError(
-            f"out_dir={out_dir}: {where}, and the results are a folder of files (metrics.json, "
+            f"out_dir={out_dir}: {problem}, and the results are a folder of files (metrics.json, "
             "metrics.md, per_class.csv, ...); choose another out_dir"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise EvaluationError(
-            f"out_dir={out_dir}: {existing} is not writable; choose another out_dir"
         )
 
 
@@ -577,7 +606,6 @@ def main(cfg: Any) -> EvaluationResult:
             allow_empty_gt=bool(cfg.get("allow_empty_gt", False)),
             reference=cfg.get("reference") or None,
             num_workers=int(cfg.get("num_workers", 2)),
-            fresh_workers=bool(cfg.get("checkpoint")),
         )
     except EvaluationError as e:
         print(f"ovcamo-eval: {e}", file=sys.stderr)

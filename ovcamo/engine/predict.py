@@ -1,4 +1,4 @@
-"""Predictions in the official OVCOS format and class-aware scoring of a model (DESIGN §4).
+"""Predictions in the official OVCOS format and class-aware scoring of a model (docs/evaluation.md).
 
 A prediction is the mask logit map post-processed by ``to_uint8_prediction`` (sigmoid → per-image
 min-max → bilinear to GT size → uint8) and the argmax over the candidate classes; files are
@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, resolve_checkpoint_dir
-from ovcamo.data.io import write_png
+from ovcamo.data.io import staged_dir, write_png
 from ovcamo.data.ovcamo_format import DataPaths
 from ovcamo.data.transforms import EvalTransform
 from ovcamo.engine.distributed import DistInfo
@@ -257,17 +254,15 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
         strict=bool(cfg.data.get("strict", False)),
     )
     out = Path(cfg.out_dir) / ("predictions" if part == "all" else f"predictions_{part}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh folder swapped in at the end: files of an earlier run (possibly with other predicted
-    # classes in their names) never mix with these, and a killed run leaves the old folder whole.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     loader = eval_loader(
         dataset,
         batch_size=int(cfg.get("batch_size", 8)),
         num_workers=int(cfg.get("num_workers", 0)),
     )
     written = skipped = 0
-    try:
+    # A fresh folder swapped in at the end: files of an earlier run (possibly with other predicted
+    # classes in their names) never mix with these, and a killed run leaves the old folder whole.
+    with staged_dir(out) as tmp:
         for item in iter_predictions(
             model, loader, dataset.class_names, device, amp=cfg.get("amp"), desc=f"predict {split}"
         ):
@@ -277,10 +272,5 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
                 continue
             write_png(tmp / f"[{item['pred_class']}]{item['unique_id']}.png", item["pred"])
             written += 1
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote %d predictions to %s (%d samples skipped)", written, out, skipped)
     return out

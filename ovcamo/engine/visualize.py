@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ovcamo.data.dataset import load_sample
 from ovcamo.data.io import read_gray
 from ovcamo.data.ovcamo_format import DataPaths, resolve_records
+from ovcamo.data.samples import load_sample
 
 
 def _items(

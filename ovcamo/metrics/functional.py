@@ -1,4 +1,5 @@
-"""Per-sample SOD measures of the OVCOS protocol (DESIGN §4), vectorised over the uint8 histogram.
+"""Per-sample SOD measures of the OVCOS protocol (docs/evaluation.md), vectorised over the uint8
+histogram.
 
 One call scores one prediction/GT pair: S-measure (Fan et al., ICCV 2017, α = 0.5), weighted
 F-measure (Margolin et al., CVPR 2014, β² = 1, 7×7 Gaussian σ = 5), MAE, F-measure (β² = 0.3),
@@ -189,14 +190,25 @@ def s_measure(
     return float(max(0.0, obj * _SM_ALPHA + region * (1 - _SM_ALPHA)))
 
 
-def weighted_f_measure(gt: np.ndarray, error: np.ndarray) -> float:
+def weighted_f_measure(
+    gt: np.ndarray, code: np.ndarray, lut: np.ndarray, bg_hist: np.ndarray
+) -> float:
     """Weighted F-measure (β² = 1) of a pair whose GT has foreground (Margolin et al., §4).
 
-    ``gt``: bool ``H×W``; ``error``: float64 ``H×W``, ``|p − gt|`` of the normalised map.
+    ``gt``: bool ``H×W``; ``code``: uint16 ``H×W``, ``256·gt + pred`` (the histogram code of
+    :func:`sample_scores`); ``lut``: the normalised value of each prediction level
+    (:func:`normalisation_lut`), so the error ``|p − gt|`` of a pixel is a lookup of its code;
+    ``bg_hist``: ``(256,)`` prediction levels of the background pixels.
+
     The blurred error ``EA`` is only read on foreground pixels, so the nearest-foreground error is
     copied to background pixels within the kernel's reach only, and the blur runs on the
-    foreground's bounding box plus that reach. The distance transform (and its tie-breaking among
-    equidistant foreground pixels) is scipy's, as in the reference.
+    foreground's bounding box plus that reach. Which foreground pixel is nearest (and the choice
+    among equidistant ones) is scipy's feature transform, as in the reference, run on that box: it
+    holds every foreground pixel, so the choice is the same as on the whole image. The distance
+    weights of background pixels come from OpenCV's exact Euclidean transform; its float32
+    distances are squared and rounded back to the exact integer square before the float64 root,
+    which reproduces the reference's distances bit for bit wherever the square is below 2²²
+    (distances up to 2048 pixels) and to float32 precision beyond.
     """
     h, w = gt.shape
     rows = np.flatnonzero(gt.any(axis=1))
@@ -205,34 +217,30 @@ def weighted_f_measure(gt: np.ndarray, error: np.ndarray) -> float:
     y0, y1 = max(rows[0] - r, 0), min(rows[-1] + r + 1, h)
     x0, x1 = max(cols[0] - r, 0), min(cols[-1] + r + 1, w)
     gt_c = gt[y0:y1, x0:x1]
-    error_c = error[y0:y1, x0:x1]
+    # |p − 0| on background codes, |p − 1| on foreground codes.
+    error_lut = np.concatenate([lut, 1.0 - lut])
+    error_c = error_lut[code[y0:y1, x0:x1]]
     spread = error_c.copy()
     bg = ~gt
     if bg.any():
-        # Distances are rebuilt from the feature transform as the reference does (exact integers,
-        # one sqrt), which is cheaper than asking scipy for both.
-        iy, ix = distance_transform_edt(bg, return_distances=False, return_indices=True)
-        dy = iy - np.arange(h, dtype=iy.dtype)[:, None]
-        dx = ix - np.arange(w, dtype=ix.dtype)[None, :]
-        dy *= dy
-        dx *= dx
-        dy += dx
-        decay = np.sqrt(dy, dtype=np.float64)
+        bg_c = ~gt_c
         reach = cv2.dilate(
-            np.ascontiguousarray(gt_c).view(np.uint8),
-            _DILATE,
-            borderType=cv2.BORDER_CONSTANT,
-            borderValue=0,
+            gt_c.view(np.uint8), _DILATE, borderType=cv2.BORDER_CONSTANT, borderValue=0
         )
-        band = reach.view(bool) & ~gt_c
-        spread[band] = error[iy[y0:y1, x0:x1][band], ix[y0:y1, x0:x1][band]]
+        band = reach.view(bool) & bg_c
+        if band.any():
+            iy, ix = distance_transform_edt(bg_c, return_distances=False, return_indices=True)
+            spread[band] = error_c[iy[band], ix[band]]
+        d = cv2.distanceTransform(bg.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        decay = np.square(d, dtype=np.float64)
+        np.rint(decay, out=decay)
+        np.sqrt(decay, out=decay)
         # B = 2 − 0.5^(d/5) on background pixels, so FPw = Σ_bg E·B = 2·Σ_bg E − Σ_bg E·0.5^(d/5).
         decay *= np.log(0.5) / 5
         np.exp(decay, out=decay)
-        e_bg = np.where(bg, error, 0.0)
-        # An elementwise product, not a BLAS dot: a threaded BLAS spins on a busy machine.
-        decay *= e_bg
-        fp_w = 2 * float(e_bg.sum()) - float(decay.sum())
+        # The error of background pixels, 0 on foreground ones (whose decay is 1).
+        decay *= np.concatenate([lut, np.zeros_like(lut)])[code]
+        fp_w = 2 * float(bg_hist @ lut) - float(decay.sum())
     else:
         fp_w = 0.0
     # Zero padding at the crop's edge is exact: beyond it lie the image border (zero-padded by the
@@ -375,10 +383,8 @@ def sample_scores(pred: np.ndarray, gt: np.ndarray) -> SampleScores:
     if n_fg == 0:
         sm, wfm = 1 - mean_pred, 0.0
     else:
-        # |p − g| per level and GT side, indexed by the same code as the histograms.
-        error = np.concatenate([np.abs(lut - 0.0), np.abs(lut - 1.0)])[code]
         sm = mean_pred if n_fg == n else s_measure(pred, gt, quad_hists, lut, split)
-        wfm = weighted_f_measure(gt, error)
+        wfm = weighted_f_measure(gt, code, lut, bg_hist)
 
     fm, em, iou = threshold_curves(fg_hist, bg_hist, lut)
     adpfm, adpem, adpiou = adaptive_scores(fg_hist, bg_hist, lut, mean_pred)

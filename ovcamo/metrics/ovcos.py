@@ -1,10 +1,8 @@
-"""The class-aware OVCOS metrics (OVCamo, ECCV 2024; DESIGN §4) as a torchmetrics ``Metric``.
+"""The class-aware OVCOS metrics (OVCamo, ECCV 2024) as a torchmetrics ``Metric``, for training
+loops and users who want one; scoring a prediction folder does not use it (nor torch).
 
-Each sample is scored by :func:`ovcamo.metrics.functional.sample_scores`; when the predicted class
-string differs from the GT class, Sm, Fωβ, Fβ, Em and IoU (adaptive and curves) count as 0 and MAE
-as 1. Averages are over samples: scalars are averaged directly, curves are averaged per threshold and
-then reduced by mean (``avg*``) and max (``max*``), as the official evaluator does.
-
+Each sample is scored by :func:`ovcamo.metrics.functional.sample_scores` and aggregated by
+:func:`ovcamo.metrics.summary.summarize` (class check, official averages, diagnostics).
 Per-sample scores are kept (raw, with the class check stored beside them) and synchronise across
 processes, so every rank can build per-class tables and the hard-class subset after ``compute``.
 """
@@ -21,75 +19,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from ovcamo.metrics.functional import (
-    CURVE_KEYS,
-    NUM_THRESHOLDS,
-    SCALAR_KEYS,
-    SCORE_LENGTH,
-    sample_scores,
-)
-
-#: Output keys, with the official evaluator's names.
-METRIC_KEYS = (
-    "sm",
-    "wfm",
-    "mae",
-    "adpfm",
-    "avgfm",
-    "maxfm",
-    "adpem",
-    "avgem",
-    "maxem",
-    "adpiou",
-    "avgiou",
-    "maxiou",
-)
-#: The paper's names (OVCamo Table 2 / BaCLIP Table 1) and the official key each one reports.
-PAPER_ALIASES = {
-    "cSm": "sm",
-    "cFwb": "wfm",
-    "cMAE": "mae",
-    "cFb": "avgfm",
-    "cEm": "avgem",
-    "cIoU": "avgiou",
-}
-
-
-def class_aware(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """Apply the class check to raw score vectors.
-
-    ``scores``: float64 ``(N, SCORE_LENGTH)`` raw per-sample scores; ``correct``: bool ``(N,)``.
-    Rows of misclassified samples become 0 everywhere except MAE, which becomes 1.
-    """
-    out = np.where(correct[:, None], scores, 0.0)
-    mae = SCALAR_KEYS.index("mae")
-    out[~correct, mae] = 1.0
-    return out
-
-
-def summarize(scores: np.ndarray, correct: np.ndarray | None = None) -> dict[str, float]:
-    """The twelve official numbers and the six paper aliases over a set of samples.
-
-    ``scores``: float64 ``(N, SCORE_LENGTH)`` raw per-sample scores; ``correct``: bool ``(N,)``
-    class checks (``None`` scores segmentation alone, as if every class were right).
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1, SCORE_LENGTH)
-    if scores.shape[0] == 0:
-        raise ValueError("no samples to summarise")
-    if correct is not None:
-        scores = class_aware(scores, np.asarray(correct, dtype=bool))
-    mean = scores.mean(axis=0)
-    out: dict[str, float] = {}
-    for i, key in enumerate(SCALAR_KEYS):
-        out[key] = float(mean[i])
-    offset = len(SCALAR_KEYS)
-    for j, key in enumerate(CURVE_KEYS):
-        curve = mean[offset + j * NUM_THRESHOLDS : offset + (j + 1) * NUM_THRESHOLDS]
-        out[f"avg{key}"] = float(curve.mean())
-        out[f"max{key}"] = float(curve.max())
-    result = {k: out[k] for k in METRIC_KEYS}
-    result.update({alias: out[key] for alias, key in PAPER_ALIASES.items()})
-    return result
+from ovcamo.metrics.functional import SCORE_LENGTH, sample_scores
+from ovcamo.metrics.summary import per_sample_rows, summarize
+from ovcamo.metrics.tables import hard_subset, per_class_table
 
 
 def _as_list(value: str | Sequence[str]) -> list[str]:
@@ -116,8 +48,10 @@ class OVCOSMetric(Metric):
     """Class-aware OVCOS metrics over a stream of (prediction, GT, predicted class, GT class) samples.
 
     ``update`` scores one sample (``update_batch`` several); ``compute`` returns the official keys
-    (``sm, wfm, mae, adpfm, avgfm, maxfm, adpem, avgem, maxem, adpiou, avgiou, maxiou``) and the
-    paper aliases (``cSm, cFwb, cMAE, cFb, cEm, cIoU``); ``per_sample`` returns one dict per sample;
+    (``sm, wfm, mae, adpfm, avgfm, maxfm, adpem, avgem, maxem, adpiou, avgiou, maxiou``), the
+    paper aliases (``cSm, cFwb, cMAE, cFb, cEm, cIoU``) and the diagnostics outside the protocol
+    (``agnostic_Sm … agnostic_IoU``, ``class_accuracy``; see
+    :data:`ovcamo.metrics.summary.DIAGNOSTICS_NOTE`); ``per_sample`` returns one dict per sample;
     ``scores``/``correct``/``records`` expose the synchronised arrays for
     :mod:`ovcamo.metrics.tables`.
     """
@@ -209,7 +143,8 @@ class OVCOSMetric(Metric):
         return scores, correct, records
 
     def compute(self) -> dict[str, float]:
-        """The official keys and the paper aliases, averaged over every sample seen on every rank."""
+        """The official keys, the paper aliases and the diagnostics, averaged over every sample seen
+        on every rank."""
         scores, correct, _ = self._arrays()
         if scores.shape[0] == 0:
             raise RuntimeError("OVCOSMetric.compute() called before any update()")
@@ -222,7 +157,8 @@ class OVCOSMetric(Metric):
             return self._arrays()
 
     def per_sample(self, class_aware_scores: bool = True) -> list[dict[str, Any]]:
-        """One dict per sample: ids, classes, ``correct`` and the twelve official keys.
+        """One dict per sample: ids, classes, ``correct``, the twelve official keys and the six
+        ``agnostic_*`` ones (see :func:`ovcamo.metrics.summary.per_sample_rows`).
 
         Per-sample ``avg*``/``max*`` are the mean/max of that sample's own curve.
         """
@@ -231,8 +167,6 @@ class OVCOSMetric(Metric):
 
     def per_class_table(self, class_order: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """One row per GT class (see :func:`ovcamo.metrics.tables.per_class_table`)."""
-        from ovcamo.metrics.tables import per_class_table  # tables builds on this module
-
         scores, correct, records = self.synced_arrays()
         return per_class_table(scores, correct, records, class_order)
 
@@ -242,31 +176,6 @@ class OVCOSMetric(Metric):
         """Metrics over the bottom quarter of classes by cIoU, ranked by ``reference`` (a
         ``per_class.csv`` or a ``{class: cIoU}`` mapping) or by this run
         (see :func:`ovcamo.metrics.tables.hard_subset`)."""
-        from ovcamo.metrics.tables import hard_subset, per_class_table
-
         scores, correct, records = self.synced_arrays()
         rows = per_class_table(scores, correct, records)
         return hard_subset(scores, correct, records, rows, reference)
-
-
-def per_sample_rows(
-    scores: np.ndarray,
-    correct: np.ndarray,
-    records: Sequence[tuple[str, str, str]],
-    class_aware_scores: bool = True,
-) -> list[dict[str, Any]]:
-    """Per-sample dicts from raw scores (see :meth:`OVCOSMetric.per_sample`)."""
-    shown = class_aware(scores, correct) if class_aware_scores else scores
-    rows = []
-    for vec, ok, (uid, pc, gc) in zip(shown, correct, records, strict=True):
-        row: dict[str, Any] = {
-            "unique_id": uid,
-            "gt_class": gc,
-            "pred_class": pc,
-            "correct": bool(ok),
-        }
-        row.update(summarize(vec[None, :]))
-        rows.append(
-            {k: row[k] for k in ("unique_id", "gt_class", "pred_class", "correct", *METRIC_KEYS)}
-        )
-    return rows

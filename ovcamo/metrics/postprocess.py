@@ -1,4 +1,5 @@
-"""Turn a segmenter's mask logits into the uint8 prediction the OVCOS metrics score (DESIGN §4)."""
+"""Turn a segmenter's mask logits into the uint8 prediction the OVCOS metrics score
+(docs/evaluation.md)."""
 
 from __future__ import annotations
 

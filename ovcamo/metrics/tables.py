@@ -18,10 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from ovcamo.metrics.ovcos import METRIC_KEYS, PAPER_ALIASES, summarize
+from ovcamo.metrics.summary import (
+    AGNOSTIC_KEYS,
+    METRIC_KEYS,
+    PAPER_ALIASES,
+    split_diagnostics,
+    summarize,
+)
 
-#: Columns of ``per_class.csv``.
-PER_CLASS_COLUMNS = ("class", "num_samples", "accuracy", *METRIC_KEYS)
+#: Columns of ``per_class.csv``: the official keys (class-aware), then two diagnostics that are not
+#: part of the protocol (the class-agnostic IoU and the share of samples classified right).
+PER_CLASS_COLUMNS = ("class", "num_samples", *METRIC_KEYS, "agnostic_IoU", "class_accuracy")
 #: Fraction of classes that form the hard subset.
 HARD_FRACTION = 0.25
 
@@ -32,8 +39,8 @@ def per_class_table(
     records: Sequence[tuple[str, str, str]],
     class_order: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per GT class: ``class``, ``num_samples``, ``accuracy`` (class predicted right) and the
-    twelve official keys, class-aware.
+    """One row per GT class: ``class``, ``num_samples``, the twelve official keys (class-aware) and
+    the diagnostics ``agnostic_IoU`` and ``class_accuracy`` (share of samples classified right).
 
     ``scores``: float64 ``(N, SCORE_LENGTH)`` raw; ``correct``: bool ``(N,)``; ``records``:
     ``(unique_id, pred_class, gt_class)`` per row. Rows follow ``class_order`` (classes without
@@ -45,13 +52,10 @@ def per_class_table(
     rows = []
     for name in order:
         sel = gt_classes == name
-        row: dict[str, Any] = {
-            "class": name,
-            "num_samples": int(sel.sum()),
-            "accuracy": float(np.mean(correct[sel])),
-        }
         metrics = summarize(scores[sel], correct[sel])
+        row: dict[str, Any] = {"class": name, "num_samples": int(sel.sum())}
         row.update({k: metrics[k] for k in METRIC_KEYS})
+        row.update(agnostic_IoU=metrics["agnostic_IoU"], class_accuracy=metrics["class_accuracy"])
         rows.append(row)
     return rows
 
@@ -116,7 +120,8 @@ def hard_subset(
     """Metrics over the samples of the hard classes.
 
     Returns ``{"source": "reference" | "this run", "classes": [...], "num_samples": n,
-    "metrics": {official keys and aliases}, "class_ciou": {class: cIoU used for ranking}}``.
+    "metrics": {official keys and aliases}, "diagnostics": {agnostic_* and class_accuracy},
+    "class_ciou": {class: cIoU used for ranking}}``.
     """
     run_classes = [r["class"] for r in per_class_rows]
     if reference is None:
@@ -131,12 +136,15 @@ def hard_subset(
             "the reference per-class table shares no class with this run; "
             f"run classes: {run_classes[:5]}..."
         )
-    sel = np.array([r[2] in set(chosen) for r in records], dtype=bool)
+    chosen_set = set(chosen)
+    sel = np.array([r[2] in chosen_set for r in records], dtype=bool)
+    official, diagnostics = split_diagnostics(summarize(scores[sel], correct[sel]))
     return {
         "source": source,
         "classes": chosen,
         "num_samples": int(sel.sum()),
-        "metrics": summarize(scores[sel], correct[sel]),
+        "metrics": official,
+        "diagnostics": diagnostics,
         "class_ciou": {c: ciou[c] for c in chosen},
     }
 
@@ -149,4 +157,23 @@ def paper_table(metrics: Mapping[str, float], title: str = "OVCamo", digits: int
         "| | " + " | ".join(heads) + " |\n"
         "|---|" + "---:|" * len(heads) + "\n"
         f"| {title} | " + " | ".join(vals) + " |\n"
+    )
+
+
+def diagnostics_table(metrics: Mapping[str, float], title: str = "OVCamo", digits: int = 3) -> str:
+    """Markdown table of the class-agnostic diagnostics beside the official class-aware numbers.
+
+    ``metrics``: a :func:`ovcamo.metrics.summarize` result. The first row repeats the official
+    numbers for comparison; the second has the class check switched off; the last column is the
+    classification accuracy. Not part of the OVCOS protocol (see ``DIAGNOSTICS_NOTE``).
+    """
+    heads = ["Sm ↑", "Fωβ ↑", "MAE ↓", "Fβ ↑", "Em ↑", "IoU ↑", "class accuracy ↑"]
+    aware = [f"{metrics[a]:.{digits}f}" for a in PAPER_ALIASES]
+    agnostic = [f"{metrics[a]:.{digits}f}" for a in AGNOSTIC_KEYS]
+    accuracy = f"{metrics['class_accuracy']:.{digits}f}"
+    return (
+        "| | " + " | ".join(heads) + " |\n"
+        "|---|" + "---:|" * len(heads) + "\n"
+        f"| {title}, class-aware (official) | " + " | ".join(aware) + f" | {accuracy} |\n"
+        f"| {title}, class-agnostic (diagnostic) | " + " | ".join(agnostic) + f" | {accuracy} |\n"
     )

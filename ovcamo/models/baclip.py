@@ -15,7 +15,7 @@ an FPN decoder over the four trunk maps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.sam_decoder import SamLoadReport, decode_masks
+
+if TYPE_CHECKING:
+    from ovcamo.models.predictor import ImageInput
 
 
 class BaCLIP(nn.Module):
@@ -158,9 +161,20 @@ class BaCLIP(nn.Module):
         return self.backbone.logit_scale * embedding @ text.t()
 
     @torch.no_grad()
-    def predict(self, images: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
-        """Inference in eval mode: ``mask_probs`` ``B×1×H×W``, ``class_probs`` ``B×K``,
-        ``class_names`` (the B predicted names). The previous train/eval mode is restored."""
+    def predict(self, images: Tensor | ImageInput, class_names: Sequence[str]) -> dict[str, Any]:
+        """Inference in eval mode; the previous train/eval mode is restored.
+
+        ``images``: a ``B×3×H×W`` float tensor in [0, 1] at the model's input size → ``mask_probs``
+        ``B×1×H×W``, ``class_probs`` ``B×K``, ``class_names`` (the B predicted names) and the raw
+        ``mask_logits``/``class_logits``. One image as a path, a PIL image or a uint8 ``H×W×3``
+        array → resized here, and answered at its own size by
+        :func:`ovcamo.models.predictor.predict_image` (``mask`` uint8 ``H×W`` post-processed as
+        the evaluator's predictions, ``mask_probs``, ``class_name``, ``score``, ``class_probs``).
+        """
+        if not isinstance(images, Tensor):
+            from ovcamo.models.predictor import predict_image
+
+            return predict_image(self, images, class_names)
         was_training = self.training
         self.eval()
         try:
@@ -173,6 +187,8 @@ class BaCLIP(nn.Module):
             "mask_probs": torch.sigmoid(out["mask_logits"].float()),
             "class_probs": class_probs,
             "class_names": [names[i] for i in class_probs.argmax(dim=-1).tolist()],
+            "mask_logits": out["mask_logits"],
+            "class_logits": out["class_logits"],
         }
 
     def loss(self, outputs: Mapping[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
