@@ -80,7 +80,7 @@ class Command:
 
 world = Command("world", "world", "ovcamo.data.world:main", "render (or reuse) a micro-world")
 micro_clip = Command(
-    "micro-clip", "micro_clip", "ovcamo.models.micro_clip:main", "train (or reuse) the micro CLIP"
+    "micro-clip", "micro_clip", "ovcamo.engine.micro_clip:main", "train (or reuse) the micro CLIP"
 )
 train = Command("train", "train", "ovcamo.engine.train:main", "train a segmenter")
 evaluate = Command(

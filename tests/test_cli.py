@@ -130,7 +130,7 @@ def test_generate_with_the_data_keys_and_out_dir(tmp_path):
 
 
 def test_micro_clip_out_dir_exports_the_trained_folder(tmp_path, monkeypatch):
-    from ovcamo.models import micro_clip
+    from ovcamo.engine import micro_clip
 
     trained = tmp_path / "cache" / "micro_clip" / "m-1"
     trained.mkdir(parents=True)

@@ -21,7 +21,7 @@ def test_micro_is_replaced_by_the_cached_checkpoint(monkeypatch, tmp_path):
         seen.update(clip=clip_cfg.model, world=world_cfg.name, cache=cache_dir)
         return tmp_path / "clip.safetensors"
 
-    monkeypatch.setattr("ovcamo.models.micro_clip.ensure_micro_clip", fake_ensure)
+    monkeypatch.setattr("ovcamo.engine.micro_clip.ensure_micro_clip", fake_ensure)
     cfg = _cfg(f"cache_dir={tmp_path}")
     assert cfg.model.backbone.pretrained == "micro"
     out = resolve_pretrained(cfg)

@@ -364,7 +364,6 @@ def ref_encode(sd, x, ch_mult=(1, 2), num_res_blocks=1, groups=4):
 def ref_bkra(sd, c, mask, n_super, heads):
     """BKRA.forward in eval mode: LMP on the object (``1 − mask`` ≠ 0), cross-attention to the
     ``bg_embed`` codebook, expand → concatenate → fuse, and the ``±1`` blend."""
-    from einops import rearrange
     from skimage.segmentation import slic
     from skimage.util import img_as_float
 
@@ -380,7 +379,7 @@ def ref_bkra(sd, c, mask, n_super, heads):
 
     res = []
     for b in range(fg.shape[0]):
-        img = rearrange(fg[b].cpu(), "c h w -> h w c")
+        img = fg[b].cpu().permute(1, 2, 0)
         m = 1 - mask[b].squeeze().cpu()
         segments = slic(img_as_float(img), n_segments=n_super, sigma=5, mask=m)
         rows = []
@@ -393,12 +392,16 @@ def ref_bkra(sd, c, mask, n_super, heads):
     q = F.linear(q_in, w["crossAttn.to_q.weight"])
     k = F.linear(book, w["crossAttn.to_k.weight"])
     v = F.linear(book, w["crossAttn.to_v.weight"])
-    q, k, v = (rearrange(t, "b n (h d) -> (b h) n d", h=heads) for t in (q, k, v))
+    def split(t):  # b n (h d) -> (b h) n d
+        b, n, _ = t.shape
+        return t.reshape(b, n, heads, -1).permute(0, 2, 1, 3).reshape(b * heads, n, -1)
+
+    q, k, v = (split(t) for t in (q, k, v))
     sim = torch.einsum("b i d, b j d -> b i j", q, k) * (q.shape[-1] ** -0.5)
     out = torch.einsum("b i j, b j d -> b i d", sim.softmax(dim=-1), v)
-    out = rearrange(out, "(b h) n d -> b n (h d)", h=heads)
+    out = out.reshape(-1, heads, *out.shape[1:]).permute(0, 2, 1, 3).flatten(2)
     out = F.linear(out, w["crossAttn.to_out.0.weight"], w["crossAttn.to_out.0.bias"])
-    vec_bg = rearrange(mlp("mlp_out", out), "b n c -> b c n")
+    vec_bg = mlp("mlp_out", out).transpose(1, 2)
     vec_bg = vec_bg.unsqueeze(3).expand(-1, -1, -1, n_super)
     vec_bg = F.interpolate(vec_bg, size=list(fg.shape[-2:]), mode="nearest")
     fg2bg = F.conv2d(torch.cat((vec_bg, fg), dim=1), w["fuse.weight"], w["fuse.bias"])

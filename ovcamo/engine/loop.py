@@ -208,7 +208,7 @@ def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 
 def _clip_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.models.micro_clip import ensure_micro_clip
+        from ovcamo.engine.micro_clip import ensure_micro_clip
 
         checkpoint = ensure_micro_clip(ctx.cfg.clip, ctx.cfg.data.world, ctx.cache_dir)
         return {"checkpoint": str(checkpoint)}

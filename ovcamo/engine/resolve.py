@@ -30,7 +30,7 @@ def resolve_pretrained(cfg: DictConfig) -> DictConfig:
         raise KeyError(
             "backbone.pretrained=micro needs a 'clip' node (see ovcamo/conf/micro_clip.yaml)"
         )
-    from ovcamo.models.micro_clip import ensure_micro_clip
+    from ovcamo.engine.micro_clip import ensure_micro_clip
 
     path = ensure_micro_clip(cfg.clip, world, cfg.get("cache_dir"))
     with open_dict(cfg):

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import ovcamo.models  # noqa: F401  (registers the micro architecture)
 from ovcamo import CONF_DIR
 from ovcamo.models.camo_prompts import CAMO_PROMPTS, class_text_embeddings
-from ovcamo.models.micro_clip import (
+from ovcamo.engine.micro_clip import (
     REPORT_FILE,
     augment,
     class_grouped_batches,
