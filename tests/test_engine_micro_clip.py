@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 import ovcamo.models  # noqa: F401  (registers the micro architecture)
 from ovcamo import CONF_DIR
-from ovcamo.models.camo_prompts import CAMO_PROMPTS, class_text_embeddings
 from ovcamo.engine.micro_clip import (
     REPORT_FILE,
     augment,
@@ -22,6 +21,7 @@ from ovcamo.engine.micro_clip import (
     ensure_micro_clip,
     main,
 )
+from ovcamo.models.camo_prompts import CAMO_PROMPTS, class_text_embeddings
 
 TINY_CLIP = "ovcamo_test_tiny_clip"
 TINY_CLIP_CFG = {

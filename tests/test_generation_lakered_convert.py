@@ -392,6 +392,7 @@ def ref_bkra(sd, c, mask, n_super, heads):
     q = F.linear(q_in, w["crossAttn.to_q.weight"])
     k = F.linear(book, w["crossAttn.to_k.weight"])
     v = F.linear(book, w["crossAttn.to_v.weight"])
+
     def split(t):  # b n (h d) -> (b h) n d
         b, n, _ = t.shape
         return t.reshape(b, n, heads, -1).permute(0, 2, 1, 3).reshape(b * heads, n, -1)
