@@ -64,6 +64,7 @@ def tiny_world_cfg() -> dict:
 def tiny_clip_cfg(model: str, **overrides) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "clip" / "micro.yaml"))
     cfg.update(model=model, epochs=12, batch_size=10, group_size=5, warmup_steps=2, lr=3e-3)
+    cfg.update(train_size=None)
     cfg.update({"progress": False, **overrides})
     return cfg
 
@@ -114,6 +115,8 @@ def test_augment_keeps_shape_and_range() -> None:
     assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
     assert torch.equal(a, b)
+    small = augment(x, cfg, torch.Generator().manual_seed(0), size=12)
+    assert small.shape == (4, 3, 12, 12)
 
 
 def test_training_lowers_loss_and_checkpoint_loads_in_open_clip(

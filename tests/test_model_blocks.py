@@ -1,5 +1,5 @@
-"""BaCLIP's blocks in isolation: DCT basis, MFMSA/CCE, MREM switches, prompt adapter, batched SAM
-decoder, loss."""
+"""BaCLIP's blocks in isolation: DCT basis, MFMSA/CCE, MREM switches, neck, prompt adapter,
+batched SAM decoder with and without high-resolution skips, loss."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ovcamo.models.cce import CCE, MFMSA, dct_1d, dct_basis_2d, top_frequencies
 from ovcamo.models.losses import boundary_weights, segmentation_loss
 from ovcamo.models.mrem import MREM
+from ovcamo.models.neck import FeatureNeck, HighResSkips
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.sam_decoder import build_mask_decoder, decode_masks
 
@@ -180,3 +181,50 @@ def test_boundary_weights_peak_at_edges() -> None:
         boundary_weights(mask, kernel_size=30)
     with pytest.raises(ValueError, match="differ in shape"):
         segmentation_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4))
+
+
+def _trunk(b: int = 2) -> list[torch.Tensor]:
+    return [torch.randn(b, c, 64 // s, 64 // s) for c, s in ((8, 4), (16, 8), (24, 16), (32, 32))]
+
+
+@pytest.mark.parametrize(("stride", "sizes"), [(4, [16]), (8, [16, 8]), (16, [16, 8, 4])])
+def test_neck_returns_the_levels_up_to_the_embedding_stride(stride, sizes) -> None:
+    neck = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 12, stride)
+    levels = neck(_trunk())
+    assert [x.shape[-1] for x in levels] == sizes and all(x.shape[1] == 12 for x in levels)
+    # The coarsest trunk level reaches the embedding through the top-down path.
+    features = _trunk()
+    changed = [f.clone() for f in features]
+    changed[3] = torch.randn_like(changed[3])
+    assert not torch.allclose(neck(features)[-1], neck(changed)[-1])
+
+
+def test_neck_takes_a_repeated_stride_once() -> None:
+    dense = torch.randn(2, 8, 4, 4)
+    neck = FeatureNeck([8, 8, 8, 8], [16, 16, 16, 32], 12, 16)
+    assert neck.used == [2, 3] and neck.embedding_level == 0
+    assert [x.shape[-1] for x in neck([dense, dense, dense, torch.randn(2, 8, 2, 2)])] == [4]
+
+
+def test_high_res_skips_at_two_and_four_times_the_embedding() -> None:
+    levels = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 16, 16)(_trunk())
+    s1, s0 = HighResSkips(16, 32)(levels)
+    assert s1.shape == (2, 8, 8, 8) and s0.shape == (2, 4, 16, 16)
+    # Stride 8: the stride-4 level feeds the first skip; the second is resized from it.
+    levels = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 16, 8)(_trunk())
+    s1, s0 = HighResSkips(16, 32)(levels)
+    assert s1.shape == (2, 8, 16, 16) and s0.shape == (2, 4, 32, 32)
+
+
+def test_decoder_with_zero_skips_is_sams_upsampling() -> None:
+    torch.manual_seed(0)
+    decoder = build_mask_decoder(32, depth=1, mlp_dim=64, num_heads=4).eval()
+    emb, pe = torch.randn(2, 32, 4, 4), torch.randn(1, 32, 4, 4)
+    prompts, dense = torch.randn(2, 1, 32), torch.randn(1, 32, 4, 4)
+    zeros = (torch.zeros(2, 8, 8, 8), torch.zeros(2, 4, 16, 16))
+    plain = decode_masks(decoder, emb, pe, prompts, dense)
+    torch.testing.assert_close(
+        decode_masks(decoder, emb, pe, prompts, dense, high_res=zeros), plain
+    )
+    ones = (torch.ones(2, 8, 8, 8), torch.ones(2, 4, 16, 16))
+    assert not torch.allclose(decode_masks(decoder, emb, pe, prompts, dense, high_res=ones), plain)

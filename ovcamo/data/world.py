@@ -57,7 +57,7 @@ from ovcamo.data.world_render import (
 log = logging.getLogger(__name__)
 
 #: Bumped whenever rendering changes pixels, so old cache entries are not mistaken for new ones.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 #: OVCamo's class list, shipped with the package (a copy of the dataset's ``class_info.json``).
 PACKAGED_CLASS_LIST = Path(__file__).resolve().parent / "ovcamo_classes.json"
 #: Keys every ``world`` config node carries (defaults live in ``ovcamo/conf/world/*.yaml``).
@@ -84,6 +84,17 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of the {} in the wild.",
     "a cropped photo of a {}.",
 )
+
+
+#: ``paths.json`` of a rendered folder (relative to it).
+WORLD_PATHS = {
+    "class_info": "class_info.json",
+    "sample_info": "sample_info.json",
+    "train_image_dir": "train/image",
+    "train_mask_dir": "train/mask",
+    "test_image_dir": "test/image",
+    "test_mask_dir": "test/mask",
+}
 
 
 class WorldConfigError(ValueError):
@@ -264,32 +275,71 @@ def _scene_rng(spec: WorldSpec, kind: str, cls: ClassInfo, index: int) -> np.ran
     return np.random.default_rng(stable_seed(kind, spec.seed, cls.name, index))
 
 
-def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = True) -> None:
-    """Render ``spec`` into ``out_dir`` (which must not exist or be empty)."""
+def _render_job(spec: WorldSpec, kind: str, c: ClassInfo, index: int) -> Scene:
+    rng = _scene_rng(spec, kind, c, index)
+    style = spec.style(c)
+    if kind == "salient":
+        return render_salient(style, spec.image_size, rng)
+    return render_camouflaged(style, spec.image_size, spec.difficulty, rng)
+
+
+def _render_chunk(spec: WorldSpec, jobs: Sequence[tuple[str, ClassInfo, int, Path, str]]) -> int:
+    for kind, c, index, root, stem in jobs:
+        _write_scene(root, stem, _render_job(spec, kind, c, index))
+    return len(jobs)
+
+
+def _render_all(
+    spec: WorldSpec,
+    jobs: Sequence[tuple[str, ClassInfo, int, Path, str]],
+    progress: bool,
+    desc: str,
+    workers: int | None = None,
+) -> None:
+    """Render and write every job ``(kind, class, index, folder, stem)``, in worker processes when
+    there are several cores; pixels depend only on the job, never on the worker."""
     from tqdm.auto import tqdm
 
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    chunks = [jobs[i : i + 32] for i in range(0, len(jobs), 32)]
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress)
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            bar.update(_render_chunk(spec, chunk))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forkserver: the caller may have run torch's thread pools, which a fork can deadlock.
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for n in pool.map(_render_chunk, [spec] * len(chunks), chunks):
+                bar.update(n)
+    bar.close()
+
+
+def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = True) -> None:
+    """Render ``spec`` into ``out_dir`` (which must not exist or be empty)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"refusing to render into non-empty folder {out}")
-    size, d = spec.image_size, spec.difficulty
-    jobs: list[tuple[str, ClassInfo, int]] = []
+    jobs: list[tuple[str, ClassInfo, int, Path, str]] = []
+    samples: list[SampleInfo] = []
     for split in ("train", "test"):
         for c in spec.classes:
             if c.split == split:
-                jobs.extend((split, c, i) for i in range(c.num_samples))
+                for i in range(c.num_samples):
+                    uid = f"{len(samples):06d}_{c.name}"
+                    jobs.append((split, c, i, out / split, uid))
+                    samples.append(
+                        SampleInfo(uid, c.name, f"{uid}.png", f"{uid}.png", len(samples))
+                    )
     n_salient = spec.salient_per_class + spec.salient_heldout_per_class
-    jobs.extend(("salient", c, i) for c in spec.classes for i in range(n_salient))
-
-    samples: list[SampleInfo] = []
     captions: list[dict[str, str]] = []
-    styles = {c.name: spec.style(c) for c in spec.classes}
-    bar = tqdm(jobs, desc=f"render world {spec.name}", unit="img", disable=not progress)
-    for kind, c, i in bar:
-        rng = _scene_rng(spec, kind, c, i)
-        if kind == "salient":
-            scene = render_salient(styles[c.name], size, rng)
+    for c in spec.classes:
+        for i in range(n_salient):
             stem = f"{len(captions):06d}_{c.name}"
-            _write_scene(out / "salient", stem, scene)
+            jobs.append(("salient", c, i, out / "salient", stem))
             captions.append(
                 {
                     "image": f"image/{stem}.png",
@@ -299,25 +349,15 @@ def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = T
                     "split": "train" if i < spec.salient_per_class else "val",
                 }
             )
-        else:
-            scene = render_camouflaged(styles[c.name], size, d, rng)
-            uid = f"{len(samples):06d}_{c.name}"
-            _write_scene(out / kind, uid, scene)
-            samples.append(SampleInfo(uid, c.name, f"{uid}.png", f"{uid}.png", len(samples)))
+    _render_all(spec, jobs, progress, f"render world {spec.name}")
+    styles = {c.name: spec.style(c) for c in spec.classes}
 
     write_class_info(out / "class_info.json", spec.classes)
     write_sample_info(out / "sample_info.json", samples)
     atomic_write_json(out / "salient" / "captions.json", captions)
-    paths = {
-        "class_info": "class_info.json",
-        "sample_info": "sample_info.json",
-        "train_image_dir": "train/image",
-        "train_mask_dir": "train/mask",
-        "test_image_dir": "test/image",
-        "test_mask_dir": "test/mask",
-        "salient_captions": "salient/captions.json",
-    }
-    atomic_write_json(out / "paths.json", paths)
+    atomic_write_json(
+        out / "paths.json", {**WORLD_PATHS, "salient_captions": "salient/captions.json"}
+    )
     atomic_write_json(
         out / "world.json",
         {
@@ -332,6 +372,51 @@ def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = T
             },
         },
     )
+
+
+def render_extra_set(
+    spec: WorldSpec,
+    counts: Mapping[str, int],
+    out_dir: str | os.PathLike,
+    *,
+    namespace: str,
+    split: str = "train",
+    progress: bool = False,
+) -> Path:
+    """More camouflaged scenes of base classes from the same world, as an OVCamo-format folder.
+
+    Scenes are drawn under ``namespace``, so they are new samples of the same distribution, never
+    copies of the world's own. ``split="train"``: a set that ``data.synthetic`` mixes into
+    training exactly as a generated set (the loop's real-extra arm). ``split="test"``: an
+    evaluation set whose class list marks the base classes as test classes, so scoring it chooses
+    among the base classes (the loop's rare-class evaluation).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    by_name = {c.name: c for c in spec.train_classes}
+    unknown = sorted(set(counts) - set(by_name))
+    if unknown:
+        raise ValueError(f"{unknown} are not base (train) classes of world {spec.name!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, ClassInfo, int, Path, str]] = []
+    samples: list[SampleInfo] = []
+    for name in sorted(counts, key=lambda n: by_name[n].id):
+        for i in range(int(counts[name])):
+            uid = f"{namespace}{len(samples):06d}_{name}"
+            jobs.append((namespace, by_name[name], i, out / split, uid))
+            samples.append(SampleInfo(uid, name, f"{uid}.png", f"{uid}.png", len(samples)))
+    _render_all(spec, jobs, progress, f"render {namespace}")
+    classes = [
+        replace(c, split=split, num_samples=int(counts.get(c.name, 0)))
+        for c in (spec.classes if split == "train" else spec.train_classes)
+    ]
+    write_class_info(out / "class_info.json", classes)
+    write_sample_info(out / "sample_info.json", samples)
+    for kind in ("image", "mask"):
+        (out / split / kind).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "paths.json", WORLD_PATHS)
+    return out
 
 
 def _write_scene(root: Path, stem: str, scene: Scene) -> None:

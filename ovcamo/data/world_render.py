@@ -3,8 +3,9 @@
 Every class is a seeded *shape family* (a silhouette with pose, scale and small deformations) and a
 seeded *pattern family* (stripes, spots, mottling, scales, veins, reticulation, rings, checks) with
 its own palette. A camouflaged scene draws the background from the same pattern family and palette
-as the object; ``difficulty`` in ``[0, 1]`` moves a scene from easy to see (other texture, shifted
-hue, contrast, large object, no blur) to hard to see (same texture and palette, small blurred object).
+as the object; ``difficulty`` in ``[0, 1]`` moves a scene from easy to see (generic texture, strong
+rim shading and shadow, large object, no blur) to hard to see (the object's own texture, faint rim
+and shadow, small blurred object).
 
 The image is composed as ``where(mask, object_layer, background_layer)`` from two separately
 finished layers, so the mask is exactly the set of object pixels. All randomness comes from
@@ -19,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter, shift
 
 SHAPE_FAMILIES = ("blob", "star", "rod", "leaf", "triangle", "cross", "bilobe", "flower")
 PATTERN_FAMILIES = (
@@ -322,18 +323,24 @@ def _object_layer(
 def render_camouflaged(
     style: ClassStyle, size: int, difficulty: float, rng: np.random.Generator
 ) -> Scene:
-    """A camouflaged scene (DESIGN §6): the object hidden in a background of its own texture.
+    """A camouflaged scene: the object hidden in a background of its own palette.
 
-    ``difficulty`` ``0`` gives another texture family and a shifted hue in the background, a
-    brightness offset on the object, a large object and no blur; ``1`` gives the object's own
-    pattern and palette everywhere, a small object and a slight blur.
+    The background is always drawn in the object's palette (a hue jitter of ±0.03), so colour
+    against the surroundings says little. ``difficulty`` ``d`` mixes the background texture:
+    ``d`` parts the object's own pattern, ``1 − d`` parts generic fractal noise; it also sets the
+    object size (large at 0, small at 1) and a slight blur. What gives the object away is what
+    gives real animals away: a darker rim where the body turns from the light and a soft shadow
+    cast on the ground, both weaker as ``d`` grows. They are shape cues a learned segmenter can
+    use and a colour-contrast baseline cannot.
     """
     d = float(difficulty)
     ease = 1.0 - d
     pose = random_pose(rng, size, (0.16 + 0.12 * ease, 0.24 + 0.12 * ease))
     mask = silhouette_mask(style, pose, size)
-    contrast = ease * 0.25 * (1.0 if rng.random() < 0.5 else -1.0)
-    obj = _object_layer(style, pose, size, rng, value_shift=contrast)
+    obj = _object_layer(style, pose, size, rng)
+    # Rim shading: the body darkens towards its outline (height 0 at the rim, 1 inside).
+    height = np.clip(distance_transform_edt(mask) / (0.3 * pose.radius), 0.0, 1.0)
+    obj = obj * (1.0 - (0.25 * ease + 0.05) * (1.0 - height))[..., None]
 
     # The background is a free frame of the same texture at a similar scale.
     bg_pose = Pose(
@@ -348,8 +355,12 @@ def render_camouflaged(
     same = pattern_field(style.pattern, u, v, style.pattern_frequency, rng)
     other = fractal_noise(u * 1.5, v * 1.5, rng, 3)
     field = d * same + ease * other
-    hue_shift = ease * 0.35 * (1.0 if rng.random() < 0.5 else -1.0)
-    bg = colourise(field, style.palette(hue_shift=hue_shift))
+    bg = colourise(field, style.palette(hue_shift=float(rng.uniform(-0.03, 0.03))))
+    # A soft shadow, offset away from a light at the top left.
+    offset = 0.12 * pose.radius
+    shadow = shift(mask.astype(np.float64), (offset, offset), order=1, mode="constant")
+    shadow = gaussian_filter(shadow, sigma=0.15 * pose.radius)
+    bg = bg * (1.0 - (0.1 + 0.2 * ease) * shadow)[..., None]
 
     blur = 0.9 * d
     obj = _finish(obj, blur, rng)

@@ -38,7 +38,7 @@ from ovcamo.data.ovcamo_format import DataPaths, class_names, load_class_info, r
 log = logging.getLogger(__name__)
 
 #: Bumped when training or evaluation changes, so older cache entries are not reused.
-MICRO_CLIP_VERSION = 1
+MICRO_CLIP_VERSION = 2
 CHECKPOINT_FILE = "micro_clip.safetensors"
 REPORT_FILE = "report.json"
 #: Keys every ``clip`` config node carries (defaults live in ``ovcamo/conf/micro_clip.yaml``).
@@ -52,6 +52,7 @@ CLIP_KEYS = (
     "warmup_steps",
     "seed",
     "augment",
+    "train_size",
     "num_threads",
     "progress",
 )
@@ -147,16 +148,20 @@ def camouflaged_crops(
     return torch.stack(crops), names
 
 
-def augment(images: Tensor, cfg: Mapping[str, Any], generator: torch.Generator) -> Tensor:
+def augment(
+    images: Tensor, cfg: Mapping[str, Any], generator: torch.Generator, size: int | None = None
+) -> Tensor:
     """Random resized crop, horizontal flip, brightness and contrast jitter on a uint8 batch.
 
-    ``images``: ``B×3×H×W`` uint8; returns ``B×3×H×W`` float in ``[0, 1]``. Hue is left alone: in
-    the micro-world, as for real animals, colour is part of what a class looks like.
+    ``images``: ``B×3×H×W`` uint8; returns ``B×3×size×size`` (default ``H×W``) float in
+    ``[0, 1]``. Hue is left alone: in the micro-world, as for real animals, colour is part of what
+    a class looks like.
     """
     b, _, h, w = images.shape
+    out_size = (size, size) if size else (h, w)
     x = images.float() / 255.0
     lo, hi = cfg["scale"]
-    out = torch.empty_like(x)
+    out = x.new_empty(b, 3, *out_size)
     r = torch.rand(b, 6, generator=generator)
     for i in range(b):
         area = lo + (hi - lo) * float(r[i, 0])
@@ -164,7 +169,7 @@ def augment(images: Tensor, cfg: Mapping[str, Any], generator: torch.Generator) 
         top = int(r[i, 1] * (h - side + 1))
         left = int(r[i, 2] * (w - side + 1))
         crop = x[i : i + 1, :, top : top + side, left : left + side]
-        out[i] = F.interpolate(crop, size=(h, w), mode="bilinear", antialias=True)[0]
+        out[i] = F.interpolate(crop, size=out_size, mode="bilinear", antialias=True)[0]
         if cfg["hflip"] and r[i, 3] < 0.5:
             out[i] = out[i].flip(-1)
     bright = 1.0 + cfg["brightness"] * (2 * r[:, 4] - 1)
@@ -258,7 +263,7 @@ def train_contrastive(
         idx = torch.from_numpy(
             class_grouped_batches(labels, cfg["batch_size"], cfg["group_size"], rng)
         )
-        x = (augment(images[idx], cfg["augment"], gen) - mean) / std
+        x = (augment(images[idx], cfg["augment"], gen, cfg["train_size"]) - mean) / std
         image_features, text_features, logit_scale = model(x, tokens[idx])
         loss = torch.stack(
             [

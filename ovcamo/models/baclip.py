@@ -2,10 +2,11 @@
 
 Data flow (SAM decoder variants)::
 
-    images ─ frozen CLIP ─┬─ stages 3+4 ─ MREM (f_v) ─ E_v ─ CCE ─ E_v* ─ 1×1 ─┐
-                          │                    ▲  └─ E_t ─ prompt adapter ─ P ─┤ SAM mask decoder
-    class names ─ CamoPrompts embeddings ──────┘                               │ (one prompt set
-                          │                                                    ▼  per image)
+    images ─ frozen CLIP ─┬─ stem+stages ─ FPN neck ─┬─ level at model.neck.stride ─ MREM (f_v) ─┐
+                          │                          └─ finer levels ─ high-res skips ──┐     │
+                          │     E_v ─ CCE ─ E_v* ─ 1×1 + LayerNorm ─ SAM mask decoder ◄─┘ ◄───┘
+    class names ─ CamoPrompts embeddings ─ MREM ─ E_t ─ prompt adapter ─ P ─┘ (one prompt set
+                          │                                                    per image)
                           └─ CLIP's pooling, weighted by the mask ─ cosine → class logits
 
 The ``conv`` variant (first rung of the ladder) replaces everything between CLIP and the mask by
@@ -27,6 +28,7 @@ from ovcamo.models.clip_backbone import BackboneFeatures, CLIPBackbone, SimpleFe
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
+from ovcamo.models.neck import FeatureNeck, HighResSkips
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.sam_decoder import SamLoadReport, decode_masks
 
@@ -56,6 +58,8 @@ class BaCLIP(nn.Module):
         *,
         pyramid: SimpleFeaturePyramid | None = None,
         conv_decoder: ConvDecoder | None = None,
+        neck: FeatureNeck | None = None,
+        high_res: HighResSkips | None = None,
         mrem: MREM | None = None,
         cce: CCE | None = None,
         image_proj: nn.Module | None = None,
@@ -67,15 +71,17 @@ class BaCLIP(nn.Module):
         sam_load_report: SamLoadReport | None = None,
     ) -> None:
         super().__init__()
-        sam_parts = (mrem, cce, image_proj, prompt_adapter, prompt_encoder, mask_decoder)
+        sam_parts = (neck, mrem, cce, image_proj, prompt_adapter, prompt_encoder, mask_decoder)
         if conv_decoder is None and any(m is None for m in sam_parts):
             raise ValueError(
-                "a SAM-decoder BaCLIP needs mrem, cce, image_proj, prompt_adapter, "
+                "a SAM-decoder BaCLIP needs neck, mrem, cce, image_proj, prompt_adapter, "
                 "prompt_encoder and mask_decoder"
             )
         self.backbone = backbone
         self.pyramid = pyramid
         self.conv_decoder = conv_decoder
+        self.neck = neck
+        self.high_res = high_res
         self.mrem = mrem
         self.cce = cce
         self.image_proj = image_proj
@@ -128,17 +134,19 @@ class BaCLIP(nn.Module):
     def _decode_with_prompts(
         self, features: Sequence[Tensor], text: Tensor, image_text_logits: Tensor
     ) -> Tensor:
-        """Stride-16 and stride-32 maps + class embeddings → low-res mask logits ``B×1×4h×4w``."""
-        coarse = F.interpolate(
-            features[3], size=features[2].shape[-2:], mode="bilinear", align_corners=False
-        )
-        e_v, e_t = self.mrem(torch.cat([features[2], coarse], dim=1), text)
+        """Trunk maps + class embeddings → mask logits ``B×1×4h×4w`` (``h×w``: the neck's
+        embedding level)."""
+        levels = self.neck(features)
+        e_v, e_t = self.mrem(levels[-1], text)
         image_embeddings = self.image_proj(self.cce(e_v))
         b, _, h, w = image_embeddings.shape
         prompts = self.prompt_adapter(e_t, image_text_logits)
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).to(image_embeddings.dtype)
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
-        return decode_masks(self.mask_decoder, image_embeddings, image_pe, prompts, dense)
+        high_res = self.high_res(levels) if self.high_res is not None else None
+        return decode_masks(
+            self.mask_decoder, image_embeddings, image_pe, prompts, dense, high_res=high_res
+        )
 
     def classify(self, feats: BackboneFeatures, mask_logits: Tensor, text: Tensor) -> Tensor:
         """CLIP's own pooling restricted to the predicted mask → cosine × logit scale.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
@@ -28,6 +28,7 @@ from ovcamo.models.clip_backbone import (
 )
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.mrem import MREM
+from ovcamo.models.neck import FeatureNeck, HighResSkips, image_projection
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.sam_decoder import (
     SAM_CHECKPOINTS,
@@ -120,6 +121,7 @@ def build_model(
                 f"model.decoder.dim is {decoder_dim} but a SAM checkpoint fixes the decoder width "
                 f"at {SAM_DECODER_DIM}; set model.decoder.dim={SAM_DECODER_DIM}"
             )
+    neck_stride = int(_require(_section(config, "neck"), "stride", "model.neck"))
     mrem_cfg = _section(config, "mrem")
     cce_cfg = _section(config, "cce")
     prompt_cfg = _section(config, "prompt")
@@ -135,10 +137,13 @@ def build_model(
         report = load_sam_weights(prompt_encoder, mask_decoder, sam_checkpoint, sam_type)
     for p in unused_decoder_parameters(mask_decoder):
         p.requires_grad_(False)
+    high_res = bool(_require(decoder, "high_res", "model.decoder"))
     return BaCLIP(
         backbone,
+        neck=FeatureNeck(channels, backbone.feature_strides, dim, neck_stride),
+        high_res=HighResSkips(dim, decoder_dim) if high_res else None,
         mrem=MREM(
-            channels[2] + channels[3],
+            dim,
             backbone.embed_dim,
             dim,
             num_heads=int(_require(mrem_cfg, "num_heads", "model.mrem")),
@@ -151,7 +156,7 @@ def build_model(
             num_frequencies=int(_require(cce_cfg, "num_frequencies", "model.cce")),
             dct_size=int(_require(cce_cfg, "dct_size", "model.cce")),
         ),
-        image_proj=nn.Conv2d(dim, decoder_dim, 1) if dim != decoder_dim else nn.Identity(),
+        image_proj=image_projection(dim, decoder_dim),
         prompt_adapter=PromptAdapter(
             dim,
             decoder_dim,

@@ -31,7 +31,8 @@ class WeightsNotFoundError(FileNotFoundError):
 class BackboneFeatures:
     """What the frozen CLIP image tower gives the decoder and the classifier.
 
-    ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt stages). A ViT is single-scale: its
+    ``features``: four maps at strides ≈4, 8, 16, 32 (ConvNeXt: the stem's output concatenated with
+    the first stage's, then stages 2-4). A ViT is single-scale: its
     token map (stride p) fills the first three places and its 2× max-pool the last; the conv
     decoder gets a trainable simple feature pyramid instead (:class:`SimpleFeaturePyramid`).
     ``dense``: the pre-head map ``B×C_d×h×w`` (a ViT's patch tokens after ``ln_post``).
@@ -157,6 +158,7 @@ class CLIPBackbone(nn.Module):
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, self.image_size, self.image_size))
         self.feature_channels = [f.shape[1] for f in probe.features]
+        self.feature_strides = [self.image_size / f.shape[-1] for f in probe.features]
         self.dense_channels = probe.dense.shape[1]
         self.embed_dim = int(probe.embedding.shape[1])
 
@@ -216,10 +218,18 @@ class CLIPBackbone(nn.Module):
                 embedding=out["image_features"],
                 last_block_input=torch.cat([cls_before, before], dim=1),
             )
-        final, stages = visual.trunk.forward_intermediates(x, indices=4)
+        trunk = visual.trunk
+        stem = y = trunk.stem(x)
+        stages = []
+        for stage in trunk.stages:
+            y = stage(y)
+            stages.append(y)
+        final = trunk.norm_pre(y)
         # The trunk's own head (global pooling, norm) and open_clip's projection: encode_image.
-        embedding = visual.head(visual.trunk.forward_head(final))
-        return BackboneFeatures(features=list(stages), dense=final, embedding=embedding)
+        embedding = visual.head(trunk.forward_head(final))
+        # The stem's output joins the first stage (both stride 4), as OVCoser feeds the stem too.
+        features = [torch.cat([stem, stages[0]], dim=1), *stages[1:]]
+        return BackboneFeatures(features=features, dense=final, embedding=embedding)
 
     def pool(self, feats: BackboneFeatures, weights: Tensor) -> Tensor:
         """CLIP's own pooling restricted to a soft region: the region's image embedding ``B×D``.

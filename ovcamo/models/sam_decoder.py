@@ -91,6 +91,7 @@ def decode_masks(
     image_pe: Tensor,
     sparse_prompt_embeddings: Tensor,
     dense_prompt_embeddings: Tensor,
+    high_res: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """SAM's ``predict_masks`` with one prompt set per image, returning the single-mask output.
 
@@ -103,6 +104,9 @@ def decode_masks(
         image_pe: ``1×C×h×w`` (or ``B×C×h×w``) positional encoding.
         sparse_prompt_embeddings: ``B×N×C``.
         dense_prompt_embeddings: ``B×C×h×w`` (or ``1×C×h×w``).
+        high_res: SAM 2's high-resolution features ``(B×C/4×2h×2w, B×C/8×4h×4w)``, added after
+            each of the two transposed convolutions of the upsampling (SAM 2's mask decoder);
+            ``None`` keeps SAM's upsampling.
     Returns:
         Mask logits ``B×1×4h×4w`` (SAM's mask token 0, the single-mask output).
     """
@@ -121,7 +125,13 @@ def decode_masks(
     _, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos_src, tokens)
     mask_token_out = hs[:, 1, :]
-    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    src = src.transpose(1, 2).reshape(b, c, h, w)
+    if high_res is None:
+        upscaled = decoder.output_upscaling(src)
+    else:
+        dc1, ln1, act1, dc2, act2 = decoder.output_upscaling
+        feat_s1, feat_s0 = high_res
+        upscaled = act2(dc2(act1(ln1(dc1(src) + feat_s1))) + feat_s0)
     hyper_in = decoder.output_hypernetworks_mlps[0](mask_token_out)
     _, cu, hu, wu = upscaled.shape
     return (hyper_in.unsqueeze(1) @ upscaled.view(b, cu, hu * wu)).view(b, 1, hu, wu)

@@ -1,0 +1,89 @@
+"""The neck between the frozen CLIP trunk and BaCLIP's decoder (docs/baclip.md).
+
+BaCLIP's paper does not say which trunk stages feed MREM. Here the neck follows SAM 2's image
+encoder: one feature pyramid (FPN) over every trunk level, the level at ``stride`` is the image
+embedding that MREM, the CCE and the SAM decoder work on, and the finer levels become the two
+high-resolution skips that SAM 2's mask decoder adds while it upsamples (:class:`HighResSkips`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from segment_anything.modeling.common import LayerNorm2d
+from torch import Tensor, nn
+
+
+class FeatureNeck(nn.Module):
+    """FPN over the trunk levels, finest first; returns the levels from the finest up to the
+    image-embedding level (the level whose stride is nearest ``stride``), each with ``dim``
+    channels. A level repeated at one stride (a ViT's single map) enters once.
+
+    Args:
+        in_channels: channels of the trunk levels, finest first.
+        strides: their strides in pixels.
+        dim: the neck's width (MREM's input).
+        stride: the image embedding's stride.
+    """
+
+    def __init__(
+        self, in_channels: Sequence[int], strides: Sequence[float], dim: int, stride: int
+    ) -> None:
+        super().__init__()
+        self.used = [i for i in range(len(strides)) if strides[i] not in strides[i + 1 :]]
+        used_strides = [strides[i] for i in self.used]
+        best = min(abs(s - stride) for s in used_strides)
+        self.embedding_level = max(i for i, s in enumerate(used_strides) if abs(s - stride) == best)
+        self.lateral = nn.ModuleList(nn.Conv2d(in_channels[i], dim, 1) for i in self.used)
+        self.output = nn.ModuleList(
+            nn.Conv2d(dim, dim, 3, padding=1) for _ in range(self.embedding_level + 1)
+        )
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        features = [features[i] for i in self.used]
+        x = None
+        outputs: list[Tensor] = []
+        for i in range(len(features) - 1, -1, -1):
+            lateral = self.lateral[i](features[i])
+            if x is not None:
+                lateral = lateral + F.interpolate(
+                    x, size=lateral.shape[-2:], mode="bilinear", align_corners=False
+                )
+            x = lateral
+            if i <= self.embedding_level:
+                outputs.append(self.output[i](x))
+        return outputs[::-1]
+
+
+class HighResSkips(nn.Module):
+    """SAM 2's high-resolution features: two 1×1 projections of neck levels, added inside the mask
+    decoder's upsampling at 2× and 4× the embedding's resolution (``decoder_dim/4`` and
+    ``decoder_dim/8`` channels). Each takes the coarsest level at least as fine as its target,
+    else the finest level, resized when the sizes differ."""
+
+    def __init__(self, dim: int, decoder_dim: int) -> None:
+        super().__init__()
+        self.conv_s1 = nn.Conv2d(dim, decoder_dim // 4, 1)
+        self.conv_s0 = nn.Conv2d(dim, decoder_dim // 8, 1)
+
+    @staticmethod
+    def _source(levels: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        fine_enough = [x for x in levels if x.shape[-2] >= size[0]]
+        x = fine_enough[-1] if fine_enough else levels[0]
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
+    def forward(self, levels: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Neck levels (finest first, the embedding last) → ``(feat_s1, feat_s0)``."""
+        h, w = levels[-1].shape[-2:]
+        s1 = self.conv_s1(self._source(levels, (2 * h, 2 * w)))
+        s0 = self.conv_s0(self._source(levels, (4 * h, 4 * w)))
+        return s1, s0
+
+
+def image_projection(dim: int, decoder_dim: int) -> nn.Module:
+    """Neck width → decoder width, layer-normalised as SAM's image encoder leaves its embeddings
+    (the decoder's weights, SAM's or trained here, expect that scale)."""
+    return nn.Sequential(nn.Conv2d(dim, decoder_dim, 1, bias=False), LayerNorm2d(decoder_dim))
