@@ -1,4 +1,5 @@
-"""Procedural renderer of the micro-world (DESIGN §6): class styles, silhouettes, textures, scenes.
+"""Procedural renderer of the micro-world: class styles, silhouettes, textures, scenes
+(docs/design.md, "The micro-world").
 
 Every class is a seeded *shape family* (a silhouette with pose, scale and small deformations) and a
 seeded *pattern family* (stripes, spots, mottling, scales, veins, reticulation, rings, checks) with
@@ -322,7 +323,8 @@ def _object_layer(
 def render_camouflaged(
     style: ClassStyle, size: int, difficulty: float, rng: np.random.Generator
 ) -> Scene:
-    """A camouflaged scene (DESIGN §6): the object hidden in a background of its own texture.
+    """A camouflaged scene: the object hidden in a background of its own texture
+    (docs/design.md, "The micro-world").
 
     ``difficulty`` ``0`` gives another texture family and a shifted hue in the background, a
     brightness offset on the object, a large object and no blur; ``1`` gives the object's own

@@ -1,4 +1,5 @@
-"""Image grids for reports: generated samples and predictions beside their ground truth (DESIGN §8)."""
+"""Image grids for reports: generated samples and predictions beside their ground truth
+(docs/design.md, "Engine, loop, reports")."""
 
 from __future__ import annotations
 
