@@ -1,6 +1,6 @@
-"""The rare-class planner (DESIGN §7): which train classes are rare, how many samples each gets,
+"""The rare-class planner: which train classes are rare, how many samples each gets,
 and from which source objects. The plan is data (``plan.json``) written before generation starts,
-so a resumed run finishes the same plan."""
+so a resumed run finishes the same plan (docs/design.md, "Generation")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Training data with synthetic sets mixed in at a fixed share of every batch (DESIGN §7–8).
+"""Training data with synthetic sets mixed in at a fixed share of every batch
+(docs/design.md, "Engine, loop, reports").
 
 A training set is a list of *sources*: the real dataset's training part first, then one source per
 synthetic set (an OVCamo-format folder with ``paths.json`` whose samples live in its train split).

@@ -1,4 +1,5 @@
-"""The OVCamo dataset format (OVCamo, ECCV 2024; DESIGN §3): class and sample lists, paths, validation."""
+"""The OVCamo dataset format (OVCamo, ECCV 2024): class and sample lists, paths, validation
+(docs/design.md, "Data format")."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Training: resize to ``image_size``², horizontal flip, rotation, colour jitter. 
 comes from a generator seeded by the caller for *this sample at this step*, so the same
 ``(sample, seed)`` always gives the same tensors, in any worker process, before or after a resume.
 Evaluation: the image is resized to ``image_size``² and the mask is kept at its own size, because
-predictions are scored at the ground truth's resolution (DESIGN §4).
+predictions are scored at the ground truth's resolution (docs/design.md, "Metrics").
 """
 
 from __future__ import annotations

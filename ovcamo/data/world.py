@@ -1,4 +1,5 @@
-"""The micro-world (DESIGN §6): a procedural OVCamo-format dataset rendered from a config, cached.
+"""The micro-world: a procedural OVCamo-format dataset rendered from a config, cached
+(docs/design.md, "The micro-world").
 
 A rendered world is one folder::
 

@@ -1,4 +1,5 @@
-"""Procedural renderer of the micro-world (DESIGN §6): class styles, silhouettes, textures, scenes.
+"""Procedural renderer of the micro-world: class styles, silhouettes, textures, scenes
+(docs/design.md, "The micro-world").
 
 Every class is a seeded *shape family* (a silhouette with pose, scale and small deformations) and a
 seeded *pattern family* (stripes, spots, mottling, scales, veins, reticulation, rings, checks) with
@@ -323,7 +324,8 @@ def _object_layer(
 def render_camouflaged(
     style: ClassStyle, size: int, difficulty: float, rng: np.random.Generator
 ) -> Scene:
-    """A camouflaged scene: the object hidden in a background of its own palette.
+    """A camouflaged scene: the object hidden in a background of its own palette
+    (docs/design.md, "The micro-world").
 
     The background is always drawn in the object's palette (a hue jitter of ±0.03), so colour
     against the surroundings says little. ``difficulty`` ``d`` mixes the background texture:

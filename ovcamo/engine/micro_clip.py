@@ -1,4 +1,5 @@
-"""The micro CLIP (DESIGN §6): an open_clip model trained contrastively on the micro-world's captions.
+"""The micro CLIP: an open_clip model trained contrastively on the micro-world's captions
+(docs/design.md, "The micro-world").
 
 It plays web-scale CLIP in the micro-world: it sees captioned salient renders of *every* class
 (base and novel), while the segmenter later sees only base classes. Training uses open_clip's own

@@ -14,7 +14,8 @@ def resolve_pretrained(cfg: DictConfig) -> DictConfig:
     """Return a copy of ``cfg`` whose ``model.backbone.pretrained`` is a tag, a path or null.
 
     ``pretrained: micro`` is replaced by the micro CLIP checkpoint trained (or found in the cache)
-    for the micro-world of ``cfg.data.world`` with the ``cfg.clip`` settings (DESIGN §6).
+    for the micro-world of ``cfg.data.world`` with the ``cfg.clip`` settings
+    (docs/design.md, "The micro-world").
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     backbone = cfg.model.get("backbone")

@@ -1,4 +1,4 @@
-"""BaCLIP and its blocks (DESIGN §5); importing this package registers the micro CLIP.
+"""BaCLIP and its blocks (docs/design.md, "BaCLIP"); importing the package registers the micro CLIP.
 
 >>> from ovcamo.models import build_model, model_config
 >>> model = build_model(model_config("baclip_micro", overrides=["backbone.pretrained=null"]))

@@ -1,4 +1,5 @@
-"""CamoPrompts: the camouflage prompt templates and the template-ensembled class embedding (DESIGN §5)."""
+"""CamoPrompts: the camouflage prompt templates and the template-ensembled class embedding
+(docs/design.md, "BaCLIP")."""
 
 from __future__ import annotations
 

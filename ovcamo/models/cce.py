@@ -1,4 +1,5 @@
-"""CCE: the cascade of multi-frequency multi-scale attention (MFMSA) blocks (DESIGN §5).
+"""CCE: the cascade of multi-frequency multi-scale attention (MFMSA) blocks
+(docs/design.md, "BaCLIP").
 
 The multi-frequency channel attention follows FcaNet (Qin et al., ICCV 2021): 2-D DCT basis
 filters at the 16 frequencies FcaNet selects on a 7×7 grid, applied to the map pooled to 7×7; the

@@ -1,4 +1,5 @@
-"""First rung of the ablation ladder (DESIGN §5): frozen CLIP + a plain convolutional decoder."""
+"""First rung of the ablation ladder: frozen CLIP + a plain convolutional decoder
+(docs/design.md, "BaCLIP")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BaCLIP's segmentation loss (DESIGN §5): boundary-weighted BCE + Dice."""
+"""BaCLIP's segmentation loss (docs/design.md, "BaCLIP"): boundary-weighted BCE + Dice."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MREM, the mutual refinement of vision and text by bidirectional cross-attention (DESIGN §5)."""
+"""MREM, the mutual refinement of vision and text by bidirectional cross-attention
+(docs/design.md, "BaCLIP")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Adaptive text prompts (DESIGN §5): refined class tokens → SAM sparse prompt embeddings.
+"""Adaptive text prompts: refined class tokens → SAM sparse prompt embeddings
+(docs/design.md, "BaCLIP").
 
 ``P_t = SelfAttention(E_t)`` (switchable), projected to SAM's prompt width. Which of the K
 candidate-class tokens become prompts is ``model.prompt.mode``, ranked/weighted by CLIP's

@@ -1,4 +1,5 @@
-"""Image grids for reports: generated samples and predictions beside their ground truth (DESIGN §8)."""
+"""Image grids for reports: generated samples and predictions beside their ground truth
+(docs/design.md, "Engine, loop, reports")."""
 
 from __future__ import annotations
 
@@ -44,6 +45,39 @@ def _blank(ax: Any) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_visible(False)
+
+
+def _image_and_gt_cells(
+    fig: Any, grid: tuple[int, int], index: int, item: Mapping[str, Any], gt: np.ndarray, what: str
+) -> None:
+    """Draw ``item``'s image (titled with its ``title``) in cell ``index`` of the ``(rows, cols)``
+    ``grid`` and its bool GT mask ``gt`` (titled with its class) in the next cell."""
+    ax = fig.add_subplot(*grid, index)
+    ax.imshow(_as_display(item["image"], f"{what} image"), interpolation="nearest")
+    ax.set_title(str(item.get("title", "")), fontsize=7)
+    _blank(ax)
+    ax = fig.add_subplot(*grid, index + 1)
+    ax.imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(f"GT: {item['gt_class']}", fontsize=7)
+    _blank(ax)
+
+
+def _prediction_cell(
+    fig: Any,
+    grid: tuple[int, int],
+    index: int,
+    pred: np.ndarray,
+    gt: np.ndarray,
+    label: str,
+    correct: bool,
+) -> None:
+    """Draw a uint8 prediction map with the GT outlined, its caption green when the class is right
+    and red when it is wrong."""
+    ax = fig.add_subplot(*grid, index)
+    ax.imshow(pred, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    _outline(ax, gt)
+    ax.set_title(label, fontsize=7, color=CORRECT if correct else WRONG)
+    _blank(ax)
 
 
 def image_grid(
@@ -108,6 +142,7 @@ def prediction_grid(
     per_row = max(1, min(per_row, len(items)))
     nrows = math.ceil(len(items) / per_row)
     ncols = 3 * per_row
+    grid = (nrows, ncols)
     fig = new_figure(cell * ncols, (cell + 0.45) * nrows)
     for i, item in enumerate(items):
         row, slot = divmod(i, per_row)
@@ -119,22 +154,8 @@ def prediction_grid(
                 f"prediction_grid item {i}: prediction {pred.shape[:2]} and GT {gt.shape} differ in size"
             )
         correct = str(item["pred_class"]) == str(item["gt_class"])
-
-        ax = fig.add_subplot(nrows, ncols, base + 1)
-        ax.imshow(_as_display(item["image"], f"item {i} image"), interpolation="nearest")
-        ax.set_title(str(item.get("title", "")), fontsize=7)
-        _blank(ax)
-
-        ax = fig.add_subplot(nrows, ncols, base + 2)
-        ax.imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"GT: {item['gt_class']}", fontsize=7)
-        _blank(ax)
-
-        ax = fig.add_subplot(nrows, ncols, base + 3)
-        ax.imshow(pred, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        _outline(ax, gt)
-        ax.set_title(f"pred: {item['pred_class']}", fontsize=7, color=CORRECT if correct else WRONG)
-        _blank(ax)
+        _image_and_gt_cells(fig, grid, base + 1, item, gt, f"item {i}")
+        _prediction_cell(fig, grid, base + 3, pred, gt, f"pred: {item['pred_class']}", correct)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)
@@ -160,17 +181,11 @@ def comparison_grid(
         if list(item["preds"]) != runs:
             raise KeyError(f"comparison_grid item {i} has runs {list(item['preds'])}, not {runs}")
     ncols = 2 + len(runs)
+    grid = (len(items), ncols)
     fig = new_figure(cell * ncols, (cell + 0.45) * len(items))
     for row, item in enumerate(items):
         gt = np.asarray(item["gt"]).astype(bool)
-        ax = fig.add_subplot(len(items), ncols, row * ncols + 1)
-        ax.imshow(_as_display(item["image"], f"item {row} image"), interpolation="nearest")
-        ax.set_title(str(item.get("title", "")), fontsize=7)
-        _blank(ax)
-        ax = fig.add_subplot(len(items), ncols, row * ncols + 2)
-        ax.imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"GT: {item['gt_class']}", fontsize=7)
-        _blank(ax)
+        _image_and_gt_cells(fig, grid, row * ncols + 1, item, gt, f"item {row}")
         for j, run in enumerate(runs):
             pred = np.asarray(item["preds"][run]["pred"])
             if pred.shape[:2] != gt.shape:
@@ -179,15 +194,10 @@ def comparison_grid(
                     f"GT {gt.shape} differ in size"
                 )
             pred_class = str(item["preds"][run]["pred_class"])
-            ax = fig.add_subplot(len(items), ncols, row * ncols + 3 + j)
-            ax.imshow(pred, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            _outline(ax, gt)
-            ax.set_title(
-                f"{run}: {pred_class}",
-                fontsize=7,
-                color=CORRECT if pred_class == str(item["gt_class"]) else WRONG,
+            correct = pred_class == str(item["gt_class"])
+            _prediction_cell(
+                fig, grid, row * ncols + 3 + j, pred, gt, f"{run}: {pred_class}", correct
             )
-            _blank(ax)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     return save_figure(fig, path)

@@ -1,4 +1,4 @@
-"""Bar charts of per-class and per-group metrics (DESIGN §8: plots of the reports)."""
+"""Bar charts of per-class and per-group metrics for the reports."""
 
 from __future__ import annotations
 
