@@ -110,7 +110,8 @@ def test_check_of_the_default_loop_computes_nothing(tmp_path, capsys):
     assert main(cfg) is None
     out = capsys.readouterr().out
     assert "check passed" in out
-    assert len(re.findall(r"to run", out)) == 11  # data, CLIP, generation, 2 seeds × (train, eval)
+    # data, CLIP, generation, real extra, rare-class set, baseline; 3 seeds × 3 arms × (train, eval)
+    assert len(re.findall(r"to run", out)) == 6 + 3 * 3 * 2
     assert not cache.exists()
 
 

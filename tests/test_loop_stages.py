@@ -26,7 +26,12 @@ def _cfg(**overrides):
             "train": {"max_steps": 3},
             "generator": {"name": "classic", "patch": 24},
             "planner": {"rule": "quantile"},
-            "loop": {"seeds": [0, 1], "variants": ["without", "with"], "eval": {}},
+            "loop": {
+                "seeds": [0, 1],
+                "variants": ["without", "with"],
+                "eval": {},
+                "rare_eval": {"per_class": 4},
+            },
         }
     )
     for key, value in overrides.items():
@@ -103,6 +108,9 @@ def test_plan_keys():
         "data",
         "micro_clip",
         "generate",
+        "real_extra",
+        "rare_eval",
+        "baseline",
         "train/without/seed0",
         "eval/without/seed0",
         "train/with/seed0",
@@ -123,6 +131,15 @@ def test_plan_keys():
         assert other.key("eval/without/seed1") == plan.key("eval/without/seed1")
         assert other.key("train/with/seed0") != plan.key("train/with/seed0")
     # ...while anything the baseline reads changes every downstream key.
+    # The real-extra arm follows the generated set (its class counts); the rare-class set does not.
+    real = plan_stages(_cfg(**{"loop.variants": ["without", "with", "real"]}))
+    other = plan_stages(
+        _cfg(**{"loop.variants": ["without", "with", "real"], "generator.patch": 8})
+    )
+    assert other.key("real_extra") != real.key("real_extra")
+    assert other.key("train/real/seed0") != real.key("train/real/seed0")
+    assert other.key("rare_eval") == real.key("rare_eval")
+    assert real.inputs["train/real/seed0"]["synthetic"]["set"] == real.key("real_extra")
     changed = plan_stages(_cfg(**{"data.world.seed": 1}))
     for name in stage_order(cfg):
         assert changed.key(name) != plan.key(name)

@@ -408,10 +408,13 @@ def render_extra_set(
             jobs.append((namespace, by_name[name], i, out / split, uid))
             samples.append(SampleInfo(uid, name, f"{uid}.png", f"{uid}.png", len(samples)))
     _render_all(spec, jobs, progress, f"render {namespace}")
-    classes = [
-        replace(c, split=split, num_samples=int(counts.get(c.name, 0)))
-        for c in (spec.classes if split == "train" else spec.train_classes)
-    ]
+    if split == "train":
+        classes = [replace(c, num_samples=int(counts.get(c.name, 0))) for c in spec.classes]
+    else:
+        classes = [
+            replace(c, split="test", num_samples=int(counts.get(c.name, 0)))
+            for c in spec.train_classes
+        ]
     write_class_info(out / "class_info.json", classes)
     write_sample_info(out / "sample_info.json", samples)
     for kind in ("image", "mask"):

@@ -28,7 +28,11 @@ from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, sta
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("without", "with")
+#: without: real data only; with: + the generated set; real: + as many new real samples of the same
+#: classes, rendered by the world (an upper bound only a world can give).
+VARIANTS = ("without", "with", "real")
+#: The variants that mix a set into training, and the stage that makes it.
+SET_STAGES = {"with": "generate", "real": "real_extra"}
 # Keys of the loop config that are not the training run's.
 LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check")
 
@@ -66,8 +70,16 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
 
     world_key = add("data", "data", {"world": world, "data": data if not world else None})
     clip_key = add("micro_clip", "clip", {"world": world_key, "clip": clip}) if world else None
+    for variant in cfg.loop.variants:
+        if variant not in VARIANTS:
+            raise KeyError(f"loop.variants: unknown variant {variant!r}; choose from {VARIANTS}")
+    if "real" in cfg.loop.variants and not world:
+        raise KeyError(
+            "loop.variants: 'real' renders extra real samples and needs the micro-world "
+            "(data=micro); on a real dataset use loop.variants=[without,with]"
+        )
     gen_key = None
-    if "with" in cfg.loop.variants:
+    if any(v in cfg.loop.variants for v in SET_STAGES):
         gen_key = add(
             "generate",
             "generate",
@@ -79,6 +91,24 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
                 "planner": to_plain(cfg.planner),
             },
         )
+    set_keys = {"with": gen_key}
+    rare_key = None
+    if world and gen_key:
+        # The same number of new real samples per class as the generated set holds.
+        set_keys["real"] = add("real_extra", "real_extra", {"world": world_key, "set": gen_key})
+        # The planner's rare classes, not the generator's output: a generator sweep keeps it.
+        rare_key = add(
+            "rare_eval",
+            "rare_eval",
+            {
+                "world": world_key,
+                "data": data,
+                "planner": to_plain(cfg.planner),
+                "per_class": int(cfg.loop.rare_eval.per_class),
+            },
+        )
+    if world:
+        add("baseline", "baseline", {"world": world_key, "rare_eval": rare_key})
     training = {
         "world": world_key,
         "clip": clip_key,
@@ -88,11 +118,9 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
         "train": to_plain(cfg.train),
     }
     for variant in cfg.loop.variants:
-        if variant not in VARIANTS:
-            raise KeyError(f"loop.variants: unknown variant {variant!r}; choose from {VARIANTS}")
         synthetic = (
-            {"set": gen_key, "ratio": float(cfg.data.synthetic_ratio)}
-            if variant == "with"
+            {"set": set_keys[variant], "ratio": float(cfg.data.synthetic_ratio)}
+            if variant in SET_STAGES
             else None
         )
         for seed in cfg.loop.seeds:
@@ -104,7 +132,7 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
             add(
                 f"eval/{variant}/seed{seed}",
                 "eval",
-                {"train": train_key, "eval": to_plain(cfg.loop.eval)},
+                {"train": train_key, "eval": to_plain(cfg.loop.eval), "rare_eval": rare_key},
             )
     return StagePlan(inputs, kinds)
 
@@ -167,7 +195,8 @@ def training_config(
 ) -> DictConfig:
     """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data.
 
-    The two variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``. ``group`` names
+    The variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``: ``with`` and
+    ``real`` mix their set (``synthetic_dir``) at the same ratio. ``group`` names
     the loop's wandb group (``logger.group``); the run is then named ``<variant>-seed<seed>``.
     """
     plain = _without_keys(OmegaConf.to_container(cfg, resolve=False), LOOP_ONLY_KEYS)
@@ -180,9 +209,9 @@ def training_config(
     if group and tcfg.get("logger") is not None:
         tcfg.logger.group = group
         tcfg.logger.run_name = tcfg.logger.get("run_name") or f"{variant}-seed{seed}"
-    if variant == "with":
+    if variant in SET_STAGES:
         if synthetic_dir is None:
-            raise ValueError("the run with synthetic data needs the synthetic set's folder")
+            raise ValueError(f"the run {variant!r} needs the folder of the set it mixes in")
         tcfg.data.synthetic = [synthetic_dir]
         tcfg.data.synthetic_ratio = float(cfg.data.synthetic_ratio)
     else:
@@ -192,7 +221,7 @@ def training_config(
 
 
 def _run_config(ctx: LoopContext, variant: str, seed: int, out_dir: Path) -> DictConfig:
-    synthetic = ctx.outputs["generate"]["set_dir"] if variant == "with" else None
+    synthetic = ctx.outputs[SET_STAGES[variant]]["set_dir"] if variant in SET_STAGES else None
     return training_config(ctx.cfg, variant, seed, out_dir, ctx.cache_dir, synthetic, ctx.group)
 
 
@@ -246,6 +275,87 @@ def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     return fn
 
 
+def _set_counts(set_dir: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for sample in load_sample_info(Path(set_dir) / "sample_info.json"):
+        counts[sample.base_class] = counts.get(sample.base_class, 0) + 1
+    return counts
+
+
+def _rare_classes(ctx: LoopContext) -> list[str]:
+    """The classes the planner calls rare, planned as ``ovcamo-generate`` plans them."""
+    from generation.planner import make_plan
+    from ovcamo.data.config import resolve_data_paths
+
+    plan = make_plan(
+        resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir)),
+        ctx.cfg.planner,
+        generator=str(ctx.cfg.generator.get("name", "?")),
+        config_hash="",
+        holdout_fraction=float(ctx.cfg.data.get("holdout_fraction", 0.0)),
+        holdout_seed=int(ctx.cfg.data.get("holdout_seed", 0)),
+    )
+    return sorted(plan.targets)
+
+
+def _real_extra_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.data.world import render_extra_set, resolve_world
+
+        counts = _set_counts(ctx.outputs["generate"]["set_dir"])
+        spec = resolve_world(ctx.cfg.data.world)
+        set_dir = render_extra_set(spec, counts, directory / "set", namespace="extra")
+        return {"set_dir": str(set_dir.resolve()), "samples": sum(counts.values())}
+
+    return fn
+
+
+def _rare_eval_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.data.world import render_extra_set, resolve_world
+
+        rare = _rare_classes(ctx)
+        if not rare:
+            return {"set_dir": None, "classes": []}
+        n = int(ctx.cfg.loop.rare_eval.per_class)
+        spec = resolve_world(ctx.cfg.data.world)
+        set_dir = render_extra_set(
+            spec, dict.fromkeys(rare, n), directory / "set", namespace="rare-eval", split="test"
+        )
+        return {"set_dir": str(set_dir.resolve()), "classes": rare}
+
+    return fn
+
+
+def _rare_eval_paths(ctx: LoopContext) -> Any:
+    from ovcamo.data import DataPaths
+
+    set_dir = (ctx.outputs.get("rare_eval") or {}).get("set_dir")
+    return DataPaths.from_paths_json(Path(set_dir) / "paths.json") if set_dir else None
+
+
+def _baseline_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
+    def fn(directory: Path) -> dict[str, Any]:
+        from ovcamo.data import OVCamoDataset
+        from ovcamo.data.config import resolve_data_paths
+        from ovcamo.engine.baseline import NAME, score_baseline
+
+        parts = {"novel": (resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir)), "test")}
+        rare = _rare_eval_paths(ctx)
+        if rare is not None:
+            parts["rare"] = (rare, "test")
+        scores = {
+            part: score_baseline(
+                (r.image_path, r.mask_path) for r in OVCamoDataset(paths, split).records
+            )
+            for part, (paths, split) in parts.items()
+        }
+        atomic_write_json(directory / "baseline.json", {"name": NAME, **scores})
+        return {"name": NAME, **scores}
+
+    return fn
+
+
 def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
         from ovcamo.engine.train import run
@@ -287,6 +397,18 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
             directory / "novel",
         )
         outputs.update(novel=str(directory / "novel"), pred_novel=str(Path(pred_novel).resolve()))
+        rare = _rare_eval_paths(ctx)
+        if rare is not None:
+            # Rare base classes on their own rendered set; candidates are the base classes.
+            rcfg = pcfg.copy()
+            rcfg.out_dir = str(directory / "rare")
+            rcfg.data = {**rare.to_json(), "strict": False, "holdout_fraction": 0.0}
+            pred_rare = predict_to_dir(rcfg, split="test", part="all")
+            write_results(
+                score_prediction_dir(pred_rare, rare, split="test", num_workers=1),
+                directory / "rare_eval",
+            )
+            outputs.update(rare_eval=str(directory / "rare_eval"))
         if float(ctx.cfg.data.get("holdout_fraction", 0.0)) <= 0:
             # The paper's protocol trains on every base image: there is no base validation.
             return outputs | {"base_val": None, "pred_val": None}
@@ -315,10 +437,15 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
 def stage_order(cfg: DictConfig) -> list[str]:
     """Stage names in the order they run: data, micro CLIP, generation, then per seed both runs."""
     names = ["data"]
-    if cfg.data.get("world"):
+    world = bool(cfg.data.get("world"))
+    if world:
         names.append("micro_clip")
-    if "with" in cfg.loop.variants:
+    if any(v in cfg.loop.variants for v in SET_STAGES):
         names.append("generate")
+        if world:
+            names += ["real_extra", "rare_eval"]
+    if world:
+        names.append("baseline")
     for seed in cfg.loop.seeds:
         for variant in cfg.loop.variants:
             names += [f"train/{variant}/seed{seed}", f"eval/{variant}/seed{seed}"]
@@ -362,6 +489,7 @@ def _summary(ctx: LoopContext) -> Any:
                     Path(o["base_val"]) if o.get("base_val") else None,
                     Path(o["pred_novel"]),
                     Path(o["pred_val"]) if o.get("pred_val") else None,
+                    Path(o["rare_eval"]) if o.get("rare_eval") else None,
                 )
             )
     gen = ctx.outputs.get("generate")
@@ -396,6 +524,7 @@ def _summary(ctx: LoopContext) -> Any:
             },
         },
         synthetic_dir=Path(gen["set_dir"]) if gen else None,
+        baseline=ctx.outputs.get("baseline"),
         grid_samples=int(cfg.loop.report.grid_samples),
         prediction_samples=int(cfg.loop.report.prediction_samples),
     )
@@ -415,11 +544,17 @@ def run_loop(cfg: DictConfig) -> Path:
     )
     print(describe_plan(cfg, plan, ctx.stages), flush=True)
     t0 = time.perf_counter()
-    ctx.run("data", _data_stage(ctx))
-    if cfg.data.get("world"):
-        ctx.run("micro_clip", _clip_stage(ctx))
-    if "with" in cfg.loop.variants:
-        ctx.run("generate", _generate_stage(ctx))
+    stage_fns = {
+        "data": _data_stage,
+        "micro_clip": _clip_stage,
+        "generate": _generate_stage,
+        "real_extra": _real_extra_stage,
+        "rare_eval": _rare_eval_stage,
+        "baseline": _baseline_stage,
+    }
+    for name in stage_order(cfg):
+        if name in stage_fns:
+            ctx.run(name, stage_fns[name](ctx))
     for seed in cfg.loop.seeds:
         for variant in cfg.loop.variants:
             ctx.run(f"train/{variant}/seed{seed}", _train_stage(ctx, variant, int(seed)))

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from ovcamo.engine.loop import StagePlan, training_config
+from ovcamo.engine.loop import SET_STAGES, StagePlan, training_config
 from ovcamo.engine.stage_cache import StageCache, to_plain
 
 #: Generator config keys that name weights on disk.
@@ -34,7 +34,8 @@ def check_loop(cfg: DictConfig, plan: StagePlan, cache_dir: Path) -> list[str]:
     pretrained = cfg.backbone.get("pretrained")
     if pretrained and pretrained != "micro" and not _is_local_path(str(pretrained)):
         problems += check_open_clip_tag(str(cfg.backbone.name), str(pretrained))
-    if "with" in cfg.loop.variants:
+    if any(v in cfg.loop.variants for v in SET_STAGES):
+        # The real-extra arm copies the generated set's class counts: it needs the generator too.
         problems += check_generator(cfg.generator)
     return problems
 
