@@ -17,9 +17,12 @@ from ovcamo.data.ovcamo_format import DataPaths, resolve_records
 from ovcamo.data.world import (
     PACKAGED_CLASS_LIST,
     WorldConfigError,
+    _render_all,
     ensure_world,
     long_tail_counts,
+    render_extra_set,
     render_grid,
+    render_world,
     resolve_world,
 )
 from ovcamo.data.world_render import (
@@ -293,3 +296,77 @@ def test_main_exports_and_draws_grid(tiny_world: Path, tmp_path: Path) -> None:
 def test_render_grid_writes_png(tiny_world: Path, tmp_path: Path) -> None:
     path = render_grid(tiny_world, tmp_path / "grid.png", n_classes=3)
     assert read_image(path).shape[2] == 3
+
+
+def test_workers_render_the_same_pixels(tmp_path: Path) -> None:
+    spec = resolve_world(tiny_cfg())
+    render_world(spec, tmp_path / "serial", progress=False)
+    jobs = [("train", spec.train_classes[0], i, tmp_path / "pool", f"{i}") for i in range(40)]
+    _render_all(spec, jobs, progress=False, desc="", workers=2)
+    serial = resolve_records(DataPaths.from_paths_json(tmp_path / "serial" / "paths.json"), "train")
+    first = [r for r in serial[0] if r.class_name == spec.train_classes[0].name]
+    for i, r in enumerate(first):
+        assert (tmp_path / "pool" / "image" / f"{i}.png").read_bytes() == r.image_path.read_bytes()
+
+
+def test_extra_sets_are_new_samples_of_base_classes(tiny_world: Path, tmp_path: Path) -> None:
+    spec = resolve_world(tiny_cfg())
+    extra = render_extra_set(spec, {"mantis": 3, "flatfish": 1}, tmp_path / "x", namespace="extra")
+    paths = DataPaths.from_paths_json(extra / "paths.json")
+    records, _ = resolve_records(paths, "train")
+    assert sorted(r.class_name for r in records) == ["flatfish", "mantis", "mantis", "mantis"]
+    own = {p.read_bytes() for p in (tiny_world / "train" / "image").iterdir()}
+    assert not own & {r.image_path.read_bytes() for r in records}
+    # As an evaluation set: the base classes become its test classes, novel classes are absent.
+    rare = render_extra_set(
+        spec, {"mantis": 2}, tmp_path / "r", namespace="rare-eval", split="test"
+    )
+    classes = load_class_info(rare / "class_info.json")
+    assert {(c.name, c.split) for c in classes} == {("mantis", "test"), ("flatfish", "test")}
+    test, _ = resolve_records(DataPaths.from_paths_json(rare / "paths.json"), "test")
+    assert [r.class_name for r in test] == ["mantis", "mantis"]
+    with pytest.raises(ValueError, match="not base"):
+        render_extra_set(spec, {"cat": 1}, tmp_path / "n", namespace="extra")
+
+
+def test_camouflage_cues_are_shape_not_colour() -> None:
+    """The object is in its background's palette; what shows it is a darker rim and a shadow."""
+    style = class_style("probe", 3, 0)
+    scene = render_camouflaged(style, 96, 0.3, np.random.default_rng(0))
+    obj = scene.object_layer.astype(float).mean(-1)
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    rim = scene.mask & ~binary_erosion(scene.mask, iterations=2)
+    core = binary_erosion(scene.mask, iterations=6)
+    assert obj[rim].mean() < obj[core].mean()
+    bg = scene.background_layer.astype(float).mean(-1)
+    ring = binary_dilation(scene.mask, iterations=4) & ~scene.mask
+    shifted = np.roll(np.roll(ring, 4, axis=0), 4, axis=1) & ~scene.mask
+    # The shadow falls to the bottom right: that side of the outline is darker than the other.
+    opposite = np.roll(np.roll(ring, -4, axis=0), -4, axis=1) & ~scene.mask
+    assert bg[shifted].mean() < bg[opposite].mean()
+
+
+def test_novel_classes_reach_training_only_as_captioned_web_photos(tiny_world: Path) -> None:
+    """The open-vocabulary protocol of the micro-world: the micro CLIP trains on the captioned
+    salient set (every class), the segmenter on the train split and on sets mixed into it; no
+    camouflaged scene or mask of a novel class is in any of them."""
+    from ovcamo.data.mixing import load_sources
+    from ovcamo.engine.micro_clip import load_salient
+
+    paths = DataPaths.from_paths_json(tiny_world / "paths.json")
+    novel = {c.name for c in load_class_info(paths.class_info) if c.split == "test"}
+    _, captions, names = load_salient(tiny_world, "train")
+    assert novel <= set(names)  # the web set names every class ...
+    for caption, name in zip(captions, names, strict=True):
+        assert name in caption
+    salient = {
+        e["image"] for e in json.loads((tiny_world / "salient" / "captions.json").read_text())
+    }
+    assert all(s.startswith("image/") for s in salient)  # ... as plain renders in salient/ only
+    spec = resolve_world(tiny_cfg())
+    extra = render_extra_set(spec, {"mantis": 2}, tiny_world.parent / "extra", namespace="extra")
+    sources = load_sources({"holdout_fraction": 0.2, "synthetic": [str(extra)]}, paths)
+    trained = [r for s in sources for r in s.records]
+    assert trained and not {r.class_name for r in trained} & novel
+    assert all("salient" not in r.image_path.parts for r in trained)

@@ -530,35 +530,91 @@ def _summary(ctx: LoopContext) -> Any:
     )
 
 
+_SHARED_STAGES = {
+    "data": _data_stage,
+    "micro_clip": _clip_stage,
+    "generate": _generate_stage,
+    "real_extra": _real_extra_stage,
+    "rare_eval": _rare_eval_stage,
+    "baseline": _baseline_stage,
+}
+
+
+def _shared_stages(cfg: DictConfig) -> list[str]:
+    """The stages every training run depends on, in order."""
+    return [n for n in stage_order(cfg) if n in _SHARED_STAGES]
+
+
+def _stage_fn(ctx: LoopContext, name: str) -> Callable[[Path], dict[str, Any]]:
+    if name in _SHARED_STAGES:
+        return _SHARED_STAGES[name](ctx)
+    kind, variant, seed = name.split("/")
+    stage = {"train": _train_stage, "eval": _eval_stage}[kind]
+    return stage(ctx, variant, int(seed.removeprefix("seed")))
+
+
+def _context(cfg: DictConfig) -> LoopContext:
+    cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
+    plan = plan_stages(cfg)
+    return LoopContext(
+        cfg, cache_dir, StageCache(cache_dir / "loop"), plan, group=loop_group(cfg, plan)
+    )
+
+
+def _run_lane(container: dict[str, Any], names: list[str]) -> list[Any]:
+    """One worker process: one thread, the shared stages replayed from the cache, then ``names``."""
+    import torch
+
+    torch.set_num_threads(1)
+    ctx = _context(OmegaConf.create(container))
+    for name in _shared_stages(ctx.cfg):
+        ctx.run(name, _stage_fn(ctx, name))
+    ctx.stages.records.clear()
+    for name in names:
+        ctx.run(name, _stage_fn(ctx, name))
+    return ctx.stages.records
+
+
+def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
+    """Run the (train, eval) pairs in ``workers`` processes of one thread each (stages of one loop
+    are disjoint folders, so they run side by side); records come back in lane order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    container = OmegaConf.to_container(ctx.cfg, resolve=True)
+    # forkserver: this process has run torch's thread pools, which a fork can deadlock.
+    pool_context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=pool_context) as pool:
+        for records in pool.map(_run_lane, [container] * len(lanes), lanes):
+            for record in records:
+                ctx.stages.records.append(record)
+                ctx.outputs[record.name] = record.outputs
+
+
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every stage, then write the report; returns ``report.md``'s path."""
     from ovcamo.report.loop_report import write_loop_report
 
-    cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
     out_dir = Path(os.path.expanduser(str(cfg.out_dir)))
     if not cfg.loop.variants or not cfg.loop.seeds:
         raise ValueError("loop.variants and loop.seeds must not be empty")
-    plan = plan_stages(cfg)
-    ctx = LoopContext(
-        cfg, cache_dir, StageCache(cache_dir / "loop"), plan, group=loop_group(cfg, plan)
-    )
-    print(describe_plan(cfg, plan, ctx.stages), flush=True)
+    ctx = _context(cfg)
+    print(describe_plan(cfg, ctx.plan, ctx.stages), flush=True)
     t0 = time.perf_counter()
-    stage_fns = {
-        "data": _data_stage,
-        "micro_clip": _clip_stage,
-        "generate": _generate_stage,
-        "real_extra": _real_extra_stage,
-        "rare_eval": _rare_eval_stage,
-        "baseline": _baseline_stage,
-    }
-    for name in stage_order(cfg):
-        if name in stage_fns:
-            ctx.run(name, stage_fns[name](ctx))
-    for seed in cfg.loop.seeds:
-        for variant in cfg.loop.variants:
-            ctx.run(f"train/{variant}/seed{seed}", _train_stage(ctx, variant, int(seed)))
-            ctx.run(f"eval/{variant}/seed{seed}", _eval_stage(ctx, variant, int(seed)))
+    for name in _shared_stages(cfg):
+        ctx.run(name, _stage_fn(ctx, name))
+    lanes = [
+        [f"train/{variant}/seed{seed}", f"eval/{variant}/seed{seed}"]
+        for seed in cfg.loop.seeds
+        for variant in cfg.loop.variants
+    ]
+    workers = min(int(cfg.loop.get("workers") or 1), len(lanes))
+    if workers <= 1:
+        for lane in lanes:
+            for name in lane:
+                ctx.run(name, _stage_fn(ctx, name))
+    else:
+        _run_lanes(ctx, lanes, workers)
     t_report, c_report = time.perf_counter(), cpu_seconds()
     summary = _summary(ctx)
     report = write_loop_report(summary, out_dir)
