@@ -35,6 +35,7 @@ TINY = [
     "train.max_steps=3",
     "train.progress=false",
     "loop.seeds=[0]",
+    "loop.rare_eval.per_class=4",
     "loop.generate.progress=false",
     "loop.report.grid_samples=4",
     "loop.report.prediction_samples=2",
@@ -43,6 +44,8 @@ TINY = [
 SECTIONS = (
     "## Novel classes (official OVCOS protocol)",
     "## Base validation: rare vs common classes",
+    "## Masks and classes apart (diagnostics, not the official protocol)",
+    "## Rare base classes: did the synthetic set help?",
     "## Did the synthetic set help?",
     "## Planner",
     "## Synthetic samples",
@@ -70,6 +73,9 @@ def _kill_after_first_training(cache: Path, out_dir: Path) -> dict[str, str]:
         f"out_dir={out_dir}",
         f"hydra.run.dir={out_dir}/hydra",
         *TINY,
+        # One process: a SIGKILL must not leave training workers behind (the resumed run below
+        # trains in the default two worker processes).
+        "loop.workers=1",
     ]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -94,7 +100,10 @@ def test_loop_killed_resumed_and_cached(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("OVCAMO_CACHE", str(cache))
     done_before = _kill_after_first_training(cache, tmp_path / "killed")
-    assert {"data", "micro_clip", "generate", "train/without/seed0"} <= set(done_before)
+    assert {"data", "micro_clip", "generate", "real_extra", "rare_eval", "baseline"} <= set(
+        done_before
+    )
+    assert "train/without/seed0" in done_before
     assert not (tmp_path / "killed" / "report.md").exists()
 
     with initialize_config_dir(CONF_DIR, version_base=None):
@@ -105,7 +114,7 @@ def test_loop_killed_resumed_and_cached(tmp_path, monkeypatch):
     for name in done_before:
         assert status[name] == "cached", name
     assert {n for n, s in status.items() if s == "ran"} == set(status) - set(done_before)
-    assert "eval/with/seed0" in status and status["eval/with/seed0"] == "ran"
+    assert status["eval/with/seed0"] == "ran" and status["eval/real/seed0"] == "ran"
 
     text = report.read_text()
     for section in SECTIONS:
@@ -116,6 +125,9 @@ def test_loop_killed_resumed_and_cached(tmp_path, monkeypatch):
         assert (tmp_path / "resumed" / png).stat().st_size > 1000, png
     novel = read_metrics(info["outputs"]["eval/with/seed0"]["novel"])
     assert 0.0 <= novel["cIoU"] <= 1.0 and novel["cIoU"] == novel["avgiou"]
+    assert "oracle gain (real − without)" in text and "baseline: colour contrast" in text
+    rare = info["outputs"]["eval/real/seed0"]["rare_eval"]
+    assert read_metrics(rare)["cIoU"] >= 0.0
 
     # A third run finds every stage finished and only rewrites the report.
     cfg.out_dir = str(tmp_path / "warm")

@@ -170,6 +170,12 @@ def test_loss_matches_reference_weighted_bce_and_dice() -> None:
     assert perfect["loss"] < 1e-3
 
 
+def test_boundary_weights_are_the_box_mean_of_the_mask() -> None:
+    masks = (torch.rand(2, 1, 40, 36) > 0.6).float()
+    box = F.avg_pool2d(masks, 9, stride=1, padding=4)
+    torch.testing.assert_close(boundary_weights(masks, 9, 2.0), 1 + 2.0 * (box - masks).abs())
+
+
 def test_boundary_weights_peak_at_edges() -> None:
     mask = torch.zeros(1, 1, 64, 64)
     mask[..., 16:48, 16:48] = 1

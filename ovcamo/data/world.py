@@ -58,7 +58,7 @@ from ovcamo.data.world_render import (
 log = logging.getLogger(__name__)
 
 #: Bumped whenever rendering changes pixels, so old cache entries are not mistaken for new ones.
-RENDERER_VERSION = 2
+RENDERER_VERSION = 3
 #: OVCamo's class list, shipped with the package (a copy of the dataset's ``class_info.json``).
 PACKAGED_CLASS_LIST = Path(__file__).resolve().parent / "ovcamo_classes.json"
 #: Keys every ``world`` config node carries (defaults live in ``ovcamo/conf/world/*.yaml``).
@@ -297,8 +297,10 @@ def _render_all(
     desc: str,
     workers: int | None = None,
 ) -> None:
-    """Render and write every job ``(kind, class, index, folder, stem)``, in worker processes when
-    there are several cores; pixels depend only on the job, never on the worker."""
+    """Render and write every job ``(kind, class, index, folder, stem)``, in worker threads when
+    there are several cores (numpy, scipy and the PNG encoder release the GIL for most of the
+    work; threads need no ``__main__`` guard in the caller's script). Pixels depend only on the
+    job, never on the worker."""
     from tqdm.auto import tqdm
 
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
@@ -308,12 +310,9 @@ def _render_all(
         for chunk in chunks:
             bar.update(_render_chunk(spec, chunk))
     else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ThreadPoolExecutor
 
-        # forkserver: the caller may have run torch's thread pools, which a fork can deadlock.
-        context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ThreadPoolExecutor(workers) as pool:
             for n in pool.map(_render_chunk, [spec] * len(chunks), chunks):
                 bar.update(n)
     bar.close()

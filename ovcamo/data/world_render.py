@@ -342,7 +342,7 @@ def render_camouflaged(
     obj = _object_layer(style, pose, size, rng)
     # Rim shading: the body darkens towards its outline (height 0 at the rim, 1 inside).
     height = np.clip(distance_transform_edt(mask) / (0.3 * pose.radius), 0.0, 1.0)
-    obj = obj * (1.0 - (0.25 * ease + 0.05) * (1.0 - height))[..., None]
+    obj = obj * (1.0 - (0.45 * ease + 0.05) * (1.0 - height))[..., None]
 
     # The background is a free frame of the same texture at a similar scale.
     bg_pose = Pose(
@@ -362,7 +362,7 @@ def render_camouflaged(
     offset = 0.12 * pose.radius
     shadow = shift(mask.astype(np.float64), (offset, offset), order=1, mode="constant")
     shadow = gaussian_filter(shadow, sigma=0.15 * pose.radius)
-    bg = bg * (1.0 - (0.1 + 0.2 * ease) * shadow)[..., None]
+    bg = bg * (1.0 - (0.15 + 0.35 * ease) * shadow)[..., None]
 
     blur = 0.9 * d
     obj = _finish(obj, blur, rng)
