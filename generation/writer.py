@@ -32,15 +32,9 @@ from generation.base import GeneratedSample
 from generation.planner import Plan, PlanItem
 from ovcamo.data import DataPaths, load_class_info, write_class_info
 from ovcamo.data.io import atomic_write_json, safe_join, write_png
+from ovcamo.data.ovcamo_format import STANDARD_LAYOUT
 
-PATHS = {
-    "class_info": "class_info.json",
-    "sample_info": "sample_info.json",
-    "train_image_dir": "train/image",
-    "train_mask_dir": "train/mask",
-    "test_image_dir": "test/image",
-    "test_mask_dir": "test/mask",
-}
+PATHS = STANDARD_LAYOUT
 
 
 def shard_of(index: int, rank: int, world_size: int) -> bool:

@@ -31,6 +31,18 @@ DATA_KEYS = (
 )
 
 
+#: The six paths of a dataset folder in OVCamo's own layout, relative to it (what a rendered world
+#: and a generated set write into their ``paths.json``).
+STANDARD_LAYOUT = {
+    "class_info": "class_info.json",
+    "sample_info": "sample_info.json",
+    "train_image_dir": "train/image",
+    "train_mask_dir": "train/mask",
+    "test_image_dir": "test/image",
+    "test_mask_dir": "test/mask",
+}
+
+
 class DatasetFormatError(ValueError):
     """A json file of the dataset does not have the OVCamo layout."""
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from ovcamo.data.io import atomic_write_json, encode_png, read_image, read_mask
 from ovcamo.data.ovcamo_format import (
+    STANDARD_LAYOUT,
     ClassInfo,
     DataPaths,
     SampleInfo,
@@ -58,7 +59,7 @@ from ovcamo.data.world_render import (
 log = logging.getLogger(__name__)
 
 #: Bumped whenever rendering changes pixels, so old cache entries are not mistaken for new ones.
-RENDERER_VERSION = 3
+RENDERER_VERSION = 4
 #: OVCamo's class list, shipped with the package (a copy of the dataset's ``class_info.json``).
 PACKAGED_CLASS_LIST = Path(__file__).resolve().parent / "ovcamo_classes.json"
 #: Keys every ``world`` config node carries (defaults live in ``ovcamo/conf/world/*.yaml``).
@@ -85,17 +86,6 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of the {} in the wild.",
     "a cropped photo of a {}.",
 )
-
-
-#: ``paths.json`` of a rendered folder (relative to it).
-WORLD_PATHS = {
-    "class_info": "class_info.json",
-    "sample_info": "sample_info.json",
-    "train_image_dir": "train/image",
-    "train_mask_dir": "train/mask",
-    "test_image_dir": "test/image",
-    "test_mask_dir": "test/mask",
-}
 
 
 class WorldConfigError(ValueError):
@@ -356,7 +346,7 @@ def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = T
     write_sample_info(out / "sample_info.json", samples)
     atomic_write_json(out / "salient" / "captions.json", captions)
     atomic_write_json(
-        out / "paths.json", {**WORLD_PATHS, "salient_captions": "salient/captions.json"}
+        out / "paths.json", {**STANDARD_LAYOUT, "salient_captions": "salient/captions.json"}
     )
     atomic_write_json(
         out / "world.json",
@@ -418,7 +408,7 @@ def render_extra_set(
     write_sample_info(out / "sample_info.json", samples)
     for kind in ("image", "mask"):
         (out / split / kind).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "paths.json", WORLD_PATHS)
+    atomic_write_json(out / "paths.json", STANDARD_LAYOUT)
     return out
 
 

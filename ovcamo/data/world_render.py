@@ -321,6 +321,21 @@ def _object_layer(
     return colourise(field, style.palette(value_shift=value_shift))
 
 
+def _rim_shaded(obj: np.ndarray, mask: np.ndarray, radius: float, strength: float) -> np.ndarray:
+    """The body darkened towards its outline by up to ``strength`` (height 0 at the rim, 1 from
+    0.3 radius inside), as a rounded body turns away from the light."""
+    height = np.clip(distance_transform_edt(mask) / (0.3 * radius), 0.0, 1.0)
+    return obj * (1.0 - strength * (1.0 - height))[..., None]
+
+
+def _shadowed(bg: np.ndarray, mask: np.ndarray, radius: float, strength: float) -> np.ndarray:
+    """A soft shadow of the object on the ground, offset away from a light at the top left."""
+    offset = 0.12 * radius
+    shadow = shift(mask.astype(np.float64), (offset, offset), order=1, mode="constant")
+    shadow = gaussian_filter(shadow, sigma=0.15 * radius)
+    return bg * (1.0 - strength * shadow)[..., None]
+
+
 def render_camouflaged(
     style: ClassStyle, size: int, difficulty: float, rng: np.random.Generator
 ) -> Scene:
@@ -340,9 +355,7 @@ def render_camouflaged(
     pose = random_pose(rng, size, (0.16 + 0.12 * ease, 0.24 + 0.12 * ease))
     mask = silhouette_mask(style, pose, size)
     obj = _object_layer(style, pose, size, rng)
-    # Rim shading: the body darkens towards its outline (height 0 at the rim, 1 inside).
-    height = np.clip(distance_transform_edt(mask) / (0.3 * pose.radius), 0.0, 1.0)
-    obj = obj * (1.0 - (0.45 * ease + 0.05) * (1.0 - height))[..., None]
+    obj = _rim_shaded(obj, mask, pose.radius, 0.45 * ease + 0.05)
 
     # The background is a free frame of the same texture at a similar scale.
     bg_pose = Pose(
@@ -358,11 +371,7 @@ def render_camouflaged(
     other = fractal_noise(u * 1.5, v * 1.5, rng, 3)
     field = d * same + ease * other
     bg = colourise(field, style.palette(hue_shift=float(rng.uniform(-0.03, 0.03))))
-    # A soft shadow, offset away from a light at the top left.
-    offset = 0.12 * pose.radius
-    shadow = shift(mask.astype(np.float64), (offset, offset), order=1, mode="constant")
-    shadow = gaussian_filter(shadow, sigma=0.15 * pose.radius)
-    bg = bg * (1.0 - (0.15 + 0.35 * ease) * shadow)[..., None]
+    bg = _shadowed(bg, mask, pose.radius, 0.15 + 0.35 * ease)
 
     blur = 0.9 * d
     obj = _finish(obj, blur, rng)
@@ -371,7 +380,8 @@ def render_camouflaged(
 
 
 def render_salient(style: ClassStyle, size: int, rng: np.random.Generator) -> Scene:
-    """A salient scene: a large object on a plain or contrasting background (the web-photo stand-in)."""
+    """A salient scene: a large object on a plain or contrasting background (the web-photo
+    stand-in), shaded and casting a shadow as the camouflaged ones do."""
     pose = random_pose(rng, size, (0.3, 0.42))
     mask = silhouette_mask(style, pose, size)
     obj = _object_layer(style, pose, size, rng)
@@ -386,6 +396,10 @@ def render_salient(style: ClassStyle, size: int, rng: np.random.Generator) -> Sc
     else:
         top, bottom = rng.uniform(0.55, 0.95, size=3), rng.uniform(0.55, 0.95, size=3)
         bg = np.broadcast_to(top + (bottom - top) * y, (size, size, 3)).copy()
+    # Photographed animals are shaded and cast shadows too: the same cues as in the camouflaged
+    # scenes, at strengths spanning theirs.
+    obj = _rim_shaded(obj, mask, pose.radius, float(rng.uniform(0.05, 0.5)))
+    bg = _shadowed(bg, mask, pose.radius, float(rng.uniform(0.15, 0.5)))
     obj = _finish(obj, 0.0, rng)
     bg = _finish(bg, 0.0, rng)
     return _compose(obj, bg, mask)
