@@ -1,1 +1,2 @@
-"""Synthetic-data generators that enlarge rare OVCamo training classes (DESIGN §7)."""
+"""Synthetic-data generators that enlarge rare OVCamo training classes (docs/design.md,
+"Generation")."""

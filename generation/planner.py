@@ -1,6 +1,6 @@
-"""The rare-class planner (DESIGN §7): which train classes are rare, how many samples each gets,
-and from which source objects. The plan is data (``plan.json``) written before generation starts,
-so a resumed run finishes the same plan."""
+"""The rare-class planner (docs/design.md, "Generation"): which train classes are rare, how many
+samples each gets, and from which source objects. The plan is data (``plan.json``) written before
+generation starts, so a resumed run finishes the same plan."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """``ovcamo-generate``: plan rare-class samples, generate them with the configured generator and
-write a synthetic OVCamo-format set (DESIGN §7). ``generate(cfg)`` is what the loop calls."""
+write a synthetic OVCamo-format set (docs/design.md, "Generation"). ``generate(cfg)`` is what the
+loop calls."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The synthetic-set writer (DESIGN §3, §7): an OVCamo-format folder that training mixes in.
+"""The synthetic-set writer (docs/design.md, "Data format" and "Generation"): an OVCamo-format
+folder that training mixes in.
 
 Layout::
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from test_generation_diffumatting_micro import TINY_MICRO, world  # noqa: F401
 
-from generation.diffumatting.components import (
+from generation.sd.parts import (
+    SDParts,
     clip_tokenizer,
-    encode_prompt,
     sd_noise_scheduler,
     tiny_text_encoder,
     tiny_unet,
     tiny_vae,
-    word_token_positions,
 )
+from generation.sd.prompts import encode_prompt, word_token_positions
 from generation.diffumatting.green_post import ChromaKeyMatting, GreenPost, gsg
 from generation.diffumatting.model import (
     MattingHead,
@@ -25,12 +25,13 @@ from generation.diffumatting.model import (
     install_green_probe,
     sobel_magnitude,
 )
-from generation.diffumatting.sample import load_salient, salient_pairs_source
 from generation.diffumatting.train import (
     DiffuMattingBatch,
     LossWeights,
     diffumatting_step,
     green_canvas,
+    load_salient,
+    salient_pairs_source,
     train_diffumatting,
 )
 
@@ -109,9 +110,10 @@ def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa
     scheduler = sd_noise_scheduler()
     prompt = "a photo of a {} on a green background"
     ids, emb = encode_prompt(tok, text, [prompt.format(c) for c in pairs.class_names])
+    images, masks = pairs.batch(range(len(pairs)))
     held = DiffuMattingBatch(
-        green_canvas(pairs.images, pairs.masks),
-        pairs.masks,
+        green_canvas(images, masks),
+        masks,
         emb,
         word_token_positions(tok, ids, ["green"]),
     )
@@ -124,16 +126,10 @@ def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa
 
     before = evaluate()
     history = train_diffumatting(
-        unet,
+        SDParts(unet, vae, text, tok, scheduler, resolution=32),
         head,
-        vae,
-        text,
-        tok,
-        scheduler,
         store,
-        pairs.images,
-        pairs.masks,
-        pairs.class_names,
+        pairs,
         {
             "steps": 80,
             "batch_size": 4,

@@ -14,15 +14,15 @@ from test_generation_diffumatting_micro import (  # noqa: F401
     world,
 )
 
-from generation.diffumatting.components import (
+from generation.sd.micro import SDBase
+from generation.sd.parts import (
     clip_tokenizer,
-    encode_prompt,
     sd_noise_scheduler,
     tiny_text_encoder,
     tiny_unet,
     tiny_vae,
 )
-from generation.diffumatting.micro import SDBase
+from generation.sd.prompts import encode_prompt
 from generation.outpaint.expansion import object_expansion
 from generation.outpaint.model import InpaintingControlNetModel
 from generation.outpaint.train import controlnet_step
@@ -78,7 +78,7 @@ def test_controlnet_step_trains_only_the_controlnet(parts):
     masks = torch.zeros(2, 1, 32, 32)
     masks[..., 8:24, 8:24] = 1
     _, emb = encode_prompt(base.tokenizer, base.text_encoder, ["a photo of a owl"] * 2)
-    loss = controlnet_step(cn, unet, base, sd_noise_scheduler(), images, masks, emb)
+    loss = controlnet_step(cn, unet, base.vae, sd_noise_scheduler(), images, masks, emb)
     loss.backward()
     assert all(p.grad is None for p in unet.parameters())
     # At initialisation only the zero convolutions receive gradient (ControlNet's design).

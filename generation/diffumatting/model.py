@@ -1,5 +1,6 @@
-"""DiffuMatting's own modules (ECCV 2024, DESIGN §7): the green-token cross-attention probe, the
-Sobel detail loss, and the latent matting head on a VAE-decoder feature map."""
+"""DiffuMatting's own modules (ECCV 2024; docs/design.md, "Generation"): the green-token
+cross-attention probe, the Sobel detail loss, and the latent matting head on a VAE-decoder
+feature map."""
 
 from __future__ import annotations
 

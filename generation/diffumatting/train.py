@@ -1,29 +1,39 @@
-"""DiffuMatting training step (ECCV 2024, DESIGN §7): noise + green-background control + detail +
-latent matting losses on green-canvas images, and the loop that trains the micro model."""
+"""DiffuMatting training step (ECCV 2024; docs/design.md, "Generation"): noise + green-background
+control + detail + latent matting losses on green-canvas images, and the loop that trains them."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
 
-from generation.diffumatting.components import encode_prompt, word_token_positions
 from generation.diffumatting.model import (
     GreenAttentionStore,
     MattingHead,
+    decoder_feature_channels,
     decoder_features,
     detail_loss,
     green_background_loss,
+    install_green_probe,
     matting_loss,
 )
+from generation.sd.micro import TrainingPairs
+from generation.sd.parts import SDParts
+from generation.sd.prompts import Captions, word_token_positions
+from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
+from ovcamo.checkpoint import save_weights
+from ovcamo.data import DataPaths
+from ovcamo.data.io import read_image, read_mask, safe_join
 
-log = logging.getLogger(__name__)
+#: The matting head's file inside a DiffuMatting folder.
+HEAD_FILE = "matting_head.safetensors"
 
 #: Pure green in the model's [−1, 1] pixel space.
 GREEN = torch.tensor([-1.0, 1.0, -1.0])
@@ -54,18 +64,6 @@ class DiffuMattingBatch:
     green_positions: list[list[int]]
 
 
-def predicted_x0(
-    scheduler: DDPMScheduler, model_output: torch.Tensor, zt: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """ẑ₀ from the UNet output (ε- or v-prediction) via the scheduler's ᾱ_t."""
-    abar = scheduler.alphas_cumprod.to(zt)[t].view(-1, 1, 1, 1)
-    if scheduler.config.prediction_type == "epsilon":
-        return (zt - (1 - abar).sqrt() * model_output) / abar.sqrt()
-    if scheduler.config.prediction_type == "v_prediction":
-        return abar.sqrt() * zt - (1 - abar).sqrt() * model_output
-    raise ValueError(f"unsupported prediction_type {scheduler.config.prediction_type!r}")
-
-
 def diffumatting_step(
     unet: UNet2DConditionModel,
     head: MattingHead,
@@ -82,27 +80,15 @@ def diffumatting_step(
     features of z₀ (no gradient into the decoder), trained against the mask with L1 + Dice.
     ``store`` must be installed on ``unet`` (:func:`install_green_probe`).
     """
-    device = batch.images.device
-    sf = vae.config.scaling_factor
-    with torch.no_grad():
-        z0 = vae.encode(batch.images).latent_dist.sample(generator=generator) * sf
-    noise = torch.randn(z0.shape, generator=generator, device="cpu").to(device)
-    t = torch.randint(
-        0, scheduler.config.num_train_timesteps, (len(z0),), generator=generator, device="cpu"
-    ).to(device)
-    zt = scheduler.add_noise(z0, noise, t)
+    z0 = encode_latents(vae, batch.images, generator)
+    noised = add_noise(scheduler, z0, generator)
     store.reset(batch.green_positions, tuple(z0.shape[-2:]))
-    out = unet(zt, t, encoder_hidden_states=batch.prompt_embeds).sample
-    target = (
-        noise
-        if scheduler.config.prediction_type == "epsilon"
-        else scheduler.get_velocity(z0, noise, t)
-    )
-    losses = {"noise": F.mse_loss(out, target)}
+    out = unet(noised.zt, noised.t, encoder_hidden_states=batch.prompt_embeds).sample
+    losses = {"noise": noised.loss(out)}
     losses["green"] = green_background_loss(store.maps, batch.masks)
-    losses["detail"] = detail_loss(predicted_x0(scheduler, out, zt, t), z0, batch.masks)
+    losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks)
     with torch.no_grad(), decoder_features(vae) as feats:
-        vae.decode(z0 / sf)
+        vae.decode(z0 / vae.config.scaling_factor)
     losses["matting"] = matting_loss(head(feats[-1]), batch.masks)
     losses["total"] = (
         losses["noise"]
@@ -113,77 +99,100 @@ def diffumatting_step(
     return losses
 
 
-@dataclass
-class TrainHistory:
-    """Loss of every term at every step."""
-
-    steps: list[dict[str, float]] = field(default_factory=list)
-
-    def mean(self, key: str, first: int | None = None, last: int | None = None) -> float:
-        rows = self.steps[:first] if first else self.steps[-last:] if last else self.steps
-        return sum(r[key] for r in rows) / len(rows)
-
-
 def train_diffumatting(
-    unet: UNet2DConditionModel,
+    parts: SDParts,
     head: MattingHead,
-    vae: AutoencoderKL,
-    text_encoder: CLIPTextModel,
-    tokenizer: CLIPTokenizer,
-    scheduler: DDPMScheduler,
     store: GreenAttentionStore,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    class_names: Sequence[str],
+    pairs: TrainingPairs,
     train_cfg: Mapping[str, Any],
 ) -> TrainHistory:
-    """Train ``unet`` and ``head`` on green canvases of ``images``/``masks`` (``N×3×H×W``,
-    ``N×1×H×W``) with the prompt template ``train_cfg.prompt`` filled by each class name.
+    """Train ``parts.unet`` and ``head`` on green canvases of ``pairs`` with the prompt template
+    ``train_cfg.prompt`` filled by each class name.
 
     ``train_cfg`` keys: ``steps``, ``batch_size``, ``lr``, ``prompt``, ``green_words``,
     ``weights`` (``green``, ``detail``, ``matting``), ``seed`` and optionally ``head_lr`` (the
-    matting head's learning rate, ``lr`` by default).
+    matting head's learning rate, ``lr`` by default). ``store`` must be installed on the UNet.
     """
-    device = next(unet.parameters()).device
-    g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
-    prompts = [str(train_cfg["prompt"]).format(c) for c in class_names]
-    ids, embeds = encode_prompt(tokenizer, text_encoder, prompts)
-    positions = word_token_positions(tokenizer, ids, list(train_cfg["green_words"]))
+    device = parts.unet.device
+    prompts = [str(train_cfg["prompt"]).format(c) for c in pairs.class_names]
+    captions = Captions.encode(parts.tokenizer, parts.text_encoder, prompts)
+    positions = word_token_positions(parts.tokenizer, captions.ids, list(train_cfg["green_words"]))
     if not all(positions):
         raise ValueError(
             f"the green word(s) {list(train_cfg['green_words'])} do not occur in the prompt "
             f"template {train_cfg['prompt']!r}"
         )
-    canvas = green_canvas(images, masks)
     weights = LossWeights(**dict(train_cfg.get("weights", {})))
-    lr = float(train_cfg["lr"])
-    opt = torch.optim.AdamW(
-        [
-            {"params": list(unet.parameters()), "lr": lr},
-            {"params": list(head.parameters()), "lr": float(train_cfg.get("head_lr", lr))},
-        ]
-    )
-    unet.train()
-    head.train()
-    history = TrainHistory()
-    bs = min(int(train_cfg["batch_size"]), len(canvas))
-    for _ in range(int(train_cfg["steps"])):
-        idx = torch.randint(0, len(canvas), (bs,), generator=g)
+    scheduler = parts.noise_scheduler()
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        images, masks = pairs.batch(idx)
         batch = DiffuMattingBatch(
-            canvas[idx].to(device),
-            masks[idx].to(device),
-            embeds[idx].to(device),
+            green_canvas(images, masks).to(device),
+            masks.to(device),
+            captions.embeds[idx.to(device)],
             [positions[i] for i in idx.tolist()],
         )
-        losses = diffumatting_step(unet, head, vae, scheduler, store, batch, weights, g)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        # Clipped apart: the UNet's noise and detail gradients would otherwise set the joint norm
-        # and starve the small matting head.
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        opt.step()
-        history.steps.append({k: float(v.detach()) for k, v in losses.items()})
-    unet.eval()
-    head.eval()
+        return diffumatting_step(parts.unet, head, parts.vae, scheduler, store, batch, weights, g)
+
+    lr = float(train_cfg["lr"])
+    return fit(
+        [Trainable(parts.unet, lr), Trainable(head, float(train_cfg.get("head_lr", lr)))],
+        step,
+        len(pairs),
+        train_cfg,
+    )
+
+
+def train_and_save(
+    parts: SDParts,
+    pairs: TrainingPairs,
+    train_cfg: Mapping[str, Any],
+    folder: Path,
+    names: tuple[str, ...] = ("unet", "scheduler"),
+) -> TrainHistory:
+    """Train ``parts.unet`` with a fresh matting head (:func:`train_diffumatting`), then save the
+    parts ``names`` and the head (:data:`HEAD_FILE`) into ``folder``."""
+    store = install_green_probe(parts.unet)
+    head = MattingHead(decoder_feature_channels(parts.vae)).to(parts.unet.device)
+    history = train_diffumatting(parts, head, store, pairs, train_cfg)
+    parts.save(folder, names)
+    save_weights(folder / HEAD_FILE, head.state_dict())
     return history
+
+
+def salient_pairs_source(data: DataPaths) -> Path | None:
+    """The captioned salient set a micro-world writes beside its ``class_info.json``, if any."""
+    paths_json = data.class_info.parent / "paths.json"
+    if not paths_json.is_file():
+        return None
+    rel = json.loads(paths_json.read_text("utf-8")).get("salient_captions")
+    if not rel:
+        return None
+    path = safe_join(paths_json.parent, rel)
+    return path if path.is_file() else None
+
+
+def _file_pair(image: Path, mask: Path) -> tuple[Any, Any]:
+    return read_image(image), read_mask(mask)
+
+
+def load_salient(
+    captions: Path, resolution: int, max_samples: int | None, seed: int
+) -> TrainingPairs:
+    """The ``train`` entries of a micro-world's ``salient/captions.json`` (plain backgrounds)."""
+    entries = [
+        e for e in json.loads(captions.read_text("utf-8")) if e.get("split", "train") == "train"
+    ]
+    if max_samples is not None and len(entries) > max_samples:
+        rng = np.random.default_rng(seed)
+        entries = [entries[i] for i in sorted(rng.choice(len(entries), max_samples, replace=False))]
+    root = captions.parent
+    return TrainingPairs(
+        [
+            partial(_file_pair, safe_join(root, e["image"]), safe_join(root, e["mask"]))
+            for e in entries
+        ],
+        [e["class_name"] for e in entries],
+        resolution,
+    )

@@ -1,4 +1,5 @@
-"""Object-expansion metric of salient-object-aware outpainting (CVPRW 2024, DESIGN §7)."""
+"""Object-expansion metric of salient-object-aware outpainting (CVPRW 2024;
+docs/design.md, "Generation")."""
 
 from __future__ import annotations
 

@@ -3,18 +3,16 @@
 The paper settings load a Stable Diffusion folder (``unet/``, ``vae/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/``) with ``from_pretrained(<local dir>)``. The micro settings build the
 same classes from small configs; the tokenizer is always CLIP's own BPE, derived from the vocabulary
-file open_clip ships, so token ids match the real CLIP tokenizer byte for byte.
+file open_clip ships, so token ids match the real CLIP tokenizer byte for byte. :class:`SDParts`
+holds one generator's set and wires it into a stock diffusers pipeline.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -156,66 +154,6 @@ def tiny_text_encoder(cfg: Mapping[str, Any], seed: int = 0) -> CLIPTextModel:
     return model.eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def encode_prompt(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompts: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts → (``input_ids`` ``B×L``, last hidden state ``B×L×D``), padded to the max length."""
-    ids = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    device = next(text_encoder.parameters()).device
-    return ids, text_encoder(ids.to(device))[0]
-
-
-def word_token_positions(
-    tokenizer: CLIPTokenizer, input_ids: torch.Tensor, words: Sequence[str]
-) -> list[list[int]]:
-    """Positions in each row of ``input_ids`` (``B×L``) where the tokens of any of ``words`` occur."""
-    out: list[list[int]] = []
-    patterns = [tokenizer(w, add_special_tokens=False).input_ids for w in words]
-    for row in input_ids.tolist():
-        hits: set[int] = set()
-        for pat in patterns:
-            for i in range(len(row) - len(pat) + 1):
-                if row[i : i + len(pat)] == pat:
-                    hits.update(range(i, i + len(pat)))
-        out.append(sorted(hits))
-    return out
-
-
-def config_hash(*parts: Any) -> str:
-    """A short stable hash of JSON-able config parts (cache keys of the micro models)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """Content hash of one file: a dataset's ``sample_info.json`` keys the models trained on it."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place; a concurrent writer that finished first wins."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def staging_dir(final: Path) -> Path:
-    """A fresh temporary folder beside ``final`` for :func:`publish_dir`."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-
-
 def sd_noise_scheduler() -> DDPMScheduler:
     """Stable Diffusion 1.x/2-inpainting training noise schedule (scaled-linear β, 1000 steps)."""
     return DDPMScheduler(
@@ -228,7 +166,95 @@ def sd_noise_scheduler() -> DDPMScheduler:
     )
 
 
-def pick_device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
+def pick_device(device: Any = None) -> torch.device:
+    """``device`` as a torch device; ``None`` or ``"auto"``: CUDA when present, else the CPU."""
+    if device not in (None, "auto"):
+        return torch.device(str(device))
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def vae_scale(vae: AutoencoderKL) -> int:
+    """Pixels per latent cell along each side (8 for Stable Diffusion's VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@dataclass
+class SDParts:
+    """One generator's Stable Diffusion parts and the square resolution they work at.
+
+    ``scheduler`` is whatever the folder or the micro training saved; samplers run DDIM with its
+    configuration, trainers the DDPM forward process with the same betas. ``source`` is the folder
+    the parts were loaded from (a Stable Diffusion folder or a micro model's cache folder), where
+    a generator also finds its own extra parts; ``None`` for parts not saved yet.
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: Any
+    resolution: int
+    source: Path | None = None
+
+    @property
+    def vae_scale(self) -> int:
+        return vae_scale(self.vae)
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule of these parts."""
+        return DDPMScheduler.from_config(self.scheduler.config)
+
+    def pipeline(self, cls: type, device: torch.device, **extra: Any) -> Any:
+        """A stock diffusers pipeline ``cls`` over these parts (DDIM sampling, no safety checker,
+        no progress bar), moved to ``device``; ``extra`` adds parts such as ``controlnet``."""
+        pipe = cls(
+            unet=self.unet,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=DDIMScheduler.from_config(self.scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **extra,
+        ).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def save(
+        self, directory: str | os.PathLike, names: tuple[str, ...] = tuple(SD_SUBFOLDERS)
+    ) -> None:
+        """Write the parts ``names`` (all five by default: a Stable Diffusion folder that
+        :func:`local_parts` loads) with ``save_pretrained``."""
+        root = Path(directory)
+        for name in names:
+            getattr(self, name).save_pretrained(root / name)
+
+
+def local_parts(directory: str | os.PathLike, resolution: int, device: Any = None) -> SDParts:
+    """The five parts of a local Stable Diffusion folder (:func:`from_local`, never a download)."""
+    root = Path(os.path.expanduser(str(directory)))
+    parts = {name: from_local(name, root) for name in SD_SUBFOLDERS}
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name] = parts[name].to(pick_device(device))
+    return SDParts(**parts, resolution=int(resolution), source=root)
+
+
+def generator_parts(
+    cfg: Mapping[str, Any],
+    data: Any,
+    cache_dir: Any,
+    device: Any,
+    train_micro: Callable[[Mapping[str, Any], Any, Any, torch.device], SDParts],
+) -> SDParts:
+    """The parts a generator config names: the local Stable Diffusion folder ``pretrained`` (at
+    ``resolution``), or, with ``pretrained: null``, the micro parts ``train_micro(cfg, data,
+    cache_dir, device)`` trains on the dataset ``data`` on first use and caches."""
+    dev = pick_device(device)
+    if cfg.get("pretrained"):
+        return local_parts(cfg["pretrained"], int(cfg.get("resolution", 512)), dev)
+    if data is None:
+        raise ValueError(
+            f"the micro {cfg.get('name')} generator trains on a dataset: pass data=DataPaths"
+        )
+    return train_micro(cfg, data, cache_dir, dev)
