@@ -21,7 +21,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from generation.sd.micro import TrainingPairs, ensure_micro_unet, file_hash, micro_pairs
 from generation.sd.parts import SDParts
-from generation.sd.prompts import UNCOND_PROB, Captions
+from generation.sd.prompts import Captions
 from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
 from ovcamo.data import DataPaths
 
@@ -80,12 +80,7 @@ def train_inpainting(
     ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``, ``uncond_prob`` (prompt dropout,
     so classifier-free guidance has an unconditional model)."""
     device = parts.unet.device
-    captions = Captions.encode(
-        parts.tokenizer,
-        parts.text_encoder,
-        prompts,
-        float(train_cfg.get("uncond_prob", UNCOND_PROB)),
-    )
+    captions = Captions.for_training(parts, prompts, train_cfg)
     scheduler = parts.noise_scheduler()
 
     def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:

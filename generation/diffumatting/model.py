@@ -111,18 +111,26 @@ def install_green_probe(unet: UNet2DConditionModel) -> GreenAttentionStore:
     return store
 
 
-def green_background_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def green_background_loss(
+    maps: Sequence[torch.Tensor], mask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Green-background control loss: mean over layers of mean ``|A_green − (1 − M)|``.
 
     ``maps``: per-layer ``B×h×w`` green-token attention; ``mask``: object mask ``B×1×H×W`` in
-    [0, 1], area-resized to each layer's resolution.
+    [0, 1], area-resized to each layer's resolution; ``rows`` (bool ``B``): the rows whose prompt
+    holds the green word, all by default. A row trained on the empty prompt (prompt dropout) has
+    no green token to steer and does not count; with no such row the loss is 0.
     """
     if not maps:
         raise ValueError("no cross-attention maps were recorded: is the green probe installed?")
+    if rows is None:
+        rows = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
+    if not rows.any():
+        return maps[0].sum() * 0.0
     losses = []
     for a in maps:
         background = 1.0 - F.adaptive_avg_pool2d(mask, a.shape[-2:])[:, 0]
-        losses.append((a - background).abs().mean())
+        losses.append((a - background).abs()[rows].mean())
     return torch.stack(losses).mean()
 
 

@@ -85,7 +85,8 @@ def diffumatting_step(
     store.reset(batch.green_positions, tuple(z0.shape[-2:]))
     out = unet(noised.zt, noised.t, encoder_hidden_states=batch.prompt_embeds).sample
     losses = {"noise": noised.loss(out)}
-    losses["green"] = green_background_loss(store.maps, batch.masks)
+    rows = torch.tensor([bool(p) for p in batch.green_positions], device=batch.masks.device)
+    losses["green"] = green_background_loss(store.maps, batch.masks, rows)
     losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks)
     with torch.no_grad(), decoder_features(vae) as feats:
         vae.decode(z0 / vae.config.scaling_factor)
@@ -110,12 +111,14 @@ def train_diffumatting(
     ``train_cfg.prompt`` filled by each class name.
 
     ``train_cfg`` keys: ``steps``, ``batch_size``, ``lr``, ``prompt``, ``green_words``,
-    ``weights`` (``green``, ``detail``, ``matting``), ``seed`` and optionally ``head_lr`` (the
-    matting head's learning rate, ``lr`` by default). ``store`` must be installed on the UNet.
+    ``weights`` (``green``, ``detail``, ``matting``), ``seed``, and optionally ``head_lr`` (the
+    matting head's learning rate, ``lr`` by default) and ``uncond_prob`` (prompt dropout for the
+    sampler's classifier-free guidance; a dropped row has no green token, so the green loss
+    skips it). ``store`` must be installed on the UNet.
     """
     device = parts.unet.device
     prompts = [str(train_cfg["prompt"]).format(c) for c in pairs.class_names]
-    captions = Captions.encode(parts.tokenizer, parts.text_encoder, prompts)
+    captions = Captions.for_training(parts, prompts, train_cfg)
     positions = word_token_positions(parts.tokenizer, captions.ids, list(train_cfg["green_words"]))
     if not all(positions):
         raise ValueError(
@@ -127,11 +130,12 @@ def train_diffumatting(
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
         images, masks = pairs.batch(idx)
+        embeds, kept = captions.batch(idx, g)
         batch = DiffuMattingBatch(
             green_canvas(images, masks).to(device),
             masks.to(device),
-            captions.embeds[idx.to(device)],
-            [positions[i] for i in idx.tolist()],
+            embeds,
+            [positions[i] if k else [] for i, k in zip(idx.tolist(), kept.tolist(), strict=True)],
         )
         return diffumatting_step(parts.unet, head, parts.vae, scheduler, store, batch, weights, g)
 

@@ -72,9 +72,10 @@ def train_controlnet(
     train_cfg: Mapping[str, Any],
 ) -> TrainHistory:
     """Train ``controlnet`` (``parts.unet`` frozen) on ``pairs`` captioned by ``prompts``;
-    ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``."""
+    ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``, ``uncond_prob`` (prompt dropout:
+    the sampler's classifier-free guidance also runs the ControlNet on the empty prompt)."""
     device = parts.unet.device
-    captions = Captions.encode(parts.tokenizer, parts.text_encoder, prompts)
+    captions = Captions.for_training(parts, prompts, train_cfg)
     parts.unet.eval().requires_grad_(False)
     scheduler = parts.noise_scheduler()
 
@@ -87,7 +88,7 @@ def train_controlnet(
             scheduler,
             images.to(device),
             masks.to(device),
-            captions.embeds[idx.to(device)],
+            captions.batch(idx, g)[0],
             g,
         )
 

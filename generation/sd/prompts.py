@@ -3,11 +3,14 @@ and the prompt dropout that classifier-free guidance needs at training time."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from generation.sd.parts import SDParts
 
 #: Share of training steps per row that see the empty prompt, as in common Stable Diffusion
 #: fine-tuning: the sampler's classifier-free guidance needs an unconditional model.
@@ -74,6 +77,15 @@ class Captions:
         ids, embeds = encode_prompt(tokenizer, text_encoder, prompts)
         _, empty = encode_prompt(tokenizer, text_encoder, [""])
         return cls(ids, embeds, empty, float(uncond_prob))
+
+    @classmethod
+    def for_training(
+        cls, parts: SDParts, prompts: Sequence[str], train_cfg: Mapping[str, Any]
+    ) -> Captions:
+        """``prompts`` encoded by ``parts``' text encoder, dropped with probability
+        ``train_cfg.uncond_prob`` (:data:`UNCOND_PROB` when unset)."""
+        prob = float(train_cfg.get("uncond_prob", UNCOND_PROB))
+        return cls.encode(parts.tokenizer, parts.text_encoder, prompts, prob)
 
     def batch(
         self, idx: torch.Tensor, generator: torch.Generator | None = None
