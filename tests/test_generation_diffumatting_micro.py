@@ -57,12 +57,17 @@ def tiny_world_cfg():
 
 
 def tiny_generator_cfg(name: str):
-    """``ovcamo/conf/generator/<name>.yaml`` with tiny parts, few steps and 2 sampling steps."""
+    """``ovcamo/conf/generator/<name>.yaml`` with tiny parts, few steps (per stage, for a staged
+    trainer) and 2 sampling steps."""
     cfg = OmegaConf.load(Path(CONF_DIR) / "generator" / f"{name}.yaml")
     cfg.micro = TINY_MICRO
-    cfg.train = {**TINY_TRAIN, **({"uncond_prob": 0.1} if "uncond_prob" in cfg.train else {})}
-    if "inpainting_train" in cfg:
-        cfg.inpainting_train = {**TINY_TRAIN, "uncond_prob": 0.1}
+    for key in ("train", "inpainting_train"):
+        if key in cfg:
+            node = OmegaConf.merge(cfg[key], TINY_TRAIN)
+            if "stages" in node:
+                steps = node.pop("steps")
+                node.stages = {stage: steps for stage in cfg[key].stages}
+            cfg[key] = node
     cfg.sampler.num_inference_steps = 2
     return cfg
 

@@ -14,6 +14,9 @@ from test_generation_diffumatting_micro import (  # noqa: F401
     world,
 )
 
+from generation.outpaint.expansion import object_expansion
+from generation.outpaint.model import InpaintingControlNetModel
+from generation.outpaint.train import controlnet_step
 from generation.sd.micro import SDBase
 from generation.sd.parts import (
     clip_tokenizer,
@@ -23,9 +26,6 @@ from generation.sd.parts import (
     tiny_vae,
 )
 from generation.sd.prompts import encode_prompt
-from generation.outpaint.expansion import object_expansion
-from generation.outpaint.model import InpaintingControlNetModel
-from generation.outpaint.train import controlnet_step
 
 
 @pytest.fixture(scope="module")

@@ -147,16 +147,33 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(gx**2 + gy**2 + 1e-6)
 
 
-def detail_loss(z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Detail loss: L1 between Sobel magnitudes of predicted ẑ₀ and of z₀, inside the object.
+def transition_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The transition boundary of an object: ``B×1×H×W`` in [0, 1], the dilation minus the
+    erosion of ``mask`` (``B×1×H×W``, binary or a soft alpha) by a ``(2·width + 1)²`` square.
+
+    1 within ``width`` pixels of a binary mask's edge, 0 elsewhere; a soft alpha's own
+    transition (0 < α < 1) lies inside it too.
+    """
+    k = 2 * width + 1
+    dilated = F.max_pool2d(mask, k, stride=1, padding=width)
+    eroded = -F.max_pool2d(-mask, k, stride=1, padding=width)
+    return (dilated - eroded).clamp(0.0, 1.0)
+
+
+def detail_loss(
+    z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor, band: int = 2
+) -> torch.Tensor:
+    """Detailed-enhancement of transition boundary loss: L1 between the Sobel magnitudes of the
+    predicted ẑ₀ and of z₀ over the object's transition boundary (:func:`transition_band`,
+    ``band`` pixels to each side of the edge).
 
     Applied in latent space, channel by channel (``B×C×h×w``), because the latent channels are
     spatially aligned feature maps of the image and decoding ẑ₀ every step would cost a VAE
-    decoder pass. The mask (``B×1×H×W``) is area-resized to ``h×w``, so boundary latents count
-    by their object fraction; the sum is divided by the masked area × ``C``. L1 rather than L2,
+    decoder pass. The band (``B×1×H×W``) is area-resized to ``h×w``, so a latent cell counts by
+    its share of band pixels; the sum is divided by that weight × ``C``. L1 rather than L2,
     because the edges of a noisy ẑ₀ at large t are far off and should not dominate.
     """
-    m = F.adaptive_avg_pool2d(mask, z0.shape[-2:])
+    m = F.adaptive_avg_pool2d(transition_band(mask, band), z0.shape[-2:])
     diff = (sobel_magnitude(z0_pred) - sobel_magnitude(z0)).abs() * m
     return diff.sum() / (m.sum() * z0.shape[1]).clamp_min(1e-6)
 

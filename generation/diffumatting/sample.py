@@ -43,7 +43,7 @@ from ovcamo.checkpoint import load_weights
 from ovcamo.data import DataPaths
 
 #: Bumped whenever training code changes what a cached micro model would be.
-TRAINER_VERSION = 2
+TRAINER_VERSION = 3
 CONF_GENERATOR_DIR = CONF_DIR / "generator"
 
 

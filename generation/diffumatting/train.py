@@ -44,13 +44,20 @@ def green_canvas(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return images * masks + GREEN.to(images).view(1, 3, 1, 1) * (1 - masks)
 
 
+#: DiffuMatting's training stages, in order: the generator first, then generator and matting
+#: head together.
+STAGES = ("generation", "joint")
+
+
 @dataclass
 class LossWeights:
-    """λ of each DiffuMatting loss term (the noise loss has weight 1)."""
+    """λ of each DiffuMatting loss term (the noise loss has weight 1), and the half-width in
+    pixels of the transition band the detail loss covers."""
 
     green: float = 1.0
-    detail: float = 1.0
+    detail: float = 0.1
     matting: float = 1.0
+    detail_band: int = 2
 
 
 @dataclass
@@ -73,12 +80,14 @@ def diffumatting_step(
     batch: DiffuMattingBatch,
     weights: LossWeights,
     generator: torch.Generator | None = None,
+    matting: bool = True,
 ) -> dict[str, torch.Tensor]:
     """One DiffuMatting training step; returns every loss term and their weighted ``total``.
 
     The VAE is frozen: z₀ is its scaled posterior sample, and the matting head reads the decoder
-    features of z₀ (no gradient into the decoder), trained against the mask with L1 + Dice.
-    ``store`` must be installed on ``unet`` (:func:`install_green_probe`).
+    features of z₀ (no gradient into the decoder), trained against the mask with L1 + Dice; with
+    ``matting=False`` (the generation stage) that term is left out. ``store`` must be installed
+    on ``unet`` (:func:`install_green_probe`).
     """
     z0 = encode_latents(vae, batch.images, generator)
     noised = add_noise(scheduler, z0, generator)
@@ -87,16 +96,14 @@ def diffumatting_step(
     losses = {"noise": noised.loss(out)}
     rows = torch.tensor([bool(p) for p in batch.green_positions], device=batch.masks.device)
     losses["green"] = green_background_loss(store.maps, batch.masks, rows)
-    losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks)
-    with torch.no_grad(), decoder_features(vae) as feats:
-        vae.decode(z0 / vae.config.scaling_factor)
-    losses["matting"] = matting_loss(head(feats[-1]), batch.masks)
-    losses["total"] = (
-        losses["noise"]
-        + weights.green * losses["green"]
-        + weights.detail * losses["detail"]
-        + weights.matting * losses["matting"]
-    )
+    losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks, weights.detail_band)
+    total = losses["noise"] + weights.green * losses["green"] + weights.detail * losses["detail"]
+    if matting:
+        with torch.no_grad(), decoder_features(vae) as feats:
+            vae.decode(z0 / vae.config.scaling_factor)
+        losses["matting"] = matting_loss(head(feats[-1]), batch.masks)
+        total = total + weights.matting * losses["matting"]
+    losses["total"] = total
     return losses
 
 
@@ -108,13 +115,15 @@ def train_diffumatting(
     train_cfg: Mapping[str, Any],
 ) -> TrainHistory:
     """Train ``parts.unet`` and ``head`` on green canvases of ``pairs`` with the prompt template
-    ``train_cfg.prompt`` filled by each class name.
+    ``train_cfg.prompt`` filled by each class name, in the paper's two stages (:data:`STAGES`):
+    ``generation`` trains the UNet with the noise, green-background and detail losses while the
+    matting head waits; ``joint`` then trains the UNet and the head together with all four.
 
-    ``train_cfg`` keys: ``steps``, ``batch_size``, ``lr``, ``prompt``, ``green_words``,
-    ``weights`` (``green``, ``detail``, ``matting``), ``seed``, and optionally ``head_lr`` (the
-    matting head's learning rate, ``lr`` by default) and ``uncond_prob`` (prompt dropout for the
-    sampler's classifier-free guidance; a dropped row has no green token, so the green loss
-    skips it). ``store`` must be installed on the UNet.
+    ``train_cfg`` keys: ``stages`` (steps of each stage), ``batch_size``, ``lr``, ``prompt``,
+    ``green_words``, ``weights`` (``green``, ``detail``, ``matting``), ``detail_band``, ``seed``,
+    and optionally ``head_lr`` (the matting head's learning rate, ``lr`` by default) and
+    ``uncond_prob`` (prompt dropout for the sampler's classifier-free guidance; a dropped row has
+    no green token, so the green loss skips it). ``store`` must be installed on the UNet.
     """
     device = parts.unet.device
     prompts = [str(train_cfg["prompt"]).format(c) for c in pairs.class_names]
@@ -125,10 +134,15 @@ def train_diffumatting(
             f"the green word(s) {list(train_cfg['green_words'])} do not occur in the prompt "
             f"template {train_cfg['prompt']!r}"
         )
-    weights = LossWeights(**dict(train_cfg.get("weights", {})))
+    stages = dict(train_cfg["stages"])
+    if set(stages) != set(STAGES):
+        raise ValueError(f"train.stages must give the steps of {STAGES}, got {sorted(stages)}")
+    weights = LossWeights(
+        **dict(train_cfg.get("weights", {})), detail_band=int(train_cfg.get("detail_band", 2))
+    )
     scheduler = parts.noise_scheduler()
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def step(idx: torch.Tensor, g: torch.Generator, matting: bool) -> dict[str, torch.Tensor]:
         images, masks = pairs.batch(idx)
         embeds, kept = captions.batch(idx, g)
         batch = DiffuMattingBatch(
@@ -137,15 +151,29 @@ def train_diffumatting(
             embeds,
             [positions[i] if k else [] for i, k in zip(idx.tolist(), kept.tolist(), strict=True)],
         )
-        return diffumatting_step(parts.unet, head, parts.vae, scheduler, store, batch, weights, g)
+        return diffumatting_step(
+            parts.unet, head, parts.vae, scheduler, store, batch, weights, g, matting
+        )
 
     lr = float(train_cfg["lr"])
-    return fit(
-        [Trainable(parts.unet, lr), Trainable(head, float(train_cfg.get("head_lr", lr)))],
-        step,
-        len(pairs),
-        train_cfg,
-    )
+    trainables = {
+        "generation": [Trainable(parts.unet, lr)],
+        "joint": [Trainable(parts.unet, lr), Trainable(head, float(train_cfg.get("head_lr", lr)))],
+    }
+    g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
+    history = TrainHistory()
+    for stage in STAGES:
+        fit(
+            trainables[stage],
+            partial(step, matting=stage == "joint"),
+            len(pairs),
+            train_cfg,
+            steps=int(stages[stage]),
+            generator=g,
+            history=history,
+            stage=stage,
+        )
+    return history
 
 
 def train_and_save(
