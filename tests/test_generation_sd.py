@@ -65,7 +65,9 @@ def run_trainer(name: str, train_cfg: dict) -> tuple[torch.nn.Module, SDParts, c
     parts = tiny_parts(4)
     store = install_green_probe(parts.unet)
     head = MattingHead(decoder_feature_channels(parts.vae))
-    cfg = {**train_cfg, "prompt": PROMPT, "green_words": ["green"]}
+    steps = train_cfg["steps"]
+    stages = {"generation": steps // 2, "joint": steps - steps // 2}
+    cfg = {**train_cfg, "stages": stages, "prompt": PROMPT, "green_words": ["green"]}
     return parts.unet, parts, lambda: train_diffumatting(parts, head, store, pairs, cfg)
 
 

@@ -19,9 +19,45 @@ from scipy.ndimage import minimum_filter
 
 from generation.base import GeneratedSample, SkipSample, SourceObject, check_source
 from generation.bgaug.train import micro_inpainting
-from generation.sd.parts import generator_parts, pick_device
+from generation.sd.parts import (
+    MissingWeightsError,
+    download_hint,
+    generator_parts,
+    pick_device,
+    sd_folder_problem,
+)
 from generation.sd.sampler import Repainter
 from ovcamo.data import DataPaths
+
+#: The inpainting model the paper runs, on the Hugging Face hub.
+SD2_INPAINTING = "stabilityai/stable-diffusion-2-inpainting"
+
+
+def inpainting_model_problem(cfg: Any, prefix: str, role: str) -> list[str]:
+    """The paragraph naming a missing Stable Diffusion 2 inpainting folder (``pretrained``),
+    which the generator uses as ``role``; none when it is in place."""
+    folder = cfg["pretrained"]
+    hint = download_hint(SD2_INPAINTING, folder, str(cfg.get("name")))
+    problem = sd_folder_problem(f"{prefix}pretrained", folder, f"{SD2_INPAINTING} ({role})", hint)
+    return [problem] if problem else []
+
+
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """``bgaug`` reads Stable Diffusion 2 inpainting and trains nothing; ``bgaug_micro`` trains
+    its own parts."""
+    if not cfg.get("pretrained"):
+        return []
+    return inpainting_model_problem(cfg, prefix, "run as the paper runs it: nothing is trained")
+
+
+def train_weights(
+    cfg: Any, data: DataPaths | None, cache_dir: Any, device: Any, check: bool
+) -> str:
+    """Nothing to train: background augmentation runs Stable Diffusion 2 inpainting as is."""
+    problems = missing_weights(cfg)
+    if problems:
+        raise MissingWeightsError(problems[0])
+    return "nothing to train: background augmentation runs Stable Diffusion 2 inpainting as is"
 
 
 @dataclass(kw_only=True)

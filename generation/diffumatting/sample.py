@@ -27,17 +27,29 @@ from generation.base import (
     check_source,
     mask_box,
 )
+from generation.base import missing_weights as background_missing_weights
 from generation.diffumatting.green_post import GreenPost
 from generation.diffumatting.model import MattingHead, decoder_feature_channels, decoder_features
 from generation.diffumatting.train import (
     HEAD_FILE,
-    load_salient,
+    diffumatting_pairs,
     salient_pairs_source,
     train_and_save,
 )
-from generation.sd.micro import ensure_micro_unet, file_hash, micro_pairs
-from generation.sd.parts import MissingWeightsError, SDParts, generator_parts, pick_device
+from generation.sd.micro import ensure_micro_unet, file_hash
+from generation.sd.parts import (
+    SD_SUBFOLDERS,
+    MissingWeightsError,
+    SDParts,
+    download_hint,
+    generator_parts,
+    local_parts,
+    missing_parts,
+    pick_device,
+    sd_folder_problem,
+)
 from generation.sd.sampler import SDSampler
+from generation.sd.training import train_into
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_weights
 from ovcamo.data import DataPaths
@@ -182,15 +194,92 @@ def warp_alpha(alpha: np.ndarray, placement: Placement) -> np.ndarray:
 # ----------------------------------------------------------------------------- building
 
 
-def background_generator(cfg: Any, **context: Any) -> Generator:
-    """The background generator a DiffuMatting config names: a config name under
-    ``ovcamo/conf/generator/`` (``classic``, ``lakered_micro``, ...) or a full generator node."""
-    if isinstance(cfg, str):
-        path = CONF_GENERATOR_DIR / f"{cfg}.yaml"
-        if not path.is_file():
-            raise KeyError(f"generator.background={cfg!r}: no config {path}")
-        cfg = OmegaConf.load(path)
-    return build_generator(cfg, **context)
+#: The model the paper fine-tunes, on the Hugging Face hub.
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def background_config(cfg: Any, prefix: str = "generator.") -> tuple[Any, str]:
+    """The config node of the background generator a DiffuMatting config names (a config name
+    under ``ovcamo/conf/generator/``, e.g. ``classic`` or ``lakered_micro``, or a full node), and
+    the prefix its keys are reported under."""
+    background = cfg.get("background", "classic")
+    if not isinstance(background, str):
+        return background, f"{prefix}background."
+    path = CONF_GENERATOR_DIR / f"{background}.yaml"
+    if not path.is_file():
+        raise KeyError(f"{prefix}background={background!r}: no config {path}")
+    return OmegaConf.load(path), f"{prefix}background={background}: "
+
+
+def training_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train`` node with the prompt template and green words training needs."""
+    return {**cfg["train"], "prompt": cfg["prompt"], "green_words": list(cfg["green_words"])}
+
+
+def base_model_problem(cfg: Any, prefix: str) -> str | None:
+    """The paragraph naming a missing ``base_model`` (the Stable Diffusion 1.5 to fine-tune)."""
+    base = cfg.get("base_model")
+    holds = f"{SD15}, the model DiffuMatting fine-tunes"
+    if not base:
+        return f"{prefix}base_model is not set: point it at a local copy of {holds}."
+    return sd_folder_problem(
+        f"{prefix}base_model", base, holds, download_hint(SD15, base, str(cfg.get("name")))
+    )
+
+
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """``diffumatting`` reads Stable Diffusion 1.5 fine-tuned with DiffuMatting's losses and its
+    matting head, which ``python -m generation.train generator=diffumatting`` makes from
+    ``base_model``; ``diffumatting_micro`` trains its own parts. Both also need what their
+    background generator reads."""
+    problems = []
+    if cfg.get("pretrained"):
+        folder = Path(os.path.expanduser(str(cfg["pretrained"])))
+        head = Path(os.path.expanduser(str(cfg.get("matting_head") or folder / HEAD_FILE)))
+        make = (
+            f"Make it with `python -m generation.train generator={cfg.get('name')} data=ovcamo` "
+            f"(OVCAMO_ROOT set), which fine-tunes {prefix}base_model with DiffuMatting's losses "
+            f"in the paper's two stages and writes the folder and its {HEAD_FILE} there."
+        )
+        holds = "Stable Diffusion 1.5 fine-tuned with DiffuMatting's losses"
+        own = sd_folder_problem(f"{prefix}pretrained", folder, holds, make)
+        if own is None and not head.is_file():
+            own = (
+                f"{prefix}matting_head: {head} does not exist; it is the latent matting head, "
+                f"trained together with the UNet. {make}"
+            )
+        if own is not None:
+            problems += [own, *filter(None, [base_model_problem(cfg, prefix)])]
+    node, where = background_config(cfg, prefix)
+    return problems + background_missing_weights(node, where)
+
+
+def train_weights(
+    cfg: Any, data: DataPaths | None, cache_dir: Any, device: Any, check: bool
+) -> str:
+    """Fine-tune ``base_model`` with DiffuMatting's losses in the paper's two stages on
+    :func:`diffumatting_pairs` of ``data`` into ``pretrained``, matting head included; with
+    ``check`` only say so (``data`` may then be ``None``)."""
+    problem = base_model_problem(cfg, "generator.")
+    if problem is not None:
+        raise MissingWeightsError(problem)
+    folder = Path(os.path.expanduser(str(cfg["pretrained"])))
+    train_cfg, resolution = training_config(cfg), int(cfg.get("resolution", 512))
+    source = data.sample_info.parent if data is not None else "the data config's set"
+    plan = (
+        f"fine-tune {cfg['base_model']} with DiffuMatting's losses (stages "
+        f"{dict(train_cfg['stages'])}) at {resolution} px on {source} into {folder}, with its "
+        f"{HEAD_FILE}"
+    )
+
+    def make(out: Path) -> dict[str, Any]:
+        parts = local_parts(cfg["base_model"], resolution, device)
+        seed = int(train_cfg.get("seed", 0))
+        pairs = diffumatting_pairs(data, resolution, train_cfg, seed, keep=False)
+        return train_and_save(parts, pairs, train_cfg, out, tuple(SD_SUBFOLDERS)).to_json()
+
+    present = not missing_parts(folder) and (folder / HEAD_FILE).is_file()
+    return train_into(folder, present, plan, check, make)
 
 
 def micro_diffumatting(
@@ -200,18 +289,13 @@ def micro_diffumatting(
     device: torch.device,
 ) -> SDParts:
     """The micro DiffuMatting parts (UNet and matting head beside the shared VAE and text
-    encoder), trained on the micro-world's salient set (else ``data``'s train split) on first
-    use and cached."""
-    micro = cfg["micro"]
-    train_cfg = {**cfg["train"], "prompt": cfg["prompt"], "green_words": list(cfg["green_words"])}
+    encoder), trained on :func:`diffumatting_pairs` of ``data`` on first use and cached."""
+    micro, train_cfg = cfg["micro"], training_config(cfg)
     salient = salient_pairs_source(data)
 
     def train(parts: SDParts, folder: Path) -> dict[str, Any]:
         seed = int(train_cfg.get("seed", 0))
-        if salient is not None:
-            pairs = load_salient(salient, int(micro["resolution"]), micro.get("max_samples"), seed)
-        else:
-            pairs = micro_pairs(micro, data, seed)
+        pairs = diffumatting_pairs(data, int(micro["resolution"]), micro, seed)
         history = train_and_save(parts, pairs, train_cfg, folder)
         return {"source": "salient" if salient is not None else "train", **history.to_json()}
 
@@ -238,17 +322,12 @@ def build(
     dev = pick_device(device)
     parts = generator_parts(cfg, data, cache_dir, dev, micro_diffumatting)
     head_path = Path(os.path.expanduser(str(cfg.get("matting_head") or parts.source / HEAD_FILE)))
-    if not head_path.is_file():
-        raise MissingWeightsError(
-            f"The DiffuMatting matting head was not found at {head_path}. It is trained with "
-            f"the UNet by `python -m generation.train generator=diffumatting` (latent matting "
-            f"loss) and saved as a safetensors file; set generator.matting_head to its path."
-        )
     head = MattingHead(decoder_feature_channels(parts.vae))
     head.load_state_dict(load_weights(head_path))
     gp = cfg.get("green_post", {})
-    background = background_generator(
-        cfg.get("background", "classic"), data=data, cache_dir=cache_dir, device=device, **context
+    background_cfg, _ = background_config(cfg)
+    background = build_generator(
+        background_cfg, data=data, cache_dir=cache_dir, device=device, **context
     )
     return DiffuMattingGenerator(
         pipe=parts.pipeline(StableDiffusionPipeline, dev),

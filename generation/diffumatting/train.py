@@ -24,7 +24,7 @@ from generation.diffumatting.model import (
     install_green_probe,
     matting_loss,
 )
-from generation.sd.micro import TrainingPairs
+from generation.sd.micro import TrainingPairs, holdout_of, load_pairs
 from generation.sd.parts import SDParts
 from generation.sd.prompts import Captions, word_token_positions
 from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
@@ -210,7 +210,7 @@ def _file_pair(image: Path, mask: Path) -> tuple[Any, Any]:
 
 
 def load_salient(
-    captions: Path, resolution: int, max_samples: int | None, seed: int
+    captions: Path, resolution: int, max_samples: int | None, seed: int, keep: bool = True
 ) -> TrainingPairs:
     """The ``train`` entries of a micro-world's ``salient/captions.json`` (plain backgrounds)."""
     entries = [
@@ -227,4 +227,17 @@ def load_salient(
         ],
         [e["class_name"] for e in entries],
         resolution,
+        keep,
     )
+
+
+def diffumatting_pairs(
+    data: DataPaths, resolution: int, node: Mapping[str, Any], seed: int, keep: bool = True
+) -> TrainingPairs:
+    """What DiffuMatting learns objects from: the micro-world's salient set (every class on a
+    plain background, the stand-in for web data) when ``data`` has one, else ``data``'s train
+    split; ``node`` gives ``max_samples`` and the base-validation ``holdout_*``."""
+    salient = salient_pairs_source(data)
+    if salient is not None:
+        return load_salient(salient, resolution, node.get("max_samples"), seed, keep)
+    return load_pairs(data, resolution, node.get("max_samples"), seed, holdout_of(node), keep)

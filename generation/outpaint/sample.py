@@ -18,11 +18,14 @@ import torch
 from PIL import Image
 
 from generation.base import GeneratedSample, SourceObject, check_source
+from generation.bgaug.sample import inpainting_model_problem
 from generation.bgaug.train import micro_inpainting
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
-from generation.outpaint.train import ensure_micro_controlnet
-from generation.sd.parts import MissingWeightsError, generator_parts, pick_device
+from generation.outpaint.train import ensure_micro_controlnet, train_controlnet
+from generation.sd.micro import holdout_of, load_pairs
+from generation.sd.parts import MissingWeightsError, generator_parts, local_parts, pick_device
 from generation.sd.sampler import Repainter
+from generation.sd.training import train_into
 from ovcamo.data import DataPaths
 
 
@@ -54,16 +57,57 @@ class Outpainting(Repainter):
         return self.kept_in_place(image, source.mask, prompt=prompt)
 
 
-def controlnet_folder(cfg: Any) -> Path:
-    """The trained outpainting ControlNet a paper config names (``controlnet``)."""
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """``outpaint`` reads Stable Diffusion 2 inpainting and the ControlNet trained from it by
+    ``python -m generation.train generator=outpaint``; ``outpaint_micro`` trains its own parts."""
+    if not cfg.get("pretrained"):
+        return []
+    problems = inpainting_model_problem(cfg, prefix, "the model the ControlNet steers")
     folder = Path(os.path.expanduser(str(cfg.get("controlnet") or "")))
     if not (folder / "config.json").is_file():
-        raise MissingWeightsError(
-            f"The outpainting ControlNet was not found at {folder}. It is trained from the "
-            f"inpainting UNet with `python -m generation.train generator=outpaint` and saved "
-            f"there; set generator.controlnet to that folder."
+        problems.append(
+            f"{prefix}controlnet: {folder} holds no trained outpainting ControlNet. Train it from "
+            f"the inpainting model with `python -m generation.train generator={cfg.get('name')} "
+            f"data=ovcamo` (OVCAMO_ROOT set), which writes it there."
         )
-    return folder
+    return problems
+
+
+def train_weights(
+    cfg: Any, data: DataPaths | None, cache_dir: Any, device: Any, check: bool
+) -> str:
+    """Train the outpainting ControlNet from ``pretrained`` on ``data``'s train split (the
+    paper's recipe: the inpainting UNet frozen) into ``controlnet``; with ``check`` only say so.
+    ``data`` may be ``None`` under ``check``."""
+    inpainting = inpainting_model_problem(cfg, "generator.", "the model the ControlNet steers")
+    if inpainting:
+        raise MissingWeightsError(inpainting[0])
+    folder = Path(os.path.expanduser(str(cfg["controlnet"])))
+    train_cfg, resolution = dict(cfg["train"]), int(cfg.get("resolution", 512))
+    source = data.sample_info if data is not None else "the data config"
+    plan = (
+        f"train the outpainting ControlNet ({train_cfg['steps']} steps at {resolution} px) from "
+        f"{cfg['pretrained']} on the train split of {source} into {folder}"
+    )
+
+    def make(out: Path) -> dict[str, Any]:
+        parts = local_parts(cfg["pretrained"], resolution, device)
+        pairs = load_pairs(
+            data,
+            resolution,
+            train_cfg.get("max_samples"),
+            int(train_cfg.get("seed", 0)),
+            holdout_of(train_cfg),
+            keep=False,
+        )
+        controlnet = InpaintingControlNetModel.from_inpainting_unet(parts.unet, parts.vae_scale)
+        controlnet.to(parts.unet.device)
+        prompts = [str(cfg["prompt"]).format(c) for c in pairs.class_names]
+        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg)
+        controlnet.save_pretrained(out)
+        return history.to_json()
+
+    return train_into(folder, (folder / "config.json").is_file(), plan, check, make)
 
 
 def build(
@@ -80,7 +124,7 @@ def build(
     micro = partial(micro_inpainting, train_key="inpainting_train")
     parts = generator_parts(cfg, data, cache_dir, dev, micro)
     if cfg.get("pretrained"):
-        folder = controlnet_folder(cfg)
+        folder = Path(os.path.expanduser(str(cfg["controlnet"])))
     else:
         folder = ensure_micro_controlnet(cfg, parts, data, cache_dir)
     controlnet = InpaintingControlNetModel.from_pretrained(folder, local_files_only=True)

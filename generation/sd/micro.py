@@ -108,21 +108,27 @@ def cache_root(cache_dir: str | os.PathLike | None) -> Path:
     return default_cache_dir(cache_dir) / "generation"
 
 
+def write_folder(final: Path, make: Callable[[Path], Mapping[str, Any]]) -> Path:
+    """Fill a fresh staging folder beside ``final`` with ``make(folder)``, which returns the
+    training history, write that to ``history.json`` and publish the folder at ``final`` in one
+    rename, so no reader ever sees half of it (a concurrent writer that finished first wins)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    atomic_write_json(tmp / "history.json", dict(make(tmp)))
+    publish_dir(tmp, final)
+    return final
+
+
 def cached_folder(
     cache_dir: str | os.PathLike | None,
     kind: str,
     key: str,
     make: Callable[[Path], Mapping[str, Any]],
 ) -> Path:
-    """``<cache>/generation/<kind>/<key>``, made when absent by ``make(folder)``, which fills a
-    fresh staging folder and returns the training history; ``history.json`` marks a finished
-    folder, published in one rename so a concurrent run never sees half of it."""
+    """``<cache>/generation/<kind>/<key>``, made by :func:`write_folder` when absent."""
     final = cache_root(cache_dir) / kind / key
     if not (final / "history.json").is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        atomic_write_json(tmp / "history.json", dict(make(tmp)))
-        publish_dir(tmp, final)
+        write_folder(final, make)
     return final
 
 
@@ -173,15 +179,15 @@ def load_pairs(
     )
 
 
-def micro_holdout(micro: Mapping[str, Any]) -> tuple[float, int]:
-    """``(holdout_fraction, holdout_seed)`` of a ``micro`` node (0: nothing held out)."""
-    return float(micro.get("holdout_fraction") or 0.0), int(micro.get("holdout_seed") or 0)
+def holdout_of(node: Mapping[str, Any]) -> tuple[float, int]:
+    """``(holdout_fraction, holdout_seed)`` of a config node (0: nothing held out)."""
+    return float(node.get("holdout_fraction") or 0.0), int(node.get("holdout_seed") or 0)
 
 
 def micro_pairs(micro: Mapping[str, Any], data: DataPaths, seed: int) -> TrainingPairs:
     """The training part of ``data`` at the ``micro`` node's resolution and sample cap."""
     return load_pairs(
-        data, int(micro["resolution"]), micro.get("max_samples"), seed, micro_holdout(micro)
+        data, int(micro["resolution"]), micro.get("max_samples"), seed, holdout_of(micro)
     )
 
 
@@ -232,7 +238,7 @@ def ensure_sd_base(
         for k in ("resolution", "vae", "text", "vae_steps", "vae_lr", "batch_size", "max_samples")
     }
     spec["seed"] = micro.get("seed", 0)
-    spec["holdout"] = micro_holdout(micro)
+    spec["holdout"] = holdout_of(micro)
     key = config_hash(spec, file_hash(data.sample_info))
 
     def make(folder: Path) -> dict[str, Any]:

@@ -61,41 +61,61 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     )
 
 
-def from_local(kind: str, directory: str | os.PathLike, subfolder: str | None = None) -> Any:
-    """Load one Stable Diffusion part with ``from_pretrained`` from a local folder only.
+#: The file that marks each part's subfolder of a Stable Diffusion folder as present.
+_MARKERS = {
+    "unet": "config.json",
+    "vae": "config.json",
+    "text_encoder": "config.json",
+    "tokenizer": "tokenizer_config.json",
+    "scheduler": "scheduler_config.json",
+}
 
-    ``kind`` is a key of :data:`SD_SUBFOLDERS` (or ``"controlnet"``). A missing folder raises
-    :class:`MissingWeightsError` with one paragraph naming it, never a hub stack trace.
-    """
-    if kind == "controlnet":
-        from diffusers import ControlNetModel
 
-        cls = ControlNetModel
-    else:
-        cls = SD_SUBFOLDERS[kind]
+def missing_parts(directory: str | os.PathLike) -> list[str]:
+    """The parts of the Stable Diffusion layout ``directory`` lacks (all five if it is absent)."""
     root = Path(os.path.expanduser(str(directory)))
-    sub = kind if subfolder is None else subfolder
-    target = root / sub if sub else root
-    marker = "tokenizer_config.json" if kind == "tokenizer" else None
-    if kind == "scheduler":
-        marker = "scheduler_config.json"
-    has_files = target.is_dir() and (
-        (target / marker).is_file() if marker else (target / "config.json").is_file()
+    return [name for name, marker in _MARKERS.items() if not (root / name / marker).is_file()]
+
+
+def download_hint(repo: str, directory: str | os.PathLike, name: str) -> str:
+    """How to get a Stable Diffusion model from the hub onto this machine, or do without it."""
+    return (
+        f"Download {repo} on a machine with internet access (`huggingface-cli download {repo} "
+        f"--local-dir {directory}`) and copy the folder here; or use generator={name}_micro, "
+        f"which builds and trains its own small parts."
     )
-    if not has_files:
+
+
+def sd_folder_problem(key: str, directory: str | os.PathLike, holds: str, how: str) -> str | None:
+    """``None`` when ``directory`` is a complete Stable Diffusion folder, else one paragraph:
+    the config ``key``, the folder and what it lacks, what it should hold, and ``how`` to get or
+    make it."""
+    root = Path(os.path.expanduser(str(directory)))
+    missing = missing_parts(root)
+    if not missing:
+        return None
+    state = (
+        "does not exist" if not root.is_dir() else "lacks " + ", ".join(f"{m}/" for m in missing)
+    )
+    return (
+        f"{key}: {root} {state}; it should hold {holds}, a Stable Diffusion folder in the "
+        f"diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/) read from local "
+        f"disk (nothing is downloaded). {how}"
+    )
+
+
+def from_local(kind: str, directory: str | os.PathLike) -> Any:
+    """Load one Stable Diffusion part (a key of :data:`SD_SUBFOLDERS`) with ``from_pretrained``
+    from a local folder only; a missing part raises :class:`MissingWeightsError`, never a hub
+    stack trace."""
+    root = Path(os.path.expanduser(str(directory)))
+    if kind in missing_parts(root):
         raise MissingWeightsError(
-            f"The {kind} weights were not found at {target}. This generator loads a Stable "
+            f"The {kind} weights were not found at {root / kind}: this generator loads a Stable "
             f"Diffusion folder in the diffusers layout (subfolders unet/, vae/, text_encoder/, "
-            f"tokenizer/, scheduler/) from local disk and never downloads. Download the model "
-            f"named in the generator config's comment on a machine with internet access (for "
-            f"example `huggingface-cli download <repo> --local-dir {root}`), copy it here, and "
-            f"point the config key `pretrained` at that folder; or use the micro config of "
-            f"this generator, which builds and trains its own small parts."
+            f"tokenizer/, scheduler/) from local disk and never downloads."
         )
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if sub:
-        kwargs["subfolder"] = sub
-    return cls.from_pretrained(str(root), **kwargs)
+    return SD_SUBFOLDERS[kind].from_pretrained(str(root), subfolder=kind, local_files_only=True)
 
 
 def tiny_vae(cfg: Mapping[str, Any]) -> AutoencoderKL:
@@ -249,9 +269,15 @@ def generator_parts(
 ) -> SDParts:
     """The parts a generator config names: the local Stable Diffusion folder ``pretrained`` (at
     ``resolution``), or, with ``pretrained: null``, the micro parts ``train_micro(cfg, data,
-    cache_dir, device)`` trains on the dataset ``data`` on first use and caches."""
+    cache_dir, device)`` trains on the dataset ``data`` on first use and caches. Weights a paper
+    config names and lacks raise :class:`MissingWeightsError` before anything is loaded."""
+    from generation.base import missing_weights
+
     dev = pick_device(device)
     if cfg.get("pretrained"):
+        problems = missing_weights(cfg)
+        if problems:
+            raise MissingWeightsError(" ".join(problems))
         return local_parts(cfg["pretrained"], int(cfg.get("resolution", 512)), dev)
     if data is None:
         raise ValueError(

@@ -4,14 +4,19 @@ gradient clipped apart, every loss term recorded at every step)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from torch import nn
+
+from generation.sd.micro import write_folder
+from generation.sd.parts import MissingWeightsError
 
 #: A training step: ``(sample indices B, generator) →`` its loss terms with their weighted
 #: ``"total"``, or the loss alone.
@@ -136,3 +141,26 @@ def fit(
     for t in trainables:
         t.module.eval()
     return history
+
+
+def train_into(
+    final: str | os.PathLike,
+    present: bool,
+    plan: str,
+    check: bool,
+    make: Callable[[Path], Mapping[str, Any]],
+) -> str:
+    """Train a model a paper config reads into the folder ``final`` (:func:`write_folder`), unless
+    it is ``present`` already; with ``check`` only say what would be done. Returns what was done
+    (or would be), in words, from ``plan``."""
+    final = Path(os.path.expanduser(str(final)))
+    if present:
+        return f"{final} already holds it; remove that folder to train again"
+    if final.exists():
+        raise MissingWeightsError(
+            f"{final} exists but holds no complete model: remove it, then train again"
+        )
+    if check:
+        return f"would {plan}"
+    write_folder(final, make)
+    return f"{plan}: done"
