@@ -149,22 +149,32 @@ def generate(cfg: DictConfig) -> Path:
     summary = writer.finish(summary_extra)
     quality_cfg = cfg.get("quality") or {}
     if rank == 0 and quality_cfg.get("enabled", False) and summary["written"] >= 2:
-        summary_extra["quality"] = _quality(root, paths, quality_cfg)
+        summary_extra["quality"] = _quality(root, paths, quality_cfg, _device(str(cfg.device)))
         writer.finish(summary_extra)
     return root
 
 
-def _quality(root: Path, paths: DataPaths, cfg: Any) -> dict[str, Any]:
+def _quality(root: Path, paths: DataPaths, cfg: Any, device: str) -> dict[str, Any]:
+    from generation.outpaint.expansion import build_segmenter
     from generation.quality import build_feature_extractor, evaluate_set
 
     name = str(cfg.get("extractor", "small"))
     kwargs = {"weights": cfg.get("inception_weights")} if name == "inception" else {}
+    segmenter = cfg.get("segmenter")
     return evaluate_set(
         root,
         paths,
         build_feature_extractor(name, **kwargs),
         max_real=cfg.get("max_real"),
         kid_subset_size=int(cfg.get("kid_subset_size", 50)),
+        segmenter=build_segmenter(
+            str(segmenter),
+            cfg.get("segmenter_checkpoint"),
+            str(cfg.get("sam_type", "vit_b")),
+            device,
+        )
+        if segmenter
+        else None,
     )
 
 

@@ -106,14 +106,15 @@ def test_object_expansion():
     m_in[2:5, 2:5] = True
     image = np.zeros((10, 10, 3), np.uint8)
 
-    def grown(_image):
+    def grown(_image, class_name, object_mask):
+        assert class_name == "owl" and object_mask.sum() == 9
         m = m_in.copy()
         m[2:5, 5:7] = True  # 6 new pixels
         m[2, 2] = False  # a missed object pixel does not lower the score
         return m
 
-    assert object_expansion(image, m_in, grown) == pytest.approx(0.06)
-    assert object_expansion(image, m_in, lambda _: m_in.astype(np.float32) * 0.9) == 0.0
-    assert object_expansion(image, m_in, lambda _: np.full((10, 10), 0.7)) == pytest.approx(0.91)
+    assert object_expansion(image, m_in, grown, "owl") == pytest.approx(0.06)
+    assert object_expansion(image, m_in, lambda *_: m_in.astype(np.float32) * 0.9) == 0.0
+    assert object_expansion(image, m_in, lambda *_: np.full((10, 10), 0.7)) == pytest.approx(0.91)
     with pytest.raises(ValueError, match="shape"):
-        object_expansion(image, m_in, lambda _: np.zeros((5, 5)))
+        object_expansion(image, m_in, lambda *_: np.zeros((5, 5)))
