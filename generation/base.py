@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from omegaconf import OmegaConf
 
 
 @dataclass
@@ -65,6 +70,19 @@ class Generator(Protocol):
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample: ...
 
 
+def builder_module(cfg: Any) -> tuple[ModuleType, str]:
+    """The module and function name a ``generator`` config node's ``builder`` key names
+    (``"module.path:function"``)."""
+    spec = cfg.get("builder") if hasattr(cfg, "get") else None
+    if not spec or ":" not in str(spec):
+        raise KeyError(f"generator config needs 'builder: module.path:function', got {spec!r}")
+    module_name, func_name = str(spec).split(":", 1)
+    try:
+        return importlib.import_module(module_name), func_name
+    except ImportError as e:
+        raise KeyError(f"generator.builder {spec!r} does not name a function: {e}") from e
+
+
 def build_generator(cfg: Any, **context: Any) -> Generator:
     """Build the generator a ``generator`` config node names.
 
@@ -72,17 +90,49 @@ def build_generator(cfg: Any, **context: Any) -> Generator:
     context the caller has (``data`` — the source dataset's ``DataPaths``, ``cache_dir``, ``device``)
     and returns a :class:`Generator`, training or loading whatever weights it needs.
     """
-    import importlib
-
-    spec = cfg.get("builder") if hasattr(cfg, "get") else None
-    if not spec or ":" not in str(spec):
-        raise KeyError(f"generator config needs 'builder: module.path:function', got {spec!r}")
-    module_name, func_name = str(spec).split(":", 1)
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as e:
-        raise KeyError(f"generator.builder {spec!r} does not name a function: {e}") from e
+    module, func_name = builder_module(cfg)
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise KeyError(f"generator.builder {cfg.get('builder')!r} does not name a function")
     return func(cfg, **context)
+
+
+#: Config keys (the last part of a dotted key) that name weights on disk.
+WEIGHT_KEYS = ("pretrained", "checkpoint", "weights", "model_dir")
+
+
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """What the generator config ``cfg`` reads from disk and cannot find, one sentence group per
+    missing piece, each naming the key (``prefix`` + its dotted path), the path, and how to get or
+    make it. Nothing is loaded or computed.
+
+    The builder's module answers when it defines ``missing_weights(cfg, prefix)``; otherwise every
+    string under a key naming weights (:data:`WEIGHT_KEYS`, at any depth, e.g. LAKE-RED's
+    ``train.init_checkpoint``) must exist. Unset keys (null) are not needed.
+    """
+    module, _ = builder_module(cfg)
+    own = getattr(module, "missing_weights", None)
+    if own is not None:
+        return own(cfg, prefix)
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    return [
+        f"{prefix}{key}: {value} does not exist (see ovcamo/conf/generator/"
+        f"{plain.get('name', '<name>')}.yaml for how to obtain it)"
+        for key, value in _leaves(plain)
+        if isinstance(value, str)
+        and any(w in key.rsplit(".", 1)[-1] for w in WEIGHT_KEYS)
+        and not Path(os.path.expanduser(value)).exists()
+    ]
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a plain nested dict."""
+    if not isinstance(node, dict):
+        return [(prefix, node)]
+    out = []
+    for k, v in node.items():
+        out += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 @dataclass(frozen=True)

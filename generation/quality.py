@@ -1,6 +1,7 @@
 """Quality of a synthetic set: FID and KID through torchmetrics with a pluggable feature
 extractor, foreground preservation, mask integrity, a camouflage score, a background-texture
-distance to real backgrounds and a seam/halo score at the object boundary (docs/generation.md)."""
+distance to real backgrounds, a seam/halo score at the object boundary and, with a segmenter,
+the object expansion (docs/generation.md)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from generation.base import Placement, place_object
+from generation.outpaint.expansion import Segmenter, object_expansion
 from ovcamo.data import DataPaths, Record, load_sample, load_sample_info, resolve_records
 from ovcamo.data.io import read_gray, read_image
 
@@ -391,6 +393,7 @@ def evaluate_set(
     *,
     max_real: int | None = None,
     kid_subset_size: int = 50,
+    segmenter: Segmenter | None = None,
 ) -> dict[str, Any]:
     """Score the synthetic set at ``root`` against the dataset its sources came from.
 
@@ -401,7 +404,9 @@ def evaluate_set(
     Foreground preservation and mask integrity rebuild each sample's expected object from its
     source and recorded ``placement``; samples without one (methods that draw new objects) are
     left out of those two. The camouflage and seam/halo scores are reported for the synthetic
-    images and their sources.
+    images and their sources; so is, with a ``segmenter``, the object expansion (what it finds
+    beyond each written mask; on the sources, what it finds beyond the real masks: its own
+    spill, the value an image that grew nothing scores).
     """
     root = Path(root)
     synth = DataPaths.from_paths_json(root / "paths.json")
@@ -411,6 +416,8 @@ def evaluate_set(
         recs, _ = resolve_records(source, split, check_files="none")  # type: ignore[arg-type]
         records.update({r.unique_id: r for r in recs})
     fg, iou, binary, camo, camo_src, seam, seam_src = [], [], [], [], [], [], []
+    grown: list[float] = []
+    grown_src: list[float] = []
     fake: list[np.ndarray] = []
     src_images: list[np.ndarray] = []
     desc, desc_src, classes, classes_src = [], [], [], []
@@ -425,6 +432,8 @@ def evaluate_set(
         seam.append(seam_halo_score(image, mask))
         desc.append(background_texture_descriptor(image, mask))
         classes.append(s.base_class)
+        if segmenter is not None:
+            grown.append(object_expansion(image, mask, segmenter, s.base_class))
         src = records.get(str(s.extra.get("source_unique_id")))
         if src is None:
             continue
@@ -436,6 +445,10 @@ def evaluate_set(
             seen_sources.add(src.unique_id)
             camo_src.append(camouflage_score(loaded["image"], loaded["mask"]))
             seam_src.append(seam_halo_score(loaded["image"], loaded["mask"]))
+            if segmenter is not None:
+                grown_src.append(
+                    object_expansion(loaded["image"], loaded["mask"], segmenter, src.class_name)
+                )
         if "placement" in s.extra:
             placement = Placement.from_json(s.extra["placement"])
             expected_pixels, expected_mask = place_object(
@@ -457,6 +470,9 @@ def evaluate_set(
         "seam_halo": _nanmean(seam),
         "seam_halo_source": _nanmean(seam_src),
     }
+    if segmenter is not None:
+        out["object_expansion"] = _nanmean(grown)
+        out["object_expansion_source"] = _nanmean(grown_src)
     for key, d, c in (("", desc, classes), ("_source", desc_src, classes_src)):
         out[f"background_texture{key}"] = (
             background_texture_distance(np.array(d), real_desc, c, real_classes)

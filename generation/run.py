@@ -21,13 +21,35 @@ from ovcamo.data import DataPaths, Record, load_sample, resolve_records
 from ovcamo.data.config import resolve_data_paths
 
 
+def _data_file_problem(path: Path, key: str) -> str | None:
+    if Path(path).is_file():
+        return None
+    return (
+        f"data.{key} not found: {path} (point OVCAMO_ROOT or data.root at the dataset, or set "
+        f"data.{key})"
+    )
+
+
 def _file_digest(path: Path, key: str) -> str:
-    if not Path(path).is_file():
-        raise FileNotFoundError(
-            f"data.{key} not found: {path} (point OVCAMO_ROOT or data.root at the dataset, or set "
-            f"data.{key})"
-        )
+    problem = _data_file_problem(path, key)
+    if problem is not None:
+        raise FileNotFoundError(problem)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_problems(cfg: DictConfig) -> list[str]:
+    """What ``ovcamo-generate check=true`` finds without computing anything: the weights the
+    generator reads and lacks (each with how to get or make it) and, for a dataset on disk, its
+    two index files. A micro-world is not rendered for the check."""
+    from generation.base import missing_weights
+
+    problems = missing_weights(cfg.generator)
+    if not cfg.data.get("world"):
+        paths = DataPaths.from_cfg(cfg.data)
+        problems += filter(
+            None, (_data_file_problem(getattr(paths, k), k) for k in ("class_info", "sample_info"))
+        )
+    return problems
 
 
 def config_hash(cfg: DictConfig, paths: DataPaths) -> str:
@@ -127,22 +149,32 @@ def generate(cfg: DictConfig) -> Path:
     summary = writer.finish(summary_extra)
     quality_cfg = cfg.get("quality") or {}
     if rank == 0 and quality_cfg.get("enabled", False) and summary["written"] >= 2:
-        summary_extra["quality"] = _quality(root, paths, quality_cfg)
+        summary_extra["quality"] = _quality(root, paths, quality_cfg, _device(str(cfg.device)))
         writer.finish(summary_extra)
     return root
 
 
-def _quality(root: Path, paths: DataPaths, cfg: Any) -> dict[str, Any]:
+def _quality(root: Path, paths: DataPaths, cfg: Any, device: str) -> dict[str, Any]:
+    from generation.outpaint.expansion import build_segmenter
     from generation.quality import build_feature_extractor, evaluate_set
 
     name = str(cfg.get("extractor", "small"))
     kwargs = {"weights": cfg.get("inception_weights")} if name == "inception" else {}
+    segmenter = cfg.get("segmenter")
     return evaluate_set(
         root,
         paths,
         build_feature_extractor(name, **kwargs),
         max_real=cfg.get("max_real"),
         kid_subset_size=int(cfg.get("kid_subset_size", 50)),
+        segmenter=build_segmenter(
+            str(segmenter),
+            cfg.get("segmenter_checkpoint"),
+            str(cfg.get("sam_type", "vit_b")),
+            device,
+        )
+        if segmenter
+        else None,
     )
 
 
@@ -219,6 +251,13 @@ def main(cfg: DictConfig) -> None:
     """``ovcamo-generate``: generate, turning bad input into a message and exit status 2."""
     from ovcamo.data import DatasetFormatError, DatasetValidationError
 
+    if cfg.get("check"):
+        problems = check_problems(cfg)
+        if problems:
+            print(f"ovcamo-generate: {' '.join(problems)}", file=sys.stderr)
+            raise SystemExit(2)
+        print(f"check passed: {cfg.generator.name} has what it reads; nothing was computed")
+        return
     try:
         root = generate(cfg)
     except (PlanError, DatasetFormatError, DatasetValidationError, FileNotFoundError) as e:

@@ -18,14 +18,14 @@ from test_generation_diffumatting_micro import (  # noqa: F401
 from generation.base import SkipSample, SourceObject
 from generation.bgaug.sample import BackgroundAugmentation
 from generation.bgaug.train import inpainting_input, inpainting_step, random_boxes
-from generation.diffumatting.components import (
+from generation.sd.parts import (
     clip_tokenizer,
-    encode_prompt,
     sd_noise_scheduler,
     tiny_text_encoder,
     tiny_unet,
     tiny_vae,
 )
+from generation.sd.prompts import encode_prompt
 
 
 def square_mask(h: int = 40, w: int = 40) -> np.ndarray:

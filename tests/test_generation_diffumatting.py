@@ -7,16 +7,8 @@ import numpy as np
 import pytest
 import torch
 from test_generation_diffumatting_micro import TINY_MICRO, world  # noqa: F401
+from test_generation_sd import tiny_pairs, tiny_parts
 
-from generation.diffumatting.components import (
-    clip_tokenizer,
-    encode_prompt,
-    sd_noise_scheduler,
-    tiny_text_encoder,
-    tiny_unet,
-    tiny_vae,
-    word_token_positions,
-)
 from generation.diffumatting.green_post import ChromaKeyMatting, GreenPost, gsg
 from generation.diffumatting.model import (
     MattingHead,
@@ -24,15 +16,22 @@ from generation.diffumatting.model import (
     detail_loss,
     install_green_probe,
     sobel_magnitude,
+    transition_band,
 )
-from generation.diffumatting.sample import load_salient, salient_pairs_source
 from generation.diffumatting.train import (
     DiffuMattingBatch,
     LossWeights,
     diffumatting_step,
     green_canvas,
+    load_salient,
+    salient_pairs_source,
     train_diffumatting,
 )
+from generation.sd.parts import (
+    clip_tokenizer,
+    sd_noise_scheduler,
+)
+from generation.sd.prompts import encode_prompt, word_token_positions
 
 
 @pytest.mark.parametrize(
@@ -53,16 +52,9 @@ def test_green_token_positions():
     assert pos == [[5], [1, 2]]
 
 
-def tiny_parts(seed: int = 0):
-    torch.manual_seed(seed)
-    vae = tiny_vae(TINY_MICRO["vae"]).eval().requires_grad_(False)
-    text = tiny_text_encoder(TINY_MICRO["text"])
-    unet = tiny_unet(TINY_MICRO["unet"], 4, text.config.hidden_size)
-    return vae, text, unet
-
-
 def test_green_probe_records_every_cross_attention_layer():
-    _, text, unet = tiny_parts()
+    parts = tiny_parts(4)
+    text, unet = parts.text_encoder, parts.unet
     store = install_green_probe(unet)
     n_cross = sum(name.endswith("attn2.processor") for name in unet.attn_processors)
     ids, emb = encode_prompt(clip_tokenizer(), text, ["a owl on a green background"] * 2)
@@ -78,21 +70,67 @@ def test_green_probe_records_every_cross_attention_layer():
     assert all(((m > 0) & (m < 1)).all() for m in store.maps)
 
 
-def test_sobel_and_detail_loss():
+def test_sobel_and_detail_loss_on_the_transition_band():
     flat = torch.ones(1, 2, 8, 8)
     assert sobel_magnitude(flat).max() < 1e-2
     step = torch.zeros(1, 1, 8, 8)
     step[..., 4:] = 1.0
     mag = sobel_magnitude(step)
     assert mag[0, 0, 4, 3] == pytest.approx(4.0, abs=1e-3)  # the Sobel x-kernel's weight sum
-    mask = torch.ones(1, 1, 8, 8)
-    assert detail_loss(step, step, mask) == pytest.approx(0.0, abs=1e-6)
-    outside = torch.zeros(1, 1, 8, 8)
-    outside[..., :, :2] = 1
-    # A difference only where the mask is 0 costs nothing.
-    assert detail_loss(step, torch.zeros_like(step), outside) < detail_loss(
-        step, torch.zeros_like(step), mask
-    )
+    # The band of a square object: its edge, `band` pixels to each side.
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    band = transition_band(mask, 1)
+    assert band[0, 0, 3:13, 3:13].sum() == 10 * 10 - 6 * 6 and band.sum() == 10 * 10 - 6 * 6
+    soft = mask * 0.5
+    assert (transition_band(soft, 1)[0, 0, 6:10, 6:10] == 0).all()
+    # Edges that differ far inside the object, or far outside, cost nothing; at its edge they do.
+    pred = torch.zeros(1, 1, 16, 16)
+    assert detail_loss(pred, pred, mask, band=1) == pytest.approx(0.0, abs=1e-6)
+    inside, edge = pred.clone(), pred.clone()
+    inside[..., 7:9, 7:9] = 1.0
+    edge[..., 2:6, 2:6] = 1.0
+    assert detail_loss(inside, pred, mask, band=1) == pytest.approx(0.0, abs=1e-6)
+    assert detail_loss(edge, pred, mask, band=1) > 0.1
+
+
+def test_diffumatting_trains_in_two_stages():
+    """The generation stage trains the UNet without the matting term while the matting head
+    waits; the joint stage then trains both with all four losses."""
+    pairs = tiny_pairs()
+    cfg = {
+        "batch_size": 4,
+        "lr": 1e-3,
+        "prompt": "a photo of a {} on a green background",
+        "green_words": ["green"],
+        "seed": 0,
+    }
+
+    def run(generation: int, joint: int):
+        parts = tiny_parts(4)
+        store = install_green_probe(parts.unet)
+        head = MattingHead(decoder_feature_channels(parts.vae))
+        before = [p.detach().clone() for p in (*parts.unet.parameters(), *head.parameters())]
+        stages = {"generation": generation, "joint": joint}
+        history = train_diffumatting(parts, head, store, pairs, {**cfg, "stages": stages})
+        n_unet = len(list(parts.unet.parameters()))
+        after = list(parts.unet.parameters()) + list(head.parameters())
+        changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        return history, any(changed[:n_unet]), any(changed[n_unet:])
+
+    history, unet_moved, head_moved = run(3, 0)
+    assert [r["stage"] for r in history.steps] == ["generation"] * 3
+    assert all({"noise", "green", "detail"} <= set(r) and "matting" not in r for r in history.steps)
+    assert unet_moved and not head_moved
+    history, unet_moved, head_moved = run(0, 2)
+    assert [r["stage"] for r in history.steps] == ["joint"] * 2
+    assert all("matting" in r for r in history.steps)
+    assert unet_moved and head_moved
+    history, _, _ = run(2, 1)
+    assert [r["stage"] for r in history.steps] == ["generation", "generation", "joint"]
+    with pytest.raises(ValueError, match="stages"):
+        run_cfg = {**cfg, "stages": {"generation": 1}}
+        train_diffumatting(tiny_parts(4), MattingHead(4), None, pairs, run_cfg)
 
 
 def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa: F811
@@ -102,16 +140,18 @@ def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa
     captions = salient_pairs_source(world)
     assert captions is not None, "the micro-world writes a salient set"
     pairs = load_salient(captions, 32, 8, seed=0)
-    vae, text, unet = tiny_parts()
+    parts = tiny_parts(4)
+    vae, text, unet = parts.vae, parts.text_encoder, parts.unet
     tok = clip_tokenizer()
     store = install_green_probe(unet)
     head = MattingHead(decoder_feature_channels(vae))
     scheduler = sd_noise_scheduler()
     prompt = "a photo of a {} on a green background"
     ids, emb = encode_prompt(tok, text, [prompt.format(c) for c in pairs.class_names])
+    images, masks = pairs.batch(range(len(pairs)))
     held = DiffuMattingBatch(
-        green_canvas(pairs.images, pairs.masks),
-        pairs.masks,
+        green_canvas(images, masks),
+        masks,
         emb,
         word_token_positions(tok, ids, ["green"]),
     )
@@ -124,18 +164,12 @@ def test_green_and_detail_losses_go_down_on_green_canvas_renders(world):  # noqa
 
     before = evaluate()
     history = train_diffumatting(
-        unet,
+        parts,
         head,
-        vae,
-        text,
-        tok,
-        scheduler,
         store,
-        pairs.images,
-        pairs.masks,
-        pairs.class_names,
+        pairs,
         {
-            "steps": 80,
+            "stages": {"generation": 40, "joint": 40},
             "batch_size": 4,
             "lr": 2e-3,
             "prompt": prompt,

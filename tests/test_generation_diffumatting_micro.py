@@ -41,6 +41,9 @@ TINY_MICRO = {
     "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "norm_num_groups": 4},
 }
 TINY_TRAIN = {"steps": 3, "batch_size": 4, "lr": 1e-3, "seed": 0}
+#: DiffuMatting's stages at tiny size: the fewest steps after which its matting head finds objects
+#: in what the UNet draws (3 + 3 steps find none), so its tests see real samples.
+TINY_STAGES = {"generation": 20, "joint": 30}
 TINY_WORLD = {
     "image_size": 48,
     "classes": {"train": ["owl", "frog"], "test": ["moth"]},
@@ -57,12 +60,17 @@ def tiny_world_cfg():
 
 
 def tiny_generator_cfg(name: str):
-    """``ovcamo/conf/generator/<name>.yaml`` with tiny parts, few steps and 2 sampling steps."""
+    """``ovcamo/conf/generator/<name>.yaml`` with tiny parts, few steps (:data:`TINY_STAGES` for
+    DiffuMatting's staged trainer) and 2 sampling steps."""
     cfg = OmegaConf.load(Path(CONF_DIR) / "generator" / f"{name}.yaml")
     cfg.micro = TINY_MICRO
-    cfg.train = {**TINY_TRAIN, **({"uncond_prob": 0.1} if "uncond_prob" in cfg.train else {})}
-    if "inpainting_train" in cfg:
-        cfg.inpainting_train = {**TINY_TRAIN, "uncond_prob": 0.1}
+    for key in ("train", "inpainting_train"):
+        if key in cfg:
+            node = OmegaConf.merge(cfg[key], TINY_TRAIN)
+            if "stages" in node:
+                node.pop("steps")
+                node.stages = TINY_STAGES
+            cfg[key] = node
     cfg.sampler.num_inference_steps = 2
     return cfg
 
@@ -119,7 +127,7 @@ def test_micro_parts_are_trained_once_and_shared(world, cache):
     assert len(list((root / "inpainting").iterdir())) == 1
     assert len(list((root / "outpaint").iterdir())) == 1
     history = json.loads(next((root / "outpaint").iterdir()).joinpath("history.json").read_text())
-    assert len(history["loss"]) == TINY_TRAIN["steps"]
+    assert len(history["steps"]) == TINY_TRAIN["steps"]
 
 
 class DiscHead(torch.nn.Module):
@@ -135,13 +143,17 @@ class DiscHead(torch.nn.Module):
 def test_diffumatting_micro_builds_and_samples_an_object(world, cache):
     gen = build("diffumatting_micro", world, cache)
     assert isinstance(gen, Generator) and gen.name == "diffumatting_micro"
-    try:
-        obj = gen.object("owl", seed=0)
-    except SkipSample as e:
-        assert "no_object" in str(e)
-    else:
-        r = gen.resolution
+    objects = []
+    for seed in range(4):
+        try:
+            objects.append(gen.object("owl", seed))
+        except SkipSample as e:
+            assert "no_object" in str(e)
+    assert len(objects) >= 2, "the trained micro model drew (almost) no object"
+    r = gen.resolution
+    for obj in objects:
         assert obj.foreground.shape == (r, r, 3) and obj.alpha.shape == (r, r)
+        assert 0 < (obj.alpha >= gen.alpha_threshold).mean() < 1
 
 
 def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, source, cache):
@@ -157,17 +169,6 @@ def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, sour
         assert s.extra["background_generator"] == "classic"
         assert "background_placement" in s.extra and "placement" not in s.extra
         assert 0 <= s.extra["gsg"] <= 255 * 3**0.5 + 1e-6
-
-
-@pytest.mark.parametrize("name", ["diffumatting", "bgaug", "outpaint"])
-def test_paper_configs_name_the_missing_folder(name, tmp_path, world):
-    cfg = OmegaConf.load(Path(CONF_DIR) / "generator" / f"{name}.yaml")
-    cfg.pretrained = str(tmp_path / "no-such-model")
-    with pytest.raises(FileNotFoundError) as e:
-        build_generator(cfg, data=world, cache_dir=tmp_path, device="cpu")
-    msg = str(e.value)
-    assert str(tmp_path / "no-such-model") in msg and "never downloads" in msg
-    assert "\n" not in msg
 
 
 @pytest.mark.parametrize("name", ["bgaug_micro", "outpaint_micro", "diffumatting_micro"])
@@ -196,10 +197,12 @@ def test_ovcamo_generate_writes_an_ovcamo_format_set(name, tmp_path, cache):
     samples = json.loads(paths.sample_info.read_text())
     summary = json.loads((root / "summary.json").read_text())
     assert summary["complete"] and summary["planned"] > 0
+    assert summary["written"] > 0, summary["skip_reasons"]
     assert all(s["synthetic"] and s["generator"] == name for s in samples)
     assert len(OVCamoDataset(paths, split="train")) == len(samples) == summary["written"]
     if name != "diffumatting_micro":
         # Repainting keeps the source object, so no source of the tiny world is refused.
         assert summary["written"] == summary["planned"]
     else:
+        assert summary["written"] >= summary["planned"] / 2, summary["skip_reasons"]
         assert set(summary["skip_reasons"]) <= {"no_object"}

@@ -14,18 +14,18 @@ from test_generation_diffumatting_micro import (  # noqa: F401
     world,
 )
 
-from generation.diffumatting.components import (
+from generation.outpaint.expansion import object_expansion
+from generation.outpaint.model import InpaintingControlNetModel
+from generation.outpaint.train import controlnet_step
+from generation.sd.micro import SDBase
+from generation.sd.parts import (
     clip_tokenizer,
-    encode_prompt,
     sd_noise_scheduler,
     tiny_text_encoder,
     tiny_unet,
     tiny_vae,
 )
-from generation.diffumatting.micro import SDBase
-from generation.outpaint.expansion import object_expansion
-from generation.outpaint.model import InpaintingControlNetModel
-from generation.outpaint.train import controlnet_step
+from generation.sd.prompts import encode_prompt
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_controlnet_step_trains_only_the_controlnet(parts):
     masks = torch.zeros(2, 1, 32, 32)
     masks[..., 8:24, 8:24] = 1
     _, emb = encode_prompt(base.tokenizer, base.text_encoder, ["a photo of a owl"] * 2)
-    loss = controlnet_step(cn, unet, base, sd_noise_scheduler(), images, masks, emb)
+    loss = controlnet_step(cn, unet, base.vae, sd_noise_scheduler(), images, masks, emb)
     loss.backward()
     assert all(p.grad is None for p in unet.parameters())
     # At initialisation only the zero convolutions receive gradient (ControlNet's design).
@@ -106,14 +106,15 @@ def test_object_expansion():
     m_in[2:5, 2:5] = True
     image = np.zeros((10, 10, 3), np.uint8)
 
-    def grown(_image):
+    def grown(_image, class_name, object_mask):
+        assert class_name == "owl" and object_mask.sum() == 9
         m = m_in.copy()
         m[2:5, 5:7] = True  # 6 new pixels
         m[2, 2] = False  # a missed object pixel does not lower the score
         return m
 
-    assert object_expansion(image, m_in, grown) == pytest.approx(0.06)
-    assert object_expansion(image, m_in, lambda _: m_in.astype(np.float32) * 0.9) == 0.0
-    assert object_expansion(image, m_in, lambda _: np.full((10, 10), 0.7)) == pytest.approx(0.91)
+    assert object_expansion(image, m_in, grown, "owl") == pytest.approx(0.06)
+    assert object_expansion(image, m_in, lambda *_: m_in.astype(np.float32) * 0.9) == 0.0
+    assert object_expansion(image, m_in, lambda *_: np.full((10, 10), 0.7)) == pytest.approx(0.91)
     with pytest.raises(ValueError, match="shape"):
-        object_expansion(image, m_in, lambda _: np.zeros((5, 5)))
+        object_expansion(image, m_in, lambda *_: np.zeros((5, 5)))

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,7 +22,8 @@ from generation.quality import (
     mask_integrity,
     seam_halo_score,
 )
-from ovcamo.data import DataPaths
+from ovcamo.data import DataPaths, load_sample_info
+from ovcamo.data.io import read_mask
 
 
 def images(n: int, colour, seed: int = 0, size: int = 48) -> list[np.ndarray]:
@@ -221,3 +225,83 @@ def test_evaluate_set_on_a_classic_set(tmp_path):
     assert np.isfinite(q["fid"]) and q["n_real"] == 13
     for key in ("background_texture", "seam_halo", "fid"):
         assert np.isfinite(q[key]) and np.isfinite(q[f"{key}_source"]), key
+
+
+def grow_by_two(checkpoint=None):
+    """A stand-in segmenter (``quality.segmenter=test_generation_quality:grow_by_two``): the
+    object mask dilated by two pixels, so the expansion is the 2-px ring's share of the image."""
+
+    def segment(image, class_name, object_mask):
+        kernel = np.ones((5, 5), np.uint8)
+        return cv2.dilate(object_mask.astype(np.uint8), kernel).astype(bool)
+
+    return segment
+
+
+def ring_share(mask: np.ndarray) -> float:
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    return float((grown & ~mask).sum() / mask.size)
+
+
+def test_object_expansion_of_a_set_and_of_its_sources(tmp_path):
+    from test_generation_writer import cfg_for
+
+    from generation.outpaint.expansion import build_segmenter
+    from generation.run import generate
+
+    write_dataset(tmp_path / "ds")
+    out = generate(cfg_for(tmp_path / "ds", tmp_path / "syn", "planner.rule=k_rarest"))
+    source = DataPaths.from_paths_json(tmp_path / "ds" / "paths.json")
+    segmenter = build_segmenter("test_generation_quality:grow_by_two")
+    q = evaluate_set(out, source, segmenter=segmenter)
+    synth = DataPaths.from_paths_json(out / "paths.json")
+    masks = [
+        read_mask(synth.train_mask_dir / s.mask_name) for s in load_sample_info(synth.sample_info)
+    ]
+    assert q["object_expansion"] == pytest.approx(np.mean([ring_share(m) for m in masks]))
+    assert 0 < q["object_expansion_source"] < 0.2
+    assert "object_expansion" not in evaluate_set(out, source)
+    with pytest.raises(KeyError, match="quality.segmenter"):
+        build_segmenter("sam2")
+    with pytest.raises(FileNotFoundError, match="sam_vit_b_01ec64.pth"):
+        build_segmenter("sam", tmp_path / "sam.pth")
+    with pytest.raises(FileNotFoundError, match="checkpoints/best"):
+        build_segmenter("baclip", tmp_path)
+
+
+def test_ovcamo_generate_measures_object_expansion_with_a_baclip_checkpoint(tmp_path):
+    """``ovcamo-generate quality.enabled=true quality.segmenter=baclip`` on a micro generator: the
+    project's segmenter (a micro BaCLIP checkpoint) reads the set and its sources."""
+    from _engine_data import write_tiny_checkpoint
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from test_generation_diffumatting_micro import TINY_WORLD, tiny_generator_cfg
+
+    from generation.run import generate
+    from ovcamo.cli import CONF_DIR
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "baclip")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        cfg = compose(
+            "generate",
+            overrides=[
+                "generator=bgaug_micro",
+                f"cache_dir={tmp_path / 'cache'}",
+                f"out_dir={tmp_path / 'out'}",
+                "progress=false",
+                "device=cpu",
+                "planner.per_class=2",
+                "quality.enabled=true",
+                "quality.kid_subset_size=2",
+                "quality.segmenter=baclip",
+                f"quality.segmenter_checkpoint={checkpoint}",
+            ],
+        )
+    cfg.data.world = OmegaConf.merge(cfg.data.world, TINY_WORLD)
+    cfg.generator = tiny_generator_cfg("bgaug_micro")
+    root = generate(cfg)
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["written"] >= 2
+    quality = summary["quality"]
+    for key in ("object_expansion", "object_expansion_source"):
+        assert 0 <= quality[key] <= 1, key

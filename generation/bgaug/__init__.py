@@ -1,1 +1,2 @@
-"""Background augmentation by background-only inpainting (arXiv 2408.00350, DESIGN §7)."""
+"""Background augmentation by background-only inpainting (arXiv 2408.00350;
+docs/design.md, "Generation")."""

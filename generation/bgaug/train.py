@@ -10,7 +10,6 @@ are the source's background (what both generators repaint) or a random box, half
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,30 +19,18 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from generation.diffumatting.components import (
-    config_hash,
-    encode_prompt,
-    file_hash,
-    publish_dir,
-    sd_noise_scheduler,
-    staging_dir,
-    tiny_unet,
-)
-from generation.diffumatting.micro import (
-    SDBase,
-    cache_root,
-    ensure_sd_base,
-    load_pairs,
-    micro_holdout,
-)
+from generation.sd.micro import TrainingPairs, ensure_micro_unet, file_hash, micro_pairs
+from generation.sd.parts import SDParts
+from generation.sd.prompts import Captions
+from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
 from ovcamo.data import DataPaths
-from ovcamo.data.io import atomic_write_json
-
-log = logging.getLogger(__name__)
 
 
 def inpainting_input(
-    vae: AutoencoderKL, images: torch.Tensor, generate: torch.Tensor
+    vae: AutoencoderKL,
+    images: torch.Tensor,
+    generate: torch.Tensor,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents of an inpainting example, as ``StableDiffusionInpaintPipeline`` builds them.
 
@@ -51,12 +38,9 @@ def inpainting_input(
     generated. Returns z₀ ``B×4×h×w`` (scaled), the mask resized to ``h×w`` and the scaled latent
     of the masked image (generated pixels set to 0, i.e. mid-grey).
     """
-    sf = vae.config.scaling_factor
-    with torch.no_grad():
-        z0 = vae.encode(images).latent_dist.sample() * sf
-        masked = vae.encode(images * (generate < 0.5)).latent_dist.sample() * sf
-    mask_latent = F.interpolate(generate, size=z0.shape[-2:])
-    return z0, mask_latent, masked
+    z0 = encode_latents(vae, images, generator)
+    masked = encode_latents(vae, images * (generate < 0.5), generator)
+    return z0, F.interpolate(generate, size=z0.shape[-2:]), masked
 
 
 def random_boxes(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -84,95 +68,58 @@ def inpainting_step(
     """Noise-prediction MSE of a 9-channel inpainting UNet on one batch (shapes as
     :func:`inpainting_input`; ``prompt_embeds`` ``B×L×D``)."""
     z0, mask, masked = inpainting_input(vae, images, generate)
-    noise = torch.randn(z0.shape, generator=generator).to(z0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
-    t = t.to(z0.device)
-    zt = scheduler.add_noise(z0, noise, t)
-    out = unet(torch.cat([zt, mask, masked], 1), t, encoder_hidden_states=prompt_embeds).sample
-    return F.mse_loss(out, noise)
+    noised = add_noise(scheduler, z0, generator)
+    x = torch.cat([noised.zt, mask, masked], 1)
+    return noised.loss(unet(x, noised.t, encoder_hidden_states=prompt_embeds).sample)
 
 
 def train_inpainting(
-    unet: UNet2DConditionModel,
-    base: SDBase,
-    scheduler: DDPMScheduler,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    prompts: list[str],
-    train_cfg: Mapping[str, Any],
-) -> list[float]:
-    """Train ``unet`` on ``images``/``masks`` (``N×3×H×W``, object masks ``N×1×H×W``);
+    parts: SDParts, pairs: TrainingPairs, prompts: list[str], train_cfg: Mapping[str, Any]
+) -> TrainHistory:
+    """Train ``parts.unet`` (9 input channels) on ``pairs``, captioned by ``prompts``;
     ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``, ``uncond_prob`` (prompt dropout,
-    so classifier-free guidance has an unconditional model). Returns the loss per step."""
-    device = next(unet.parameters()).device
-    g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
-    _, embeds = encode_prompt(base.tokenizer, base.text_encoder, prompts)
-    _, empty = encode_prompt(base.tokenizer, base.text_encoder, [""])
-    opt = torch.optim.AdamW(unet.parameters(), lr=float(train_cfg["lr"]))
-    bs = min(int(train_cfg["batch_size"]), len(images))
-    unet.train()
-    losses = []
-    for _ in range(int(train_cfg["steps"])):
-        idx = torch.randint(0, len(images), (bs,), generator=g)
-        x = images[idx].to(device)
-        use_background = (torch.rand(bs, 1, 1, 1, generator=g) < 0.5).to(device)
-        generate = torch.where(
-            use_background,
-            1 - masks[idx].to(device),
-            random_boxes(x.shape[:1] + (1,) + x.shape[2:], g).to(device),
+    so classifier-free guidance has an unconditional model)."""
+    device = parts.unet.device
+    captions = Captions.for_training(parts, prompts, train_cfg)
+    scheduler = parts.noise_scheduler()
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        images, masks = pairs.batch(idx)
+        use_background = torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5
+        generate = torch.where(use_background, 1 - masks, random_boxes(masks.shape, g))
+        cond, _ = captions.batch(idx, g)
+        return inpainting_step(
+            parts.unet, parts.vae, scheduler, images.to(device), generate.to(device), cond, g
         )
-        drop = (torch.rand(bs, 1, 1, generator=g) < float(train_cfg.get("uncond_prob", 0.1))).to(
-            device
-        )
-        cond = torch.where(drop, empty.to(device), embeds[idx].to(device))
-        loss = inpainting_step(unet, base.vae, scheduler, x, generate, cond, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    unet.eval().requires_grad_(False)
-    return losses
+
+    return fit(
+        [Trainable(parts.unet, float(train_cfg["lr"]))],
+        step,
+        len(pairs),
+        train_cfg,
+    )
 
 
-def ensure_micro_inpainting(
-    micro: Mapping[str, Any],
-    train_cfg: Mapping[str, Any],
-    prompt: str,
+def micro_inpainting(
+    cfg: Mapping[str, Any],
     data: DataPaths,
     cache_dir: str | os.PathLike | None,
     device: torch.device,
-) -> tuple[SDBase, Path]:
-    """Train (or find in the cache) the micro inpainting UNet on ``data``'s train split, with
-    ``prompt`` (a template filled by each class name) as caption. Returns the shared base parts
-    and the folder holding ``unet/`` and ``scheduler/``."""
-    base = ensure_sd_base(micro, data, cache_dir, device)
-    key = config_hash(dict(micro), dict(train_cfg), prompt, base.key, file_hash(data.sample_info))
-    final = cache_root(cache_dir) / "inpainting" / key
-    if not (final / "history.json").is_file():
-        seed = int(train_cfg.get("seed", 0))
-        res = int(micro["resolution"])
-        pairs = load_pairs(data, res, micro.get("max_samples"), seed, micro_holdout(micro))
-        torch.manual_seed(seed)
-        unet = tiny_unet(
-            {**micro["unet"], "sample_size": res // base.vae_scale},
-            in_channels=9,
-            cross_attention_dim=base.text_encoder.config.hidden_size,
-        ).to(device)
-        scheduler = sd_noise_scheduler()
-        log.info("training the micro inpainting UNet (%s steps) into %s", train_cfg["steps"], final)
-        losses = train_inpainting(
-            unet,
-            base,
-            scheduler,
-            pairs.images,
-            pairs.masks,
-            [prompt.format(c) for c in pairs.class_names],
-            train_cfg,
-        )
-        tmp = staging_dir(final)
-        unet.save_pretrained(tmp / "unet")
-        scheduler.save_pretrained(tmp / "scheduler")
-        atomic_write_json(tmp / "history.json", {"loss": losses})
-        publish_dir(tmp, final)
-    return base, final
+    train_key: str = "train",
+) -> SDParts:
+    """The micro inpainting parts of a config (its ``micro``, ``train_prompt`` and, under
+    ``train_key``, the UNet's training settings), trained on ``data``'s train split on first use
+    and cached; ``bgaug_micro`` and ``outpaint_micro`` with the same settings share them."""
+    micro, train_cfg, prompt = cfg["micro"], dict(cfg[train_key]), str(cfg["train_prompt"])
+
+    def train(parts: SDParts, folder: Path) -> dict[str, Any]:
+        pairs = micro_pairs(micro, data, int(train_cfg.get("seed", 0)))
+        prompts = [prompt.format(c) for c in pairs.class_names]
+        history = train_inpainting(parts, pairs, prompts, train_cfg)
+        parts.save(folder, ("unet", "scheduler"))
+        return history.to_json()
+
+    spec = (dict(micro), train_cfg, prompt, file_hash(data.sample_info))
+    return ensure_micro_unet(
+        "inpainting", micro, data, cache_dir, device, in_channels=9, spec=spec, train=train
+    )

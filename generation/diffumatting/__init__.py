@@ -1,1 +1,2 @@
-"""DiffuMatting (ECCV 2024): green-canvas text-to-image, latent matting, GreenPost (DESIGN §7)."""
+"""DiffuMatting (ECCV 2024): green-canvas text-to-image, latent matting, GreenPost
+(docs/design.md, "Generation")."""

@@ -1,4 +1,4 @@
-"""GreenPost and the GSG metric (DiffuMatting, ECCV 2024, DESIGN §7).
+"""GreenPost and the GSG metric (DiffuMatting, ECCV 2024; docs/design.md, "Generation").
 
 GreenPost turns a green-canvas generation and its coarse object mask into an RGBA object:
 K-means finds the background colour among the pixels outside the coarse mask, a clean plate (the

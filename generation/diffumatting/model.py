@@ -1,5 +1,6 @@
-"""DiffuMatting's own modules (ECCV 2024, DESIGN §7): the green-token cross-attention probe, the
-Sobel detail loss, and the latent matting head on a VAE-decoder feature map."""
+"""DiffuMatting's own modules (ECCV 2024; docs/design.md, "Generation"): the green-token
+cross-attention probe, the Sobel detail loss, and the latent matting head on a VAE-decoder
+feature map."""
 
 from __future__ import annotations
 
@@ -110,18 +111,26 @@ def install_green_probe(unet: UNet2DConditionModel) -> GreenAttentionStore:
     return store
 
 
-def green_background_loss(maps: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def green_background_loss(
+    maps: Sequence[torch.Tensor], mask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """Green-background control loss: mean over layers of mean ``|A_green − (1 − M)|``.
 
     ``maps``: per-layer ``B×h×w`` green-token attention; ``mask``: object mask ``B×1×H×W`` in
-    [0, 1], area-resized to each layer's resolution.
+    [0, 1], area-resized to each layer's resolution; ``rows`` (bool ``B``): the rows whose prompt
+    holds the green word, all by default. A row trained on the empty prompt (prompt dropout) has
+    no green token to steer and does not count; with no such row the loss is 0.
     """
     if not maps:
         raise ValueError("no cross-attention maps were recorded: is the green probe installed?")
+    if rows is None:
+        rows = torch.ones(len(mask), dtype=torch.bool, device=mask.device)
+    if not rows.any():
+        return maps[0].sum() * 0.0
     losses = []
     for a in maps:
         background = 1.0 - F.adaptive_avg_pool2d(mask, a.shape[-2:])[:, 0]
-        losses.append((a - background).abs().mean())
+        losses.append((a - background).abs()[rows].mean())
     return torch.stack(losses).mean()
 
 
@@ -138,16 +147,33 @@ def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(gx**2 + gy**2 + 1e-6)
 
 
-def detail_loss(z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Detail loss: L1 between Sobel magnitudes of predicted ẑ₀ and of z₀, inside the object.
+def transition_band(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """The transition boundary of an object: ``B×1×H×W`` in [0, 1], the dilation minus the
+    erosion of ``mask`` (``B×1×H×W``, binary or a soft alpha) by a ``(2·width + 1)²`` square.
+
+    1 within ``width`` pixels of a binary mask's edge, 0 elsewhere; a soft alpha's own
+    transition (0 < α < 1) lies inside it too.
+    """
+    k = 2 * width + 1
+    dilated = F.max_pool2d(mask, k, stride=1, padding=width)
+    eroded = -F.max_pool2d(-mask, k, stride=1, padding=width)
+    return (dilated - eroded).clamp(0.0, 1.0)
+
+
+def detail_loss(
+    z0_pred: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor, band: int = 2
+) -> torch.Tensor:
+    """Detailed-enhancement of transition boundary loss: L1 between the Sobel magnitudes of the
+    predicted ẑ₀ and of z₀ over the object's transition boundary (:func:`transition_band`,
+    ``band`` pixels to each side of the edge).
 
     Applied in latent space, channel by channel (``B×C×h×w``), because the latent channels are
     spatially aligned feature maps of the image and decoding ẑ₀ every step would cost a VAE
-    decoder pass. The mask (``B×1×H×W``) is area-resized to ``h×w``, so boundary latents count
-    by their object fraction; the sum is divided by the masked area × ``C``. L1 rather than L2,
+    decoder pass. The band (``B×1×H×W``) is area-resized to ``h×w``, so a latent cell counts by
+    its share of band pixels; the sum is divided by that weight × ``C``. L1 rather than L2,
     because the edges of a noisy ẑ₀ at large t are far off and should not dominate.
     """
-    m = F.adaptive_avg_pool2d(mask, z0.shape[-2:])
+    m = F.adaptive_avg_pool2d(transition_band(mask, band), z0.shape[-2:])
     diff = (sobel_magnitude(z0_pred) - sobel_magnitude(z0)).abs() * m
     return diff.sum() / (m.sum() * z0.shape[1]).clamp_min(1e-6)
 

@@ -1,11 +1,10 @@
-"""DiffuMatting sampler and builder (ECCV 2024, DESIGN §7): class name → green-canvas image with
-the stock ``StableDiffusionPipeline`` → matting head + GreenPost → RGBA object → hidden by a
-background generator (classic by default, LAKE-RED selectable) → camouflaged sample."""
+"""DiffuMatting sampler and builder (ECCV 2024; docs/design.md, "Generation"): class name →
+green-canvas image with the stock ``StableDiffusionPipeline`` → matting head + GreenPost → RGBA
+object → hidden by a background generator (classic by default, LAKE-RED selectable) → camouflaged
+sample."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from omegaconf import OmegaConf
 
 from generation.base import (
@@ -28,43 +27,35 @@ from generation.base import (
     check_source,
     mask_box,
 )
-from generation.diffumatting.components import (
-    MissingWeightsError,
-    config_hash,
-    file_hash,
-    from_local,
-    pick_device,
-    publish_dir,
-    sd_noise_scheduler,
-    staging_dir,
-    tiny_unet,
-)
+from generation.base import missing_weights as background_missing_weights
 from generation.diffumatting.green_post import GreenPost
-from generation.diffumatting.micro import (
-    SDBase,
-    cache_root,
-    ensure_sd_base,
-    load_pairs,
-    mask_to_model_space,
-    micro_holdout,
-    to_model_space,
+from generation.diffumatting.model import MattingHead, decoder_feature_channels, decoder_features
+from generation.diffumatting.train import (
+    HEAD_FILE,
+    diffumatting_pairs,
+    salient_pairs_source,
+    train_and_save,
 )
-from generation.diffumatting.model import (
-    MattingHead,
-    decoder_feature_channels,
-    decoder_features,
-    install_green_probe,
+from generation.sd.micro import ensure_micro_unet, file_hash
+from generation.sd.parts import (
+    SD_SUBFOLDERS,
+    MissingWeightsError,
+    SDParts,
+    download_hint,
+    generator_parts,
+    local_parts,
+    missing_parts,
+    pick_device,
+    sd_folder_problem,
 )
-from generation.diffumatting.train import train_diffumatting
+from generation.sd.sampler import SDSampler
+from generation.sd.training import train_into
 from ovcamo import CONF_DIR
-from ovcamo.checkpoint import load_weights, save_weights
+from ovcamo.checkpoint import load_weights
 from ovcamo.data import DataPaths
-from ovcamo.data.io import atomic_write_json, read_image, read_mask, safe_join
-
-log = logging.getLogger(__name__)
 
 #: Bumped whenever training code changes what a cached micro model would be.
-TRAINER_VERSION = 2
+TRAINER_VERSION = 3
 CONF_GENERATOR_DIR = CONF_DIR / "generator"
 
 
@@ -79,8 +70,8 @@ class RGBAObject:
     gsg: float
 
 
-@dataclass
-class DiffuMattingGenerator:
+@dataclass(kw_only=True)
+class DiffuMattingGenerator(SDSampler):
     """Generates a new object of ``class_name`` and hands it to ``background`` to hide.
 
     The source object fixes the canvas size and where the new object goes: it is scaled so its
@@ -89,16 +80,11 @@ class DiffuMattingGenerator:
     generator places the object; the soft alpha follows the same placement.
     """
 
-    pipe: StableDiffusionPipeline
     head: MattingHead
     green_post: GreenPost
     background: Generator
     name: str = "diffumatting"
-    resolution: int = 512
     prompt: str = "a photo of a {} on a green background"
-    negative_prompt: str = ""
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
     alpha_threshold: float = 0.5
     min_object_pixels: int = 16
     extra: dict[str, Any] = field(default_factory=dict)
@@ -106,21 +92,12 @@ class DiffuMattingGenerator:
     @torch.no_grad()
     def object(self, class_name: str, seed: int) -> RGBAObject:
         """Text → green-canvas image → matting head coarse mask → GreenPost RGBA."""
-        device = self.pipe.device
-        g = torch.Generator("cpu").manual_seed(seed)
         latents = self.pipe(
-            self.prompt.format(class_name),
-            negative_prompt=self.negative_prompt or None,
-            height=self.resolution,
-            width=self.resolution,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            generator=g,
-            output_type="latent",
+            self.prompt.format(class_name), output_type="latent", **self.call_arguments(seed)
         ).images
         vae = self.pipe.vae
         with decoder_features(vae) as feats:
-            decoded = vae.decode(latents.to(device) / vae.config.scaling_factor).sample
+            decoded = vae.decode(latents / vae.config.scaling_factor).sample
         coarse = self.head(feats[-1]).sigmoid()[0, 0].float().cpu().numpy()
         canvas = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
         canvas = canvas.permute(1, 2, 0).cpu().numpy()
@@ -217,104 +194,116 @@ def warp_alpha(alpha: np.ndarray, placement: Placement) -> np.ndarray:
 # ----------------------------------------------------------------------------- building
 
 
-def background_generator(cfg: Any, **context: Any) -> Generator:
-    """The background generator a DiffuMatting config names: a config name under
-    ``ovcamo/conf/generator/`` (``classic``, ``lakered_micro``, ...) or a full generator node."""
-    if isinstance(cfg, str):
-        path = CONF_GENERATOR_DIR / f"{cfg}.yaml"
-        if not path.is_file():
-            raise KeyError(f"generator.background={cfg!r}: no config {path}")
-        cfg = OmegaConf.load(path)
-    return build_generator(cfg, **context)
+#: The model the paper fine-tunes, on the Hugging Face hub.
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-def salient_pairs_source(data: DataPaths) -> Path | None:
-    """The captioned salient set a micro-world writes beside its ``class_info.json``, if any."""
-    paths_json = data.class_info.parent / "paths.json"
-    if not paths_json.is_file():
-        return None
-    rel = json.loads(paths_json.read_text("utf-8")).get("salient_captions")
-    if not rel:
-        return None
-    path = safe_join(paths_json.parent, rel)
-    return path if path.is_file() else None
+def background_config(cfg: Any, prefix: str = "generator.") -> tuple[Any, str]:
+    """The config node of the background generator a DiffuMatting config names (a config name
+    under ``ovcamo/conf/generator/``, e.g. ``classic`` or ``lakered_micro``, or a full node), and
+    the prefix its keys are reported under."""
+    background = cfg.get("background", "classic")
+    if not isinstance(background, str):
+        return background, f"{prefix}background."
+    path = CONF_GENERATOR_DIR / f"{background}.yaml"
+    if not path.is_file():
+        raise KeyError(f"{prefix}background={background!r}: no config {path}")
+    return OmegaConf.load(path), f"{prefix}background={background}: "
 
 
-def load_salient(captions: Path, resolution: int, max_samples: int | None, seed: int):
-    """The ``train`` entries of a micro-world's ``salient/captions.json`` (plain backgrounds)."""
-    from generation.diffumatting.micro import TrainingPairs
+def training_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``train`` node with the prompt template and green words training needs."""
+    return {**cfg["train"], "prompt": cfg["prompt"], "green_words": list(cfg["green_words"])}
 
-    entries = [
-        e for e in json.loads(captions.read_text("utf-8")) if e.get("split", "train") == "train"
-    ]
-    if max_samples is not None and len(entries) > max_samples:
-        rng = np.random.default_rng(seed)
-        entries = [entries[i] for i in sorted(rng.choice(len(entries), max_samples, replace=False))]
-    root = captions.parent
-    images = [to_model_space(read_image(safe_join(root, e["image"])), resolution) for e in entries]
-    masks = [
-        mask_to_model_space(read_mask(safe_join(root, e["mask"])), resolution) for e in entries
-    ]
-    return TrainingPairs(
-        torch.stack(images), torch.stack(masks), [e["class_name"] for e in entries]
+
+def base_model_problem(cfg: Any, prefix: str) -> str | None:
+    """The paragraph naming a missing ``base_model`` (the Stable Diffusion 1.5 to fine-tune)."""
+    base = cfg.get("base_model")
+    holds = f"{SD15}, the model DiffuMatting fine-tunes"
+    if not base:
+        return f"{prefix}base_model is not set: point it at a local copy of {holds}."
+    return sd_folder_problem(
+        f"{prefix}base_model", base, holds, download_hint(SD15, base, str(cfg.get("name")))
     )
 
 
-def ensure_micro_diffumatting(
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """``diffumatting`` reads Stable Diffusion 1.5 fine-tuned with DiffuMatting's losses and its
+    matting head, which ``python -m generation.train generator=diffumatting`` makes from
+    ``base_model``; ``diffumatting_micro`` trains its own parts. Both also need what their
+    background generator reads."""
+    problems = []
+    if cfg.get("pretrained"):
+        folder = Path(os.path.expanduser(str(cfg["pretrained"])))
+        head = Path(os.path.expanduser(str(cfg.get("matting_head") or folder / HEAD_FILE)))
+        make = (
+            f"Make it with `python -m generation.train generator={cfg.get('name')} data=ovcamo` "
+            f"(OVCAMO_ROOT set), which fine-tunes {prefix}base_model with DiffuMatting's losses "
+            f"in the paper's two stages and writes the folder and its {HEAD_FILE} there."
+        )
+        holds = "Stable Diffusion 1.5 fine-tuned with DiffuMatting's losses"
+        own = sd_folder_problem(f"{prefix}pretrained", folder, holds, make)
+        if own is None and not head.is_file():
+            own = (
+                f"{prefix}matting_head: {head} does not exist; it is the latent matting head, "
+                f"trained together with the UNet. {make}"
+            )
+        if own is not None:
+            problems += [own, *filter(None, [base_model_problem(cfg, prefix)])]
+    node, where = background_config(cfg, prefix)
+    return problems + background_missing_weights(node, where)
+
+
+def train_weights(
+    cfg: Any, data: DataPaths | None, cache_dir: Any, device: Any, check: bool
+) -> str:
+    """Fine-tune ``base_model`` with DiffuMatting's losses in the paper's two stages on
+    :func:`diffumatting_pairs` of ``data`` into ``pretrained``, matting head included; with
+    ``check`` only say so (``data`` may then be ``None``)."""
+    problem = base_model_problem(cfg, "generator.")
+    if problem is not None:
+        raise MissingWeightsError(problem)
+    folder = Path(os.path.expanduser(str(cfg["pretrained"])))
+    train_cfg, resolution = training_config(cfg), int(cfg.get("resolution", 512))
+    source = data.sample_info.parent if data is not None else "the data config's set"
+    plan = (
+        f"fine-tune {cfg['base_model']} with DiffuMatting's losses (stages "
+        f"{dict(train_cfg['stages'])}) at {resolution} px on {source} into {folder}, with its "
+        f"{HEAD_FILE}"
+    )
+
+    def make(out: Path) -> dict[str, Any]:
+        parts = local_parts(cfg["base_model"], resolution, device)
+        seed = int(train_cfg.get("seed", 0))
+        pairs = diffumatting_pairs(data, resolution, train_cfg, seed, keep=False)
+        return train_and_save(parts, pairs, train_cfg, out, tuple(SD_SUBFOLDERS)).to_json()
+
+    present = not missing_parts(folder) and (folder / HEAD_FILE).is_file()
+    return train_into(folder, present, plan, check, make)
+
+
+def micro_diffumatting(
     cfg: Mapping[str, Any],
     data: DataPaths,
     cache_dir: str | os.PathLike | None,
     device: torch.device,
-) -> tuple[SDBase, Path]:
-    """Train (or find in the cache) the micro DiffuMatting UNet and matting head; returns the
-    shared base parts and the folder holding ``unet/``, ``scheduler/`` and ``matting_head``."""
-    micro = dict(cfg["micro"])
-    train = {**cfg["train"], "prompt": cfg["prompt"], "green_words": list(cfg["green_words"])}
-    base = ensure_sd_base(micro, data, cache_dir, device)
+) -> SDParts:
+    """The micro DiffuMatting parts (UNet and matting head beside the shared VAE and text
+    encoder), trained on :func:`diffumatting_pairs` of ``data`` on first use and cached."""
+    micro, train_cfg = cfg["micro"], training_config(cfg)
     salient = salient_pairs_source(data)
+
+    def train(parts: SDParts, folder: Path) -> dict[str, Any]:
+        seed = int(train_cfg.get("seed", 0))
+        pairs = diffumatting_pairs(data, int(micro["resolution"]), micro, seed)
+        history = train_and_save(parts, pairs, train_cfg, folder)
+        return {"source": "salient" if salient is not None else "train", **history.to_json()}
+
     source_hash = file_hash(salient if salient is not None else data.sample_info)
-    key = config_hash(micro, train, base.key, source_hash, TRAINER_VERSION)
-    final = cache_root(cache_dir) / "diffumatting" / key
-    if not (final / "history.json").is_file():
-        seed = int(train.get("seed", 0))
-        res = int(micro["resolution"])
-        if salient is not None:
-            pairs = load_salient(salient, res, micro.get("max_samples"), seed)
-        else:
-            pairs = load_pairs(data, res, micro.get("max_samples"), seed, micro_holdout(micro))
-        torch.manual_seed(seed)
-        unet = tiny_unet(
-            {**micro["unet"], "sample_size": res // base.vae_scale},
-            4,
-            base.text_encoder.config.hidden_size,
-        ).to(device)
-        store = install_green_probe(unet)
-        head = MattingHead(decoder_feature_channels(base.vae)).to(device)
-        scheduler = sd_noise_scheduler()
-        log.info("training micro DiffuMatting (%s steps) into %s", train["steps"], final)
-        history = train_diffumatting(
-            unet,
-            head,
-            base.vae,
-            base.text_encoder,
-            base.tokenizer,
-            scheduler,
-            store,
-            pairs.images,
-            pairs.masks,
-            pairs.class_names,
-            train,
-        )
-        tmp = staging_dir(final)
-        unet.save_pretrained(tmp / "unet")
-        scheduler.save_pretrained(tmp / "scheduler")
-        save_weights(tmp / "matting_head.safetensors", head.state_dict())
-        atomic_write_json(
-            tmp / "history.json",
-            {"source": "salient" if salient is not None else "train", "steps": history.steps},
-        )
-        publish_dir(tmp, final)
-    return base, final
+    spec = (dict(micro), train_cfg, source_hash, TRAINER_VERSION)
+    return ensure_micro_unet(
+        "diffumatting", micro, data, cache_dir, device, in_channels=4, spec=spec, train=train
+    )
 
 
 def build(
@@ -327,67 +316,24 @@ def build(
     """Builder named by ``ovcamo/conf/generator/diffumatting*.yaml``.
 
     ``pretrained`` set: a local Stable Diffusion 1.5 folder fine-tuned with DiffuMatting's losses,
-    plus ``matting_head`` (a safetensors file). ``pretrained: null``: the micro parts, trained on
-    ``data`` on first use and cached.
+    plus ``matting_head`` (a safetensors file, by default inside that folder). ``pretrained:
+    null``: the micro parts, trained on ``data`` on first use and cached.
     """
-    dev = pick_device(None if device in (None, "auto") else str(device))
-    if cfg.get("pretrained"):
-        root = Path(os.path.expanduser(str(cfg["pretrained"])))
-        parts = {k: from_local(k, root) for k in ("unet", "vae", "text_encoder", "tokenizer")}
-        scheduler = DDIMScheduler.from_config(from_local("scheduler", root).config)
-        head_path = Path(
-            os.path.expanduser(str(cfg.get("matting_head") or root / "matting_head.safetensors"))
-        )
-        if not head_path.is_file():
-            raise MissingWeightsError(
-                f"The DiffuMatting matting head was not found at {head_path}. It is trained with "
-                f"the UNet by generation.diffumatting.train (latent matting loss) and saved as a "
-                f"safetensors file; set generator.matting_head to its path."
-            )
-        vae = parts["vae"]
-        head_state = load_weights(head_path)
-        resolution = int(cfg.get("resolution", 512))
-    else:
-        if data is None:
-            raise ValueError(
-                "the micro DiffuMatting generator trains on a dataset: pass data=DataPaths"
-            )
-        base, folder = ensure_micro_diffumatting(cfg, data, cache_dir, dev)
-        parts = {
-            "unet": UNet2DConditionModel.from_pretrained(folder / "unet"),
-            "vae": base.vae,
-            "text_encoder": base.text_encoder,
-            "tokenizer": base.tokenizer,
-        }
-        scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
-        vae = base.vae
-        head_state = load_weights(folder / "matting_head.safetensors")
-        resolution = int(cfg["micro"]["resolution"])
-    head = MattingHead(decoder_feature_channels(vae))
-    head.load_state_dict(head_state)
-    pipe = StableDiffusionPipeline(
-        **parts,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(dev)
-    pipe.set_progress_bar_config(disable=True)
+    dev = pick_device(device)
+    parts = generator_parts(cfg, data, cache_dir, dev, micro_diffumatting)
+    head_path = Path(os.path.expanduser(str(cfg.get("matting_head") or parts.source / HEAD_FILE)))
+    head = MattingHead(decoder_feature_channels(parts.vae))
+    head.load_state_dict(load_weights(head_path))
     gp = cfg.get("green_post", {})
-    sampler = cfg.get("sampler", {})
-    background = background_generator(
-        cfg.get("background", "classic"), data=data, cache_dir=cache_dir, device=device, **context
+    background_cfg, _ = background_config(cfg)
+    background = build_generator(
+        background_cfg, data=data, cache_dir=cache_dir, device=device, **context
     )
     return DiffuMattingGenerator(
-        pipe=pipe,
+        pipe=parts.pipeline(StableDiffusionPipeline, dev),
+        **DiffuMattingGenerator.settings(cfg, parts.resolution),
         head=head.to(dev).eval(),
         green_post=GreenPost(k=int(gp.get("k", 3)), band=int(gp.get("band", 3))),
         background=background,
-        name=str(cfg.get("name", "diffumatting")),
-        resolution=resolution,
-        prompt=str(cfg.get("prompt", DiffuMattingGenerator.prompt)),
-        negative_prompt=str(sampler.get("negative_prompt", "")),
-        num_inference_steps=int(sampler.get("num_inference_steps", 50)),
-        guidance_scale=float(sampler.get("guidance_scale", 7.5)),
         alpha_threshold=float(cfg.get("alpha_threshold", 0.5)),
     )

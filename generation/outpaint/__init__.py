@@ -1,1 +1,2 @@
-"""Salient-object-aware outpainting: inpainting UNet + ControlNet (CVPRW 2024, DESIGN §7)."""
+"""Salient-object-aware outpainting: inpainting UNet + ControlNet (CVPRW 2024;
+docs/design.md, "Generation")."""

@@ -1,4 +1,5 @@
-"""The outpainting ControlNet (salient-object-aware background generation, CVPRW 2024, DESIGN §7).
+"""The outpainting ControlNet (salient-object-aware background generation, CVPRW 2024;
+docs/design.md, "Generation").
 
 A stock ``ControlNetModel`` created from the inpainting UNet with ``from_unet`` has the UNet's 9
 input channels, so, as in the paper, it reads the full inpainting input: [noisy latent, mask,

@@ -1,4 +1,5 @@
-"""Salient-object-aware outpainting sampler and builder (CVPRW 2024, DESIGN §7).
+"""Salient-object-aware outpainting sampler and builder (CVPRW 2024; docs/design.md,
+"Generation").
 
 The background around a source object is generated from scratch by an inpainting UNet steered by
 the outpainting ControlNet (control image = inverted object mask), through diffusers' ControlNet
@@ -9,67 +10,104 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
 from PIL import Image
 
-from generation.base import GeneratedSample, Placement, SourceObject, check_source
-from generation.diffumatting.components import MissingWeightsError, from_local, pick_device
+from generation.base import GeneratedSample, SourceObject, check_source
+from generation.bgaug.sample import inpainting_model_problem
+from generation.bgaug.train import micro_inpainting
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
-from generation.outpaint.train import ensure_micro_outpainting
+from generation.outpaint.train import ensure_micro_controlnet, train_controlnet
+from generation.sd.micro import holdout_of, load_pairs
+from generation.sd.parts import MissingWeightsError, generator_parts, local_parts, pick_device
+from generation.sd.sampler import Repainter
+from generation.sd.training import train_into
 from ovcamo.data import DataPaths
 
 
-@dataclass
-class Outpainting:
+@dataclass(kw_only=True)
+class Outpainting(Repainter):
     """Generates a new background around the source object; object pixels and mask unchanged."""
 
-    pipe: OutpaintingPipeline
     name: str = "outpaint"
-    resolution: int = 512
     prompt: str = "a photo of a {} in its natural habitat"
-    negative_prompt: str = ""
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
     controlnet_conditioning_scale: float = 1.0
     max_object_fraction: float = 0.95
+
+    def condition(self, region_image: Image.Image) -> dict[str, Any]:
+        """The ControlNet's control image: the region to generate (the inverted object mask)."""
+        return {
+            "control_image": region_image.convert("RGB"),
+            "controlnet_conditioning_scale": self.controlnet_conditioning_scale,
+        }
 
     @torch.no_grad()
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """RGB uint8 ``H×W×3`` with a generated background and the source mask (bool ``H×W``)."""
-        image, mask = source.image, source.mask
         check_source(source, max_object_fraction=self.max_object_fraction)
-        h, w = mask.shape
-        r = self.resolution
-        background = Image.fromarray((~mask).astype(np.uint8) * 255).resize((r, r), Image.NEAREST)
-        out = self.pipe(
-            self.prompt.format(class_name),
-            negative_prompt=self.negative_prompt or None,
-            image=Image.fromarray(image).resize((r, r), Image.BICUBIC),
-            mask_image=background,
-            control_image=background.convert("RGB"),
-            height=r,
-            width=r,
-            strength=1.0,
-            num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
-            controlnet_conditioning_scale=self.controlnet_conditioning_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
-        ).images[0]
-        self.pipe.controlnet.inpainting_condition = None
-        generated = np.asarray(out.resize((w, h), Image.BICUBIC), dtype=np.uint8)
-        return GeneratedSample(
-            image=np.where(mask[..., None], image, generated),
-            mask=mask.copy(),
-            extra={
-                "placement": Placement.identity(h, w).to_json(),
-                "prompt": self.prompt.format(class_name),
-            },
+        prompt = self.prompt.format(class_name)
+        try:
+            image = self.repaint(source.image, ~source.mask, prompt, seed)
+        finally:
+            self.pipe.controlnet.inpainting_condition = None
+        return self.kept_in_place(image, source.mask, prompt=prompt)
+
+
+def missing_weights(cfg: Any, prefix: str = "generator.") -> list[str]:
+    """``outpaint`` reads Stable Diffusion 2 inpainting and the ControlNet trained from it by
+    ``python -m generation.train generator=outpaint``; ``outpaint_micro`` trains its own parts."""
+    if not cfg.get("pretrained"):
+        return []
+    problems = inpainting_model_problem(cfg, prefix, "the model the ControlNet steers")
+    folder = Path(os.path.expanduser(str(cfg.get("controlnet") or "")))
+    if not (folder / "config.json").is_file():
+        problems.append(
+            f"{prefix}controlnet: {folder} holds no trained outpainting ControlNet. Train it from "
+            f"the inpainting model with `python -m generation.train generator={cfg.get('name')} "
+            f"data=ovcamo` (OVCAMO_ROOT set), which writes it there."
         )
+    return problems
+
+
+def train_weights(
+    cfg: Any, data: DataPaths | None, cache_dir: Any, device: Any, check: bool
+) -> str:
+    """Train the outpainting ControlNet from ``pretrained`` on ``data``'s train split (the
+    paper's recipe: the inpainting UNet frozen) into ``controlnet``; with ``check`` only say so.
+    ``data`` may be ``None`` under ``check``."""
+    inpainting = inpainting_model_problem(cfg, "generator.", "the model the ControlNet steers")
+    if inpainting:
+        raise MissingWeightsError(inpainting[0])
+    folder = Path(os.path.expanduser(str(cfg["controlnet"])))
+    train_cfg, resolution = dict(cfg["train"]), int(cfg.get("resolution", 512))
+    source = data.sample_info if data is not None else "the data config"
+    plan = (
+        f"train the outpainting ControlNet ({train_cfg['steps']} steps at {resolution} px) from "
+        f"{cfg['pretrained']} on the train split of {source} into {folder}"
+    )
+
+    def make(out: Path) -> dict[str, Any]:
+        parts = local_parts(cfg["pretrained"], resolution, device)
+        pairs = load_pairs(
+            data,
+            resolution,
+            train_cfg.get("max_samples"),
+            int(train_cfg.get("seed", 0)),
+            holdout_of(train_cfg),
+            keep=False,
+        )
+        controlnet = InpaintingControlNetModel.from_inpainting_unet(parts.unet, parts.vae_scale)
+        controlnet.to(parts.unet.device)
+        prompts = [str(cfg["prompt"]).format(c) for c in pairs.class_names]
+        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg)
+        controlnet.save_pretrained(out)
+        return history.to_json()
+
+    return train_into(folder, (folder / "config.json").is_file(), plan, check, make)
 
 
 def build(
@@ -82,53 +120,19 @@ def build(
     """Builder named by ``ovcamo/conf/generator/outpaint*.yaml``: a local inpainting model folder
     (``pretrained``) and a trained outpainting ControlNet (``controlnet``), or the micro parts
     trained on ``data`` and cached."""
-    dev = pick_device(None if device in (None, "auto") else str(device))
+    dev = pick_device(device)
+    micro = partial(micro_inpainting, train_key="inpainting_train")
+    parts = generator_parts(cfg, data, cache_dir, dev, micro)
     if cfg.get("pretrained"):
-        root = Path(os.path.expanduser(str(cfg["pretrained"])))
-        parts = {k: from_local(k, root) for k in ("unet", "vae", "text_encoder", "tokenizer")}
-        scheduler = DDIMScheduler.from_config(from_local("scheduler", root).config)
-        cn_dir = Path(os.path.expanduser(str(cfg.get("controlnet") or "")))
-        if not (cn_dir / "config.json").is_file():
-            raise MissingWeightsError(
-                f"The outpainting ControlNet was not found at {cn_dir}. It is trained from the "
-                f"inpainting UNet with generation.outpaint.train (controlnet_step) and saved with "
-                f"save_pretrained; set generator.controlnet to that folder."
-            )
-        controlnet = InpaintingControlNetModel.from_pretrained(cn_dir, local_files_only=True)
-        resolution = int(cfg.get("resolution", 512))
+        folder = Path(os.path.expanduser(str(cfg["controlnet"])))
     else:
-        if data is None:
-            raise ValueError(
-                "the micro outpaint generator trains on a dataset: pass data=DataPaths"
-            )
-        base, inpainting, cn_dir = ensure_micro_outpainting(cfg, data, cache_dir, dev)
-        parts = {
-            "unet": UNet2DConditionModel.from_pretrained(inpainting / "unet"),
-            "vae": base.vae,
-            "text_encoder": base.text_encoder,
-            "tokenizer": base.tokenizer,
-        }
-        scheduler = DDIMScheduler.from_pretrained(inpainting / "scheduler")
-        controlnet = InpaintingControlNetModel.from_pretrained(cn_dir)
-        resolution = int(cfg["micro"]["resolution"])
-    pipe = OutpaintingPipeline(
-        **parts,
-        controlnet=controlnet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(dev)
-    pipe.set_progress_bar_config(disable=True)
-    sampler = cfg.get("sampler", {})
+        folder = ensure_micro_controlnet(cfg, parts, data, cache_dir)
+    controlnet = InpaintingControlNetModel.from_pretrained(folder, local_files_only=True)
     return Outpainting(
-        pipe=pipe,
-        name=str(cfg.get("name", "outpaint")),
-        resolution=resolution,
-        prompt=str(cfg.get("prompt", Outpainting.prompt)),
-        negative_prompt=str(sampler.get("negative_prompt", "")),
-        num_inference_steps=int(sampler.get("num_inference_steps", 50)),
-        guidance_scale=float(sampler.get("guidance_scale", 7.5)),
-        controlnet_conditioning_scale=float(sampler.get("controlnet_conditioning_scale", 1.0)),
+        pipe=parts.pipeline(OutpaintingPipeline, dev, controlnet=controlnet),
+        **Outpainting.settings(cfg, parts.resolution),
+        controlnet_conditioning_scale=float(
+            cfg.get("sampler", {}).get("controlnet_conditioning_scale", 1.0)
+        ),
         max_object_fraction=float(cfg.get("max_object_fraction", 0.95)),
     )

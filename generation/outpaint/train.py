@@ -1,4 +1,5 @@
-"""ControlNet training step of salient-object-aware outpainting (CVPRW 2024, DESIGN §7).
+"""ControlNet training of salient-object-aware outpainting (CVPRW 2024; docs/design.md,
+"Generation").
 
 The inpainting UNet is frozen; the ControlNet made from it learns, from the full inpainting input
 and the inverted object mask as control image, residuals that keep the UNet from extending the
@@ -14,20 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-from generation.bgaug.train import ensure_micro_inpainting, inpainting_input
-from generation.diffumatting.components import (
-    config_hash,
-    encode_prompt,
-    publish_dir,
-    staging_dir,
-)
-from generation.diffumatting.micro import SDBase, cache_root, load_pairs, micro_holdout
+from generation.bgaug.train import inpainting_input
 from generation.outpaint.model import InpaintingControlNetModel
+from generation.sd.micro import TrainingPairs, cached_folder, config_hash, micro_pairs
+from generation.sd.parts import SDParts
+from generation.sd.prompts import Captions
+from generation.sd.training import Trainable, TrainHistory, add_noise, fit
 from ovcamo.data import DataPaths
-from ovcamo.data.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +31,7 @@ log = logging.getLogger(__name__)
 def controlnet_step(
     controlnet: InpaintingControlNetModel,
     unet: UNet2DConditionModel,
-    base: SDBase,
+    vae: AutoencoderKL,
     scheduler: DDPMScheduler,
     images: torch.Tensor,
     object_masks: torch.Tensor,
@@ -48,106 +44,84 @@ def controlnet_step(
     ``B×L×D``. The region to generate and the control image are both the inverted object mask.
     """
     generate = 1 - object_masks
-    z0, mask, masked = inpainting_input(base.vae, images, generate)
-    noise = torch.randn(z0.shape, generator=generator).to(z0)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z0),), generator=generator)
-    t = t.to(z0.device)
-    x = torch.cat([scheduler.add_noise(z0, noise, t), mask, masked], dim=1)
+    z0, mask, masked = inpainting_input(vae, images, generate)
+    noised = add_noise(scheduler, z0, generator)
+    x = torch.cat([noised.zt, mask, masked], dim=1)
     down, mid = controlnet(
         x,
-        t,
+        noised.t,
         encoder_hidden_states=prompt_embeds,
         controlnet_cond=generate.expand(-1, 3, -1, -1),
         return_dict=False,
     )
     out = unet(
         x,
-        t,
+        noised.t,
         encoder_hidden_states=prompt_embeds,
         down_block_additional_residuals=down,
         mid_block_additional_residual=mid,
     ).sample
-    return F.mse_loss(out, noise)
+    return noised.loss(out)
 
 
 def train_controlnet(
     controlnet: InpaintingControlNetModel,
-    unet: UNet2DConditionModel,
-    base: SDBase,
-    scheduler: DDPMScheduler,
-    images: torch.Tensor,
-    masks: torch.Tensor,
+    parts: SDParts,
+    pairs: TrainingPairs,
     prompts: list[str],
     train_cfg: Mapping[str, Any],
-) -> list[float]:
-    """Train ``controlnet`` (``unet`` frozen) on ``images``/object ``masks``; ``train_cfg``:
-    ``steps``, ``batch_size``, ``lr``, ``seed``. Returns the loss per step."""
-    device = next(controlnet.parameters()).device
-    g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
-    _, embeds = encode_prompt(base.tokenizer, base.text_encoder, prompts)
-    unet.eval().requires_grad_(False)
-    opt = torch.optim.AdamW(controlnet.parameters(), lr=float(train_cfg["lr"]))
-    bs = min(int(train_cfg["batch_size"]), len(images))
-    controlnet.train()
-    losses = []
-    for _ in range(int(train_cfg["steps"])):
-        idx = torch.randint(0, len(images), (bs,), generator=g)
-        loss = controlnet_step(
+) -> TrainHistory:
+    """Train ``controlnet`` (``parts.unet`` frozen) on ``pairs`` captioned by ``prompts``;
+    ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``, ``uncond_prob`` (prompt dropout:
+    the sampler's classifier-free guidance also runs the ControlNet on the empty prompt)."""
+    device = parts.unet.device
+    captions = Captions.for_training(parts, prompts, train_cfg)
+    parts.unet.eval().requires_grad_(False)
+    scheduler = parts.noise_scheduler()
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        images, masks = pairs.batch(idx)
+        return controlnet_step(
             controlnet,
-            unet,
-            base,
+            parts.unet,
+            parts.vae,
             scheduler,
-            images[idx].to(device),
-            masks[idx].to(device),
-            embeds[idx].to(device),
+            images.to(device),
+            masks.to(device),
+            captions.batch(idx, g)[0],
             g,
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    controlnet.eval().requires_grad_(False)
-    return losses
+
+    return fit(
+        [Trainable(controlnet, float(train_cfg["lr"]))],
+        step,
+        len(pairs),
+        train_cfg,
+    )
 
 
-def ensure_micro_outpainting(
+def ensure_micro_controlnet(
     cfg: Mapping[str, Any],
+    parts: SDParts,
     data: DataPaths,
     cache_dir: str | os.PathLike | None,
-    device: torch.device,
-) -> tuple[SDBase, Path, Path]:
-    """The micro inpainting UNet (shared with ``bgaug_micro``) and a ControlNet trained from it,
-    cached. Returns the base parts, the inpainting folder and the ControlNet folder."""
-    micro, prompt = cfg["micro"], str(cfg["prompt"])
-    base, inpainting = ensure_micro_inpainting(
-        micro, cfg["inpainting_train"], str(cfg["train_prompt"]), data, cache_dir, device
-    )
-    train_cfg = dict(cfg["train"])
-    key = config_hash(inpainting.name, train_cfg, prompt)
-    final = cache_root(cache_dir) / "outpaint" / key
-    if not (final / "history.json").is_file():
+) -> Path:
+    """The ControlNet folder of an ``outpaint_micro`` config, trained from the micro inpainting
+    ``parts`` on first use and cached."""
+    micro, prompt, train_cfg = cfg["micro"], str(cfg["prompt"]), dict(cfg["train"])
+
+    def make(folder: Path) -> dict[str, Any]:
         seed = int(train_cfg.get("seed", 0))
-        pairs = load_pairs(
-            data, int(micro["resolution"]), micro.get("max_samples"), seed, micro_holdout(micro)
-        )
-        unet = UNet2DConditionModel.from_pretrained(inpainting / "unet").to(device)
+        pairs = micro_pairs(micro, data, seed)
         torch.manual_seed(seed)
-        controlnet = InpaintingControlNetModel.from_inpainting_unet(unet, base.vae_scale)
-        controlnet.to(device)
+        controlnet = InpaintingControlNetModel.from_inpainting_unet(parts.unet, parts.vae_scale)
+        controlnet.to(parts.unet.device)
         log.info("training the micro outpainting ControlNet (%s steps)", train_cfg["steps"])
-        losses = train_controlnet(
-            controlnet,
-            unet,
-            base,
-            DDPMScheduler.from_pretrained(inpainting / "scheduler"),
-            pairs.images,
-            pairs.masks,
-            [prompt.format(c) for c in pairs.class_names],
-            train_cfg,
+        history = train_controlnet(
+            controlnet, parts, pairs, [prompt.format(c) for c in pairs.class_names], train_cfg
         )
-        tmp = staging_dir(final)
-        controlnet.save_pretrained(tmp / "controlnet")
-        atomic_write_json(tmp / "history.json", {"loss": losses})
-        publish_dir(tmp, final)
-    return base, inpainting, final / "controlnet"
+        controlnet.save_pretrained(folder / "controlnet")
+        return history.to_json()
+
+    key = config_hash(parts.source.name, train_cfg, prompt)
+    return cached_folder(cache_dir, "outpaint", key, make) / "controlnet"

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
 from ovcamo.engine.loop import SET_STAGES, StagePlan, training_config
-from ovcamo.engine.stage_cache import StageCache, to_plain
-
-#: Generator config keys that name weights on disk.
-WEIGHT_KEYS = ("pretrained", "checkpoint", "weights", "model_dir")
+from ovcamo.engine.stage_cache import StageCache
 
 
 def check_loop(cfg: DictConfig, plan: StagePlan, cache_dir: Path) -> list[str]:
@@ -69,27 +65,8 @@ def check_open_clip_tag(name: str, tag: str) -> list[str]:
 
 
 def check_generator(generator: DictConfig) -> list[str]:
-    """Weights the generator reads from disk, at any depth of its node (e.g. LAKE-RED's
-    ``train.init_checkpoint``, which it trains from); unset ones (null) are not needed."""
-    problems = []
-    for key, value in _leaves(to_plain(generator)):
-        if (
-            isinstance(value, str)
-            and any(w in key.rsplit(".", 1)[-1] for w in WEIGHT_KEYS)
-            and not Path(os.path.expanduser(value)).exists()
-        ):
-            problems.append(
-                f"generator.{key}: {value} does not exist (see ovcamo/conf/generator/"
-                f"{generator.get('name', '<name>')}.yaml for how to obtain it)"
-            )
-    return problems
+    """Weights the generator reads from disk and lacks, each with how to get or make it
+    (:func:`generation.base.missing_weights`; unset ones, null, are not needed)."""
+    from generation.base import missing_weights
 
-
-def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` of every leaf of a plain nested dict."""
-    if not isinstance(node, dict):
-        return [(prefix, node)]
-    out = []
-    for k, v in node.items():
-        out += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
+    return missing_weights(generator)
