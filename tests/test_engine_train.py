@@ -44,7 +44,12 @@ def data(tmp_path_factory) -> Path:
 
 def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     cfg = compose_train(
-        [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "train.lr=0.01"]
+        [
+            *tiny_overrides(data, tmp_path / "run"),
+            "train.epochs=1",
+            "train.lr=0.01",
+            "train.select=best",
+        ]
     )
     result = run(cfg)
     run_dir = tmp_path / "run"

@@ -41,9 +41,9 @@ TINY_MICRO = {
     "unet": {"block_out_channels": [16, 32], "attention_head_dim": 4, "norm_num_groups": 4},
 }
 TINY_TRAIN = {"steps": 3, "batch_size": 4, "lr": 1e-3, "seed": 0}
-#: DiffuMatting's stages at tiny size: the fewest steps after which its matting head finds objects
-#: in what the UNet draws (3 + 3 steps find none), so its tests see real samples.
-TINY_STAGES = {"generation": 20, "joint": 30}
+#: DiffuMatting's stages at tiny size: enough steps for its matting head to find objects
+#: in what the UNet draws on the shaded world (3 + 3 steps find none), so its tests see real samples.
+TINY_STAGES = {"generation": 30, "joint": 60}
 TINY_WORLD = {
     "image_size": 48,
     "classes": {"train": ["owl", "frog"], "test": ["moth"]},
