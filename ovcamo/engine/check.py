@@ -222,7 +222,8 @@ def check_training(cfg: DictConfig) -> list[str]:
             f"AdamW lr {tc.lr}, cosine annealing"
         )
     else:
-        lines.append(f"train: {tc.epochs} epochs, {batch}, AdamW lr {tc.lr}, cosine")
+        limit = f", at most {tc.max_steps} optimiser steps" if tc.get("max_steps") else ""
+        lines.append(f"train: {tc.epochs} epochs{limit}, {batch}, AdamW lr {tc.lr}, cosine")
     lines.append(f"protocol: {protocol_line(cfg)}")
 
     run_dir = run_dir_of(cfg)
