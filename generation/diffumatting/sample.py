@@ -36,7 +36,7 @@ from generation.diffumatting.train import (
     salient_pairs_source,
     train_and_save,
 )
-from generation.sd.micro import ensure_micro_unet, file_hash
+from generation.sd.micro import ensure_micro_unet, file_hash, holdout_of
 from generation.sd.parts import (
     SD_SUBFOLDERS,
     MissingWeightsError,
@@ -208,7 +208,14 @@ def background_config(cfg: Any, prefix: str = "generator.") -> tuple[Any, str]:
     path = CONF_GENERATOR_DIR / f"{background}.yaml"
     if not path.is_file():
         raise KeyError(f"{prefix}background={background!r}: no config {path}")
-    return OmegaConf.load(path), f"{prefix}background={background}: "
+    # A generator node reads the data config's base-validation split (data.holdout_*); a node
+    # loaded on its own has none, and the classic generator would then quilt each staged source's
+    # own background, which DiffuMatting leaves black. It gets the split DiffuMatting was given.
+    fraction, seed = holdout_of(cfg.get("micro") or cfg.get("train") or {})
+    context = OmegaConf.create(
+        {"data": {"holdout_fraction": fraction, "holdout_seed": seed}, "node": OmegaConf.load(path)}
+    )
+    return context.node, f"{prefix}background={background}: "
 
 
 def training_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -333,7 +340,11 @@ def build(
         pipe=parts.pipeline(StableDiffusionPipeline, dev),
         **DiffuMattingGenerator.settings(cfg, parts.resolution),
         head=head.to(dev).eval(),
-        green_post=GreenPost(k=int(gp.get("k", 3)), band=int(gp.get("band", 3))),
+        green_post=GreenPost(
+            k=int(gp.get("k", 3)),
+            band=int(gp.get("band", 3)),
+            attached=float(cfg.get("alpha_threshold", 0.5)) if gp.get("attached") else None,
+        ),
         background=background,
         alpha_threshold=float(cfg.get("alpha_threshold", 0.5)),
     )

@@ -24,7 +24,7 @@ from generation.diffumatting.model import (
     install_green_probe,
     matting_loss,
 )
-from generation.sd.micro import TrainingPairs, holdout_of, load_pairs
+from generation.sd.micro import TrainingPairs, green_canvas, holdout_of, load_pairs
 from generation.sd.parts import SDParts
 from generation.sd.prompts import Captions, word_token_positions
 from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
@@ -34,15 +34,6 @@ from ovcamo.data.io import read_image, read_mask, safe_join
 
 #: The matting head's file inside a DiffuMatting folder.
 HEAD_FILE = "matting_head.safetensors"
-
-#: Pure green in the model's [−1, 1] pixel space.
-GREEN = torch.tensor([-1.0, 1.0, -1.0])
-
-
-def green_canvas(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Recolour the background to pure green: ``x·M + green·(1 − M)``; ``B×3×H×W`` in [−1, 1]."""
-    return images * masks + GREEN.to(images).view(1, 3, 1, 1) * (1 - masks)
-
 
 #: DiffuMatting's training stages, in order: the generator first, then generator and matting
 #: head together.

@@ -191,6 +191,15 @@ def micro_pairs(micro: Mapping[str, Any], data: DataPaths, seed: int) -> Trainin
     )
 
 
+#: Pure green in the model's [−1, 1] pixel space: DiffuMatting's canvas.
+GREEN = torch.tensor([-1.0, 1.0, -1.0])
+
+
+def green_canvas(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Recolour the background to pure green: ``x·M + green·(1 − M)``; ``B×3×H×W`` in [−1, 1]."""
+    return images * masks + GREEN.to(images).view(1, 3, 1, 1) * (1 - masks)
+
+
 def train_vae(
     vae: AutoencoderKL,
     pairs: TrainingPairs,
@@ -199,8 +208,14 @@ def train_vae(
     batch_size: int,
     kl_weight: float = 1e-6,
     seed: int = 0,
+    green_share: float = 0.0,
 ) -> list[float]:
-    """Autoencoder training: L1 reconstruction + ``kl_weight``·KL. Returns the loss per step."""
+    """Autoencoder training: L1 reconstruction + ``kl_weight``·KL. Returns the loss per step.
+
+    A share ``green_share`` of the images is shown as green canvases (the object on pure green,
+    :func:`green_canvas`): a VAE that learnt only the data's scenes reconstructs pure green as a
+    muddy brown, and DiffuMatting paints on pure green.
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr)
     device = next(vae.parameters()).device
@@ -208,7 +223,9 @@ def train_vae(
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, len(pairs), (min(batch_size, len(pairs)),), generator=g)
-        x = pairs.batch(idx)[0].to(device)
+        images, masks = pairs.batch(idx)
+        on_green = torch.rand(len(idx), 1, 1, 1, generator=g) < green_share
+        x = torch.where(on_green, green_canvas(images, masks), images).to(device)
         x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g).to(device) < 0.5, x, x.flip(-1))
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator=None)).sample
@@ -231,7 +248,7 @@ def ensure_sd_base(
 
     ``micro`` holds ``resolution``, ``vae`` (a :func:`tiny_vae` config), ``text`` (a
     :func:`tiny_text_encoder` config), ``vae_steps``, ``vae_lr``, ``batch_size``, ``max_samples``,
-    ``seed`` and ``holdout_fraction``/``holdout_seed``.
+    ``seed``, ``holdout_fraction``/``holdout_seed`` and ``vae_green_share`` (:func:`train_vae`).
     """
     spec = {
         k: micro[k]
@@ -239,6 +256,7 @@ def ensure_sd_base(
     }
     spec["seed"] = micro.get("seed", 0)
     spec["holdout"] = holdout_of(micro)
+    spec["vae_green_share"] = float(micro.get("vae_green_share", 0.0))
     key = config_hash(spec, file_hash(data.sample_info))
 
     def make(folder: Path) -> dict[str, Any]:
@@ -253,6 +271,7 @@ def ensure_sd_base(
             float(spec["vae_lr"]),
             int(spec["batch_size"]),
             seed=spec["seed"],
+            green_share=spec["vae_green_share"],
         )
         log.info("micro VAE reconstruction L1: first %.4f, last %.4f", losses[0], losses[-1])
         with torch.no_grad():
