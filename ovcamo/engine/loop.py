@@ -617,6 +617,7 @@ def run_loop(cfg: DictConfig) -> Path:
         _run_lanes(ctx, lanes, workers)
     t_report, c_report = time.perf_counter(), cpu_seconds()
     summary = _summary(ctx)
+    summary.meta["wall_seconds"] = time.perf_counter() - t0
     report = write_loop_report(summary, out_dir)
     seconds = time.perf_counter() - t_report
     summary.stages.append(

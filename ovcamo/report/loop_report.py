@@ -355,7 +355,7 @@ def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
             md.append("![synthetic samples](synthetic_grid.png)\n")
 
     md.append(_prediction_section(summary, rare, out))
-    md.append(_stage_section(summary.stages))
+    md.append(_stage_section(summary.stages, meta.get("wall_seconds")))
     report = out / "report.md"
     atomic_write_text(report, "\n".join(md))
     return report
@@ -586,7 +586,7 @@ def _prediction_section(summary: LoopSummary, rare: set[str], out: Path) -> str:
     return "\n".join(text)
 
 
-def _stage_section(stages: Sequence[Mapping[str, Any]]) -> str:
+def _stage_section(stages: Sequence[Mapping[str, Any]], wall: float | None = None) -> str:
     cpu = [float(s.get("cpu_seconds", float("nan"))) for s in stages]
     rows = [
         [s["name"], s["status"], f"{s['seconds']:.1f}", f"{s['compute_seconds']:.1f}", _fmt1(c)]
@@ -606,6 +606,12 @@ def _stage_section(stages: Sequence[Mapping[str, Any]]) -> str:
         "`this run`: wall seconds spent now (a cached stage only checks its marker); "
         "`when computed`: wall seconds the stage took when it ran, and the CPU seconds it used "
         "(user + system, all threads), which a busy shared machine inflates far less.\n\n"
+        + (
+            f"This run took {wall:.1f} s wall up to the report; trainings run side by side "
+            "(`loop.workers`), so the sums below can exceed it.\n\n"
+            if wall is not None
+            else ""
+        )
         + markdown_table(
             ["stage", "status", "this run (s)", "when computed (s)", "CPU when computed (s)"],
             rows,
