@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from ovcamo.data import ClassInfo, DataPaths, SampleInfo, write_class_info, write_sample_info
 from ovcamo.data.io import atomic_write_json, write_png
 from ovcamo.data.mixing import MixedBatchSampler, MixedDataset, load_sources
+from ovcamo.data.ovcamo_format import STANDARD_LAYOUT
 from ovcamo.data.transforms import TrainTransform
 from ovcamo.engine.train import collate_train
 
@@ -51,17 +52,7 @@ def write_benchmark_set(root: Path, n: int, width: int, height: int, seed: int =
         root / "class_info.json", [ClassInfo("snow leopard", 0, "animal", (), "train", n)]
     )
     write_sample_info(root / "sample_info.json", samples)
-    atomic_write_json(
-        root / "paths.json",
-        {
-            "class_info": "class_info.json",
-            "sample_info": "sample_info.json",
-            "train_image_dir": "train/image",
-            "train_mask_dir": "train/mask",
-            "test_image_dir": "test/image",
-            "test_mask_dir": "test/mask",
-        },
-    )
+    atomic_write_json(root / "paths.json", STANDARD_LAYOUT)
     return root
 
 

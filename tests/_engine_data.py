@@ -8,6 +8,7 @@ import numpy as np
 
 from ovcamo.data import ClassInfo, SampleInfo, write_class_info, write_sample_info
 from ovcamo.data.io import atomic_write_json, write_png
+from ovcamo.data.ovcamo_format import STANDARD_LAYOUT
 
 TRAIN_CLASSES = ("snow leopard", "reccoon", "owl")
 TEST_CLASSES = ("frog", "crab")
@@ -54,17 +55,7 @@ def write_tiny_dataset(
         (root / split / "mask").mkdir(parents=True, exist_ok=True)
     write_class_info(root / "class_info.json", classes)
     write_sample_info(root / "sample_info.json", samples)
-    atomic_write_json(
-        root / "paths.json",
-        {
-            "class_info": "class_info.json",
-            "sample_info": "sample_info.json",
-            "train_image_dir": "train/image",
-            "train_mask_dir": "train/mask",
-            "test_image_dir": "test/image",
-            "test_mask_dir": "test/mask",
-        },
-    )
+    atomic_write_json(root / "paths.json", STANDARD_LAYOUT)
     return root
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ovcamo.data.io import write_png
+from ovcamo.data.ovcamo_format import STANDARD_LAYOUT
 
 CLASSES = [
     ("snow leopard", "train"),
@@ -97,15 +98,7 @@ def write_dataset(root: Path, size: int = 64, seed: int = 0, edge_cases: bool = 
             n += 1
     (root / "class_info.json").write_text(json.dumps(classes, indent=1))
     (root / "sample_info.json").write_text(json.dumps(samples, indent=1))
-    paths = {
-        "class_info": "class_info.json",
-        "sample_info": "sample_info.json",
-        "train_image_dir": "train/image",
-        "train_mask_dir": "train/mask",
-        "test_image_dir": "test/image",
-        "test_mask_dir": "test/mask",
-    }
-    (root / "paths.json").write_text(json.dumps(paths))
+    (root / "paths.json").write_text(json.dumps(STANDARD_LAYOUT))
     return root / "paths.json"
 
 
