@@ -9,7 +9,14 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from ovcamo.models.cce import CCE, MFMSA, dct_1d, dct_basis_2d, top_frequencies
+from ovcamo.models.cce import (
+    CCE,
+    MFMSA,
+    MultiFrequencyChannelAttention,
+    dct_1d,
+    dct_basis_2d,
+    top_frequencies,
+)
 from ovcamo.models.losses import boundary_weights, segmentation_loss
 from ovcamo.models.mrem import MREM
 from ovcamo.models.neck import FeatureNeck, HighResSkips
@@ -54,6 +61,28 @@ def test_mfmsa_keeps_shape_and_is_residual(size: tuple[int, int]) -> None:
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
     torch.testing.assert_close(block(x), x)
+
+
+def test_channel_attention_matches_the_written_formula_and_its_gradient() -> None:
+    """χ = x ⊗ σ(Σ_stat MLP(mean over frequencies of stat(DCT-filtered pooled map))), stat ∈
+    {mean, max, min}, written here with amax/amin: values and input gradients agree."""
+    torch.manual_seed(0)
+    attention = MultiFrequencyChannelAttention(24, reduction=4).double()
+    x = torch.randn(2, 24, 9, 11, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+
+    pooled = F.adaptive_avg_pool2d(x_ref, 7)
+    filtered = (pooled[:, None] * attention.dct_filters.double()[None, :, None]).flatten(3)
+    stats = (filtered.mean(-1), filtered.amax(-1), filtered.amin(-1))
+    logits = sum(attention.bottleneck(s.mean(1)) for s in stats)
+    reference = x_ref * torch.sigmoid(logits)[:, :, None, None]
+
+    out = attention(x)
+    torch.testing.assert_close(out, reference, atol=1e-12, rtol=0)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-12, rtol=0)
 
 
 def test_cce_block_count() -> None:
