@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ovcamo.cli import CONF_DIR
-from ovcamo.engine.loop import main, training_config
+from ovcamo.engine.loop import lane_threads, main, training_config
 
 
 def _compose(*overrides: str):
@@ -109,10 +109,18 @@ def test_check_of_the_default_loop_computes_nothing(tmp_path, capsys):
     cfg = _compose("check=true", f"cache_dir={cache}")
     assert main(cfg) is None
     out = capsys.readouterr().out
-    assert "check passed" in out
+    assert out.count("check passed") == 1, out
     # data, CLIP, generation, real extra, rare-class set, baseline; 3 seeds × 3 arms × (train, eval)
     assert len(re.findall(r"to run", out)) == 6 + 3 * 3 * 2
     assert not cache.exists()
+
+
+def test_a_last_partial_round_gets_the_idle_threads():
+    assert lane_threads(9, 2) == [1] * 8 + [2]
+    assert lane_threads(6, 2) == [1] * 6
+    assert lane_threads(7, 3) == [1] * 6 + [3]
+    assert lane_threads(8, 3) == [1] * 6 + [1, 1]
+    assert lane_threads(5, 4) == [1] * 4 + [4]
 
 
 def _multirun(tmp_path: Path, *overrides: str) -> str:

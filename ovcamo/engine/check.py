@@ -121,9 +121,10 @@ def protocol_line(cfg: DictConfig) -> str:
     return f"{holdout:.0%} of each base class is held out for validation; the result is {result}"
 
 
-def check_training(cfg: DictConfig) -> list[str]:
+def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     """Print what ``ovcamo-train`` would run and return the plan lines; raise
-    :class:`CheckFailed` listing every problem found."""
+    :class:`CheckFailed` listing every problem found. ``verdict=False`` leaves the closing "check
+    passed" line to a caller that checks more (``ovcamo-loop``)."""
     from ovcamo.data.mixing import SyntheticSetError, load_sources, source_shares
     from ovcamo.data.ovcamo_format import DataPaths, resolve_records
     from ovcamo.engine.distributed import pick_device
@@ -238,5 +239,6 @@ def check_training(cfg: DictConfig) -> list[str]:
         print(line)
     if problems:
         raise CheckFailed("check found problems:\n  - " + "\n  - ".join(problems))
-    print("check passed: nothing was computed")
+    if verdict:
+        print("check passed: nothing was computed")
     return lines

@@ -561,11 +561,12 @@ def _context(cfg: DictConfig) -> LoopContext:
     )
 
 
-def _run_lane(container: dict[str, Any], names: list[str]) -> list[Any]:
-    """One worker process: one thread, the shared stages replayed from the cache, then ``names``."""
+def _run_lane(container: dict[str, Any], names: list[str], threads: int = 1) -> list[Any]:
+    """One worker process: ``threads`` threads, the shared stages replayed from the cache, then
+    ``names``."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     ctx = _context(OmegaConf.create(container))
     for name in _shared_stages(ctx.cfg):
         ctx.run(name, _stage_fn(ctx, name))
@@ -575,17 +576,28 @@ def _run_lane(container: dict[str, Any], names: list[str]) -> list[Any]:
     return ctx.stages.records
 
 
+def lane_threads(n_lanes: int, workers: int) -> list[int]:
+    """Threads per lane: one, except in a last, partial round, whose lanes share the ``workers``
+    threads (9 lanes on 2 workers: eight of one thread, the ninth alone with two)."""
+    tail = n_lanes % workers
+    return [workers // tail if tail and i >= n_lanes - tail else 1 for i in range(n_lanes)]
+
+
 def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
     """Run the (train, eval) pairs in ``workers`` processes of one thread each (stages of one loop
-    are disjoint folders, so they run side by side); records come back in lane order."""
+    are disjoint folders, so they run side by side); records come back in lane order.
+
+    Lanes start in order as processes free up, so the lanes of a last, partial round run while the
+    other processes wait: those lanes share out the idle processes' threads."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     container = OmegaConf.to_container(ctx.cfg, resolve=True)
+    threads = lane_threads(len(lanes), workers)
     # forkserver: this process has run torch's thread pools, which a fork can deadlock.
     pool_context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(workers, mp_context=pool_context) as pool:
-        for records in pool.map(_run_lane, [container] * len(lanes), lanes):
+        for records in pool.map(_run_lane, [container] * len(lanes), lanes, threads):
             for record in records:
                 ctx.stages.records.append(record)
                 ctx.outputs[record.name] = record.outputs
