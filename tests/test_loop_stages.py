@@ -131,14 +131,21 @@ def test_plan_keys():
         assert other.key("eval/without/seed1") == plan.key("eval/without/seed1")
         assert other.key("train/with/seed0") != plan.key("train/with/seed0")
     # ...while anything the baseline reads changes every downstream key.
-    # The real-extra arm follows the generated set (its class counts); the rare-class set does not.
+    # The real-extra arm and the rare-class set follow the planner, not the generator: a generator
+    # sweep reuses the real arm's runs; another plan changes them.
     real = plan_stages(_cfg(**{"loop.variants": ["without", "with", "real"]}))
     other = plan_stages(
         _cfg(**{"loop.variants": ["without", "with", "real"], "generator.patch": 8})
     )
-    assert other.key("real_extra") != real.key("real_extra")
-    assert other.key("train/real/seed0") != real.key("train/real/seed0")
-    assert other.key("rare_eval") == real.key("rare_eval")
+    assert other.key("generate") != real.key("generate")
+    assert other.key("train/with/seed0") != real.key("train/with/seed0")
+    for name in ("real_extra", "train/real/seed0", "eval/real/seed0", "rare_eval"):
+        assert other.key(name) == real.key(name)
+    replanned = plan_stages(
+        _cfg(**{"loop.variants": ["without", "with", "real"], "planner.quantile": 0.3})
+    )
+    for name in ("real_extra", "train/real/seed0", "rare_eval"):
+        assert replanned.key(name) != real.key(name)
     assert real.inputs["train/real/seed0"]["synthetic"]["set"] == real.key("real_extra")
     changed = plan_stages(_cfg(**{"data.world.seed": 1}))
     for name in stage_order(cfg):

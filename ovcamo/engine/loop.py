@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,18 +95,15 @@ def plan_stages(cfg: DictConfig) -> StagePlan:
     set_keys = {"with": gen_key}
     rare_key = None
     if world and gen_key:
-        # The same number of new real samples per class as the generated set holds.
-        set_keys["real"] = add("real_extra", "real_extra", {"world": world_key, "set": gen_key})
-        # The planner's rare classes, not the generator's output: a generator sweep keeps it.
+        # The planner's classes and amounts, not the generator's output: a generator sweep keeps
+        # both the real extra set (as many new real samples per class as the plan asks the
+        # generator for) and the rare-class set, and so the real arm's runs.
+        planned = {"world": world_key, "data": data, "planner": to_plain(cfg.planner)}
+        set_keys["real"] = add("real_extra", "real_extra", planned)
         rare_key = add(
             "rare_eval",
             "rare_eval",
-            {
-                "world": world_key,
-                "data": data,
-                "planner": to_plain(cfg.planner),
-                "per_class": int(cfg.loop.rare_eval.per_class),
-            },
+            {**planned, "per_class": int(cfg.loop.rare_eval.per_class)},
         )
     if world:
         add("baseline", "baseline", {"world": world_key, "rare_eval": rare_key})
@@ -275,19 +273,13 @@ def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     return fn
 
 
-def _set_counts(set_dir: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for sample in load_sample_info(Path(set_dir) / "sample_info.json"):
-        counts[sample.base_class] = counts.get(sample.base_class, 0) + 1
-    return counts
-
-
-def _rare_classes(ctx: LoopContext) -> list[str]:
-    """The classes the planner calls rare, planned as ``ovcamo-generate`` plans them."""
+def _plan(ctx: LoopContext) -> Any:
+    """What the planner asks any generator for, planned as ``ovcamo-generate`` plans it: the rare
+    classes (``targets``) and one item per sample."""
     from generation.planner import make_plan
     from ovcamo.data.config import resolve_data_paths
 
-    plan = make_plan(
+    return make_plan(
         resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir)),
         ctx.cfg.planner,
         generator=str(ctx.cfg.generator.get("name", "?")),
@@ -295,14 +287,13 @@ def _rare_classes(ctx: LoopContext) -> list[str]:
         holdout_fraction=float(ctx.cfg.data.get("holdout_fraction", 0.0)),
         holdout_seed=int(ctx.cfg.data.get("holdout_seed", 0)),
     )
-    return sorted(plan.targets)
 
 
 def _real_extra_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
         from ovcamo.data.world import render_extra_set, resolve_world
 
-        counts = _set_counts(ctx.outputs["generate"]["set_dir"])
+        counts = dict(Counter(item.class_name for item in _plan(ctx).items))
         spec = resolve_world(ctx.cfg.data.world)
         set_dir = render_extra_set(spec, counts, directory / "set", namespace="extra")
         return {"set_dir": str(set_dir.resolve()), "samples": sum(counts.values())}
@@ -314,7 +305,7 @@ def _rare_eval_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
         from ovcamo.data.world import render_extra_set, resolve_world
 
-        rare = _rare_classes(ctx)
+        rare = sorted(_plan(ctx).targets)
         if not rare:
             return {"set_dir": None, "classes": []}
         n = int(ctx.cfg.loop.rare_eval.per_class)
