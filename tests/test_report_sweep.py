@@ -113,3 +113,20 @@ def test_other_overrides_swept_with_a_row_are_rows_of_their_own(tmp_path):
     assert len(rows) == 2
     assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 | — | — |  |  |" in rows[0]
     assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 | — | — |  |  |" in rows[1]
+
+
+def test_rows_run_in_several_sweeps_with_other_seeds_stay_one_row(tmp_path):
+    group = "ablation_row_micro"
+    _ablation_job(tmp_path, 0, group, "conv", [0.1, 0.2, 0.3])
+    _ablation_job(tmp_path, 1, group, "sam", [0.2, 0.4])
+    for num, seeds in ((0, "[0,1,2]"), (1, "[0,1]")):
+        atomic_write_text(
+            tmp_path / str(num) / ".hydra" / "overrides.yaml",
+            f"- {group}={'conv' if num == 0 else 'sam'}\n- loop.seeds={seeds}\n"
+            f"- loop.workers={3 - num}\n",
+        )
+    table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
+    rows = [line for line in table.splitlines() if "`" in line and line.startswith("| ")]
+    assert rows[0].startswith("| CLIP + conv decoder (baseline) (`conv`) | 3 | 0.200 ± 0.100 |")
+    assert rows[1].startswith("| + SAM decoder (`sam`) | 2 | 0.300 ± 0.141 |")
+    assert "loop.seeds" not in table

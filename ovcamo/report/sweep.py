@@ -25,6 +25,8 @@ _EVAL = re.compile(r"^eval/(?P<variant>[^/]+)/seed(?P<seed>\d+)$")
 
 #: The config groups whose choice names an ablation row (ovcamo/conf/ablation_row*/).
 ABLATION_GROUPS = ("ablation_row", "ablation_row_micro")
+#: Overrides that say how a row was run, not what it is: jobs differing only in them are one row.
+RUN_KEYS = ("loop.seeds", "loop.workers", "cache_dir", "out_dir", "hydra.")
 NOT_FOUND = "n/a (not found)"
 
 
@@ -156,7 +158,9 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
         extra = " ".join(
             o
             for o in overrides[job]
-            if o not in everywhere and not o.startswith(tuple(f"{g}=" for g in ABLATION_GROUPS))
+            if o not in everywhere
+            and not o.startswith(tuple(f"{g}=" for g in ABLATION_GROUPS))
+            and not o.startswith(RUN_KEYS)
         )
         per_variant = _novel_metrics(job)
         runs = per_variant.get("without") or next(iter(per_variant.values()), [])
