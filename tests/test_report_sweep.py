@@ -9,12 +9,15 @@ from ovcamo.report.sweep import write_sweep_summary
 from ovcamo.report.tables import SIX_METRICS
 
 
-def _job(sweep, num, overrides, values):
+def _job(sweep, num, overrides, values, diagnostics=None):
     job = sweep / str(num)
     outputs = {}
     for (variant, seed), v in values.items():
         novel = job / f"{variant}{seed}"
-        atomic_write_json(novel / "metrics.json", {"metrics": dict.fromkeys(SIX_METRICS, v)})
+        scores = {"metrics": dict.fromkeys(SIX_METRICS, v)}
+        if diagnostics is not None:
+            scores["diagnostics"] = {"note": "not the official protocol", **diagnostics(v)}
+        atomic_write_json(novel / "metrics.json", scores)
         outputs[f"eval/{variant}/seed{seed}"] = {"novel": str(novel)}
         outputs[f"train/{variant}/seed{seed}"] = {"best_checkpoint": "x"}
     atomic_write_text(job / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in overrides))
@@ -49,8 +52,14 @@ def test_sweep_summary_needs_finished_jobs(tmp_path):
         write_sweep_summary(tmp_path)
 
 
-def _ablation_job(sweep, num, group, row, values):
-    _job(sweep, num, [f"{group}={row}"], {("without", s): v for s, v in enumerate(values)})
+def _ablation_job(sweep, num, group, row, values, diagnostics=None):
+    _job(
+        sweep,
+        num,
+        [f"{group}={row}"],
+        {("without", s): v for s, v in enumerate(values)},
+        diagnostics,
+    )
     atomic_write_text(
         sweep / str(num) / ".hydra" / "hydra.yaml",
         f"hydra:\n  runtime:\n    choices:\n      {group}: {row}\n      model: baclip_micro\n",
@@ -59,7 +68,14 @@ def _ablation_job(sweep, num, group, row, values):
 
 def test_ablation_summary_puts_the_papers_numbers_beside_each_row(tmp_path):
     group = "ablation_row_micro"
-    _ablation_job(tmp_path, 0, group, "full", [0.30, 0.34])
+    _ablation_job(
+        tmp_path,
+        0,
+        group,
+        "full",
+        [0.30, 0.34],
+        lambda v: {"agnostic_IoU": v + 0.2, "class_accuracy": 0.7, "agnostic_Sm": 0.5},
+    )
     _ablation_job(tmp_path, 1, group, "conv", [0.10, 0.12])
     _ablation_job(tmp_path, 2, group, "mfmsa_4", [0.2, 0.2])
     text = write_sweep_summary(tmp_path).read_text()
@@ -68,10 +84,14 @@ def test_ablation_summary_puts_the_papers_numbers_beside_each_row(tmp_path):
     # The paper's row order, whatever the job order; mean ± std over the seeds of each row.
     assert [r.split("`")[1] for r in rows] == ["conv", "full", "mfmsa_4"]
     assert rows[0] == (
-        "| CLIP + conv decoder (baseline) (`conv`) | 2 | 0.110 ± 0.014 | 0.110 ± 0.014 "
+        "| CLIP + conv decoder (baseline) (`conv`) | 2 | 0.110 ± 0.014 | 0.110 ± 0.014 | — | — "
         "| n/a (not found) | n/a (not found) |"
     )
-    assert rows[1].endswith("| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.589 | 0.488 |")
+    # The diagnostics beside the official numbers, where the runs' scores hold them.
+    assert rows[1].endswith(
+        "| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.520 ± 0.028 | 0.700 ± 0.000 | 0.589 | 0.488 |"
+    )
+    assert "IoU, class check off" in table and "outside the official protocol" in table
     assert "OVCoser (OVCamo's baseline): cSm 0.579, cIoU 0.443" in text
     assert "## Every job" in text  # the per-job table follows
 
@@ -91,5 +111,22 @@ def test_other_overrides_swept_with_a_row_are_rows_of_their_own(tmp_path):
     table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
     rows = [line for line in table.splitlines() if "`full`" in line]
     assert len(rows) == 2
-    assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 |  |  |" in rows[0]
-    assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 |  |  |" in rows[1]
+    assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 | — | — |  |  |" in rows[0]
+    assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 | — | — |  |  |" in rows[1]
+
+
+def test_rows_run_in_several_sweeps_with_other_seeds_stay_one_row(tmp_path):
+    group = "ablation_row_micro"
+    _ablation_job(tmp_path, 0, group, "conv", [0.1, 0.2, 0.3])
+    _ablation_job(tmp_path, 1, group, "sam", [0.2, 0.4])
+    for num, seeds in ((0, "[0,1,2]"), (1, "[0,1]")):
+        atomic_write_text(
+            tmp_path / str(num) / ".hydra" / "overrides.yaml",
+            f"- {group}={'conv' if num == 0 else 'sam'}\n- loop.seeds={seeds}\n"
+            f"- loop.workers={3 - num}\n",
+        )
+    table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
+    rows = [line for line in table.splitlines() if "`" in line and line.startswith("| ")]
+    assert rows[0].startswith("| CLIP + conv decoder (baseline) (`conv`) | 3 | 0.200 ± 0.100 |")
+    assert rows[1].startswith("| + SAM decoder (`sam`) | 2 | 0.300 ± 0.141 |")
+    assert "loop.seeds" not in table

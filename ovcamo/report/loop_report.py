@@ -422,10 +422,11 @@ def _rare_eval_section(runs: Mapping[str, Sequence[RunFiles]], meta: Mapping[str
     text = [
         "## Rare base classes: did the synthetic set help?\n",
         f"The planner's rare classes, scored on {g.samples} new renders of them (candidates: the "
-        f"base classes). `real` adds as many new *real* samples of those classes as the synthetic "
-        f"set holds, mixed in the same way: its gain over `without` is what extra data of the "
-        f"right kind can give (the oracle gain). Intervals: paired bootstrap over {g.seeds} seeds "
-        f"and {g.samples} samples ({g.replicates} replicates, 95 % percentile interval).\n",
+        f"base classes). `real` adds as many new *real* samples of those classes as the planner "
+        f"asks the generator for, mixed in the same way: its gain over `without` is what extra "
+        f"data of the right kind can give (the oracle gain). Intervals: paired bootstrap over "
+        f"{g.seeds} seeds and {g.samples} samples ({g.replicates} replicates, 95 % percentile "
+        f"interval).\n",
     ]
     rows = [
         [label, x.oracle.format(), x.synthetic.format(), x.share.format(percent=True)]
@@ -484,8 +485,8 @@ def _intro(meta: Mapping[str, Any], runs: Mapping[str, Sequence[RunFiles]]) -> s
         )
     if ORACLE in runs:
         lines.append(
-            "- `real`: the same number of new real samples of the same classes, rendered by the "
-            "world, mixed in at the same ratio"
+            "- `real`: as many new real samples of the same classes as planned for the generator, "
+            "rendered by the world, mixed in at the same ratio"
         )
     lines.append(
         "- the runs differ only in `data.synthetic` / `data.synthetic_ratio`; all else, "

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ovcamo.data.io import atomic_write_text
-from ovcamo.report.loop_report import read_metrics
+from ovcamo.report.loop_report import read_diagnostics, read_metrics
 from ovcamo.report.tables import SIX_METRICS, Spread, markdown_table
 
 try:
@@ -25,6 +25,8 @@ _EVAL = re.compile(r"^eval/(?P<variant>[^/]+)/seed(?P<seed>\d+)$")
 
 #: The config groups whose choice names an ablation row (ovcamo/conf/ablation_row*/).
 ABLATION_GROUPS = ("ablation_row", "ablation_row_micro")
+#: Overrides that say how a row was run, not what it is: jobs differing only in them are one row.
+RUN_KEYS = ("loop.seeds", "loop.workers", "cache_dir", "out_dir", "hydra.")
 NOT_FOUND = "n/a (not found)"
 
 
@@ -83,17 +85,29 @@ def _ablation_row(job: Path) -> str | None:
     return next((str(choices[g]) for g in ABLATION_GROUPS if choices.get(g)), None)
 
 
+#: Diagnostics (outside the official protocol) that the ablation table shows beside cSm and cIoU.
+DIAGNOSTICS = {"agnostic_IoU": "IoU, class check off ↑", "class_accuracy": "class accuracy ↑"}
+
+
 def _novel_metrics(job: Path) -> dict[str, list[dict[str, float]]]:
-    """Each run's (variant's) novel-class metrics, one dict per seed."""
+    """Each run's (variant's) novel-class metrics and diagnostics, one dict per seed."""
     outputs = json.loads((job / "loop.json").read_text(encoding="utf-8"))["outputs"]
     per_variant: dict[str, list[dict[str, float]]] = {}
     for name in sorted(outputs):
         match = _EVAL.match(name)
         if match:
+            novel = outputs[name]["novel"]
             per_variant.setdefault(match["variant"], []).append(
-                read_metrics(outputs[name]["novel"])
+                {**read_diagnostics(novel), **read_metrics(novel)}
             )
     return per_variant
+
+
+def _spread(metrics: list[dict[str, float]], key: str) -> str:
+    """Mean ± std of ``key`` over the seeds; "—" when a run's scores lack it."""
+    if not all(key in m for m in metrics):
+        return "—"
+    return Spread.of([m[key] for m in metrics]).format()
 
 
 def sweep_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
@@ -130,8 +144,9 @@ def _paper_value(value: float | None) -> str:
 def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]]:
     """Headers and rows for the jobs of an ablation sweep, in the paper's row order: the row (and
     any other override swept with it, e.g. ``model.prompt.mode``), the number of seeds, this
-    sweep's novel-class cSm and cIoU (mean ± std over seeds of the run without synthetic data) and
-    the paper's. No rows when no job ran an ablation row."""
+    sweep's novel-class cSm and cIoU (mean ± std over seeds of the run without synthetic data),
+    two diagnostics (IoU with the class check off, class accuracy) and the paper's cSm and cIoU.
+    No rows when no job ran an ablation row."""
     jobs = _jobs(Path(sweep_dir))
     overrides = {job: _overrides(job) for job in jobs}
     everywhere = set.intersection(*(set(o) for o in overrides.values())) if jobs else set()
@@ -143,13 +158,15 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
         extra = " ".join(
             o
             for o in overrides[job]
-            if o not in everywhere and not o.startswith(tuple(f"{g}=" for g in ABLATION_GROUPS))
+            if o not in everywhere
+            and not o.startswith(tuple(f"{g}=" for g in ABLATION_GROUPS))
+            and not o.startswith(RUN_KEYS)
         )
         per_variant = _novel_metrics(job)
         runs = per_variant.get("without") or next(iter(per_variant.values()), [])
         found.setdefault((row, extra), []).extend(runs)
     rank = {r: i for i, r in enumerate(PAPER_ABLATION)}
-    headers = ["row", "seeds", "cSm ↑", "cIoU ↑", "paper cSm", "paper cIoU"]
+    headers = ["row", "seeds", "cSm ↑", "cIoU ↑", *DIAGNOSTICS.values(), "paper cSm", "paper cIoU"]
     rows = []
     for row, extra in sorted(found, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1])):
         paper = PAPER_ABLATION.get(row, PaperRow(row))
@@ -158,8 +175,9 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
             [
                 f"{paper.label} (`{row}`)" + (f", {extra}" if extra else ""),
                 len(metrics),
-                Spread.of([m["cSm"] for m in metrics]).format(),
-                Spread.of([m["cIoU"] for m in metrics]).format(),
+                _spread(metrics, "cSm"),
+                _spread(metrics, "cIoU"),
+                *(_spread(metrics, key) for key in DIAGNOSTICS),
                 # A row changed by another override is not the paper's row any more.
                 _paper_value(paper.cSm) if not extra else "",
                 _paper_value(paper.cIoU) if not extra else "",
@@ -180,8 +198,10 @@ def write_sweep_summary(sweep_dir: str | os.PathLike) -> Path:
             "Novel classes (official OVCOS protocol), mean ± std over seeds, beside the paper's "
             "numbers on OVCamo's 61 novel classes. The paper's values are given where they could "
             f"be confirmed, `{NOT_FOUND}` elsewhere. A micro-world sweep is on another dataset at "
-            "another scale: compare the ordering of its rows with the paper's, not the values.\n\n"
-            + markdown_table(a_headers, a_rows, align="lrrrrr")
+            "another scale: compare the ordering of its rows with the paper's, not the values. "
+            "The IoU with the class check off and the class accuracy are diagnostics outside the "
+            "official protocol: they tell a bad mask from a wrong class.\n\n"
+            + markdown_table(a_headers, a_rows, align="lr" + "r" * (len(a_headers) - 2))
             + f"\nFor reference, {OVCOSER.label}: cSm {OVCOSER.cSm:.3f}, cIoU {OVCOSER.cIoU:.3f}."
             "\n\n## Every job\n\n"
         )
