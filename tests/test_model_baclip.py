@@ -205,7 +205,11 @@ def test_predict_and_class_cache(make: Callable[..., BaCLIP], images: torch.Tens
 
 
 def test_save_load_round_trip(
-    make: Callable[..., BaCLIP], tmp_path: Path, images: torch.Tensor, masks: torch.Tensor
+    make: Callable[..., BaCLIP],
+    tmp_path: Path,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     model = make()
     opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
@@ -219,7 +223,10 @@ def test_save_load_round_trip(
     sd = model.trainable_state_dict()
     assert not any(k.startswith("backbone.") for k in sd)
     assert any(k.startswith("prompt_encoder.") for k in sd), "a random prompt encoder is stored"
-    loaded = load_model(tmp_path / "m").eval()
+    with caplog.at_level(logging.WARNING):
+        loaded = load_model(tmp_path / "m").eval()
+    # The stored CLIP is what the backbone is built from, not random weights overwritten later.
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     with torch.no_grad():
         a, b = model(images, CLASSES), loaded(images, CLASSES)
     torch.testing.assert_close(a["mask_logits"], b["mask_logits"], rtol=0, atol=0)

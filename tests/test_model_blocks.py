@@ -234,6 +234,24 @@ def test_neck_returns_the_levels_up_to_the_embedding_stride(stride, sizes) -> No
     assert not torch.allclose(neck(features)[-1], neck(changed)[-1])
 
 
+def test_refined_neck_is_nonlinear_where_the_plain_fpn_is_linear() -> None:
+    torch.manual_seed(0)
+    features, other = _trunk(), _trunk()
+    summed = [a + b for a, b in zip(features, other, strict=True)]
+    for refine in (False, True):
+        neck = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 12, 16, refine=refine)
+        zero = neck([torch.zeros_like(f) for f in features])
+        # An affine map f satisfies f(a + b) = f(a) + f(b) - f(0) at every level.
+        affine = all(
+            torch.allclose(s, a + b - z, atol=1e-5)
+            for s, a, b, z in zip(neck(summed), neck(features), neck(other), zero, strict=True)
+        )
+        assert affine is not refine
+        if refine:
+            # Each level leaves a GroupNorm + ReLU: non-negative, some units off.
+            assert all((x >= 0).all() and (x == 0).any() for x in neck(features))
+
+
 def test_neck_takes_a_repeated_stride_once() -> None:
     dense = torch.randn(2, 8, 4, 4)
     neck = FeatureNeck([8, 8, 8, 8], [16, 16, 16, 32], 12, 16)

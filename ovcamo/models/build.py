@@ -121,7 +121,10 @@ def build_model(
                 f"model.decoder.dim is {decoder_dim} but a SAM checkpoint fixes the decoder width "
                 f"at {SAM_DECODER_DIM}; set model.decoder.dim={SAM_DECODER_DIM}"
             )
-    neck_stride = int(_require(_section(config, "neck"), "stride", "model.neck"))
+    neck_cfg = _section(config, "neck")
+    neck_stride = int(_require(neck_cfg, "stride", "model.neck"))
+    # Models saved before the key existed were built with the plain (linear) FPN.
+    neck_refine = bool(neck_cfg.get("refine", False))
     mrem_cfg = _section(config, "mrem")
     cce_cfg = _section(config, "cce")
     prompt_cfg = _section(config, "prompt")
@@ -140,7 +143,7 @@ def build_model(
     high_res = bool(_require(decoder, "high_res", "model.decoder"))
     return BaCLIP(
         backbone,
-        neck=FeatureNeck(channels, backbone.feature_strides, dim, neck_stride),
+        neck=FeatureNeck(channels, backbone.feature_strides, dim, neck_stride, refine=neck_refine),
         high_res=HighResSkips(dim, decoder_dim) if high_res else None,
         mrem=MREM(
             dim,
@@ -242,11 +245,13 @@ def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLI
         raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     backbone = None
     if (directory / BACKBONE_FILE).is_file():
-        backbone_cfg = {**_section(config, "backbone"), "pretrained": None}
+        backbone_cfg = _section(config, "backbone")
+        # open_clip reads the file itself, as it reads the micro CLIP's checkpoint.
         clip_model, tokenizer = create_clip(
-            str(backbone_cfg["name"]), None, int(backbone_cfg["image_size"])
+            str(backbone_cfg["name"]),
+            str(directory / BACKBONE_FILE),
+            int(backbone_cfg["image_size"]),
         )
-        clip_model.load_state_dict(load_weights(directory / BACKBONE_FILE))
         backbone = CLIPBackbone(clip_model, tokenizer, int(backbone_cfg["image_size"]))
     model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
     model.config = config

@@ -4,6 +4,9 @@ BaCLIP's paper does not say which trunk stages feed MREM. Here the neck follows 
 encoder: one feature pyramid (FPN) over every trunk level, the level at ``stride`` is the image
 embedding that MREM, the CCE and the SAM decoder work on, and the finer levels become the two
 high-resolution skips that SAM 2's mask decoder adds while it upsamples (:class:`HighResSkips`).
+SAM 2's FPN is linear; ``refine`` (the default in ``conf/model/baclip.yaml``) ends each output in
+GroupNorm + ReLU, because the frozen CLIP's fine maps are low-level and the decoder adds them to
+its upsampling with only one activation after.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
+
+from ovcamo.models.conv_decoder import conv_gn_relu
 
 
 class FeatureNeck(nn.Module):
@@ -25,10 +30,16 @@ class FeatureNeck(nn.Module):
         strides: their strides in pixels.
         dim: the neck's width (MREM's input).
         stride: the image embedding's stride.
+        refine: each output a 3×3 convolution + GroupNorm + ReLU instead of a plain 3×3.
     """
 
     def __init__(
-        self, in_channels: Sequence[int], strides: Sequence[float], dim: int, stride: int
+        self,
+        in_channels: Sequence[int],
+        strides: Sequence[float],
+        dim: int,
+        stride: int,
+        refine: bool = False,
     ) -> None:
         super().__init__()
         self.used = [i for i in range(len(strides)) if strides[i] not in strides[i + 1 :]]
@@ -37,7 +48,8 @@ class FeatureNeck(nn.Module):
         self.embedding_level = max(i for i, s in enumerate(used_strides) if abs(s - stride) == best)
         self.lateral = nn.ModuleList(nn.Conv2d(in_channels[i], dim, 1) for i in self.used)
         self.output = nn.ModuleList(
-            nn.Conv2d(dim, dim, 3, padding=1) for _ in range(self.embedding_level + 1)
+            conv_gn_relu(dim, dim) if refine else nn.Conv2d(dim, dim, 3, padding=1)
+            for _ in range(self.embedding_level + 1)
         )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
