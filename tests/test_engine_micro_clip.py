@@ -57,6 +57,7 @@ def tiny_world_cfg() -> dict:
         test_count=2,
         salient_per_class=4,
         salient_heldout_per_class=2,
+        camouflaged_web_per_class=2,
     )
     return cfg
 

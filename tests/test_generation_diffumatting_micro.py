@@ -51,6 +51,7 @@ TINY_WORLD = {
     "test_count": 2,
     "salient_per_class": 4,
     "salient_heldout_per_class": 1,
+    "camouflaged_web_per_class": 1,
 }
 
 

@@ -27,6 +27,7 @@ TINY = [
     "data.world.test_count=4",
     "data.world.salient_per_class=8",
     "data.world.salient_heldout_per_class=4",
+    "data.world.camouflaged_web_per_class=2",
     "clip.epochs=1",
     "clip.batch_size=16",
     "clip.progress=false",

@@ -24,6 +24,7 @@ def _eight_train_images() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         test_count=1,
         salient_per_class=1,
         salient_heldout_per_class=1,
+        camouflaged_web_per_class=1,
     )
     root = ensure_world(cfg, progress=False)
     paths = json.loads((root / "paths.json").read_text())

@@ -16,6 +16,7 @@ from ovcamo.data.io import read_image, read_mask
 from ovcamo.data.ovcamo_format import DataPaths, resolve_records
 from ovcamo.data.world import (
     PACKAGED_CLASS_LIST,
+    WEB_CAMOUFLAGED,
     WorldConfigError,
     _render_all,
     ensure_world,
@@ -29,6 +30,8 @@ from ovcamo.data.world_render import (
     PATTERN_FAMILIES,
     SHAPE_FAMILIES,
     class_style,
+    framed,
+    object_box,
     render_camouflaged,
     render_salient,
 )
@@ -50,6 +53,7 @@ def tiny_cfg(**overrides) -> dict:
         "test_count": 2,
         "salient_per_class": 2,
         "salient_heldout_per_class": 1,
+        "camouflaged_web_per_class": 1,
     }
     return micro_cfg(**{**base, **overrides})
 
@@ -123,6 +127,33 @@ def test_splits_disjoint_and_classes_in_their_split(tiny_world: Path) -> None:
     assert not {p.name for p in paths.train_image_dir.iterdir()} & {
         p.name for p in paths.test_image_dir.iterdir()
     }
+
+
+def test_camouflaged_web_set_frames_base_objects(tiny_world: Path) -> None:
+    entries = json.loads((tiny_world / WEB_CAMOUFLAGED / "captions.json").read_text())
+    assert sorted(e["class_name"] for e in entries) == ["flatfish", "mantis"]
+    for e in entries:
+        assert "camouflaged" in e["caption"] and e["class_name"] in e["caption"]
+        assert e["split"] == "train"
+        image = read_image(tiny_world / WEB_CAMOUFLAGED / e["image"])
+        mask = read_mask(tiny_world / WEB_CAMOUFLAGED / e["mask"])
+        assert image.shape == (32, 32, 3)
+        # Framed on the object: it fills far more of the picture than in a scene of the split.
+        assert mask.mean() > 0.08
+
+
+def test_framed_scene_keeps_the_mask_exact_and_centres_the_object() -> None:
+    style = class_style("seahorse", 9, 0)
+    scene = render_camouflaged(style, 64, 0.3, np.random.default_rng(3))
+    y0, y1, x0, x1 = object_box(scene.mask, 0.25)
+    ys, xs = np.nonzero(scene.mask)
+    assert y0 <= ys.min() and ys.max() < y1 and x0 <= xs.min() and xs.max() < x1
+    out = framed(scene, 48)
+    assert out.image.shape == (48, 48, 3) and out.mask.shape == (48, 48)
+    np.testing.assert_array_equal(out.image[out.mask], out.object_layer[out.mask])
+    np.testing.assert_array_equal(out.image[~out.mask], out.background_layer[~out.mask])
+    assert out.mask.mean() > 2 * scene.mask.mean()
+    assert object_box(np.zeros((8, 8), bool)) is None
 
 
 def test_salient_set_covers_every_class_with_captions(tiny_world: Path) -> None:
@@ -237,6 +268,7 @@ def test_difficulty_makes_the_object_harder_to_see() -> None:
         ({"classes": "some"}, "world.classes"),
         ({"test_count": 0}, "world.test_count"),
         ({"salient_per_class": -3}, "world.salient_per_class"),
+        ({"camouflaged_web_per_class": -1}, "world.camouflaged_web_per_class"),
         ({"train_counts": {"min": 0, "max": 5}}, "train_counts.min"),
         ({"train_counts": {"min": 9, "max": 5}}, "exceeds"),
         ({"difficulty": 1.5}, "world.difficulty"),
@@ -349,8 +381,9 @@ def test_camouflage_cues_are_shape_not_colour() -> None:
 
 def test_novel_classes_reach_training_only_as_captioned_web_photos(tiny_world: Path) -> None:
     """The open-vocabulary protocol of the micro-world: the micro CLIP trains on the captioned
-    salient set (every class), the segmenter on the train split and on sets mixed into it; no
-    camouflaged scene or mask of a novel class is in any of them."""
+    web set (salient renders of every class, camouflaged ones of base classes), the segmenter on
+    the train split and on sets mixed into it; no camouflaged scene or mask of a novel class is in
+    any of them."""
     from ovcamo.data.mixing import load_sources
     from ovcamo.engine.micro_clip import load_salient
 
@@ -364,6 +397,10 @@ def test_novel_classes_reach_training_only_as_captioned_web_photos(tiny_world: P
         e["image"] for e in json.loads((tiny_world / "salient" / "captions.json").read_text())
     }
     assert all(s.startswith("image/") for s in salient)  # ... as plain renders in salient/ only
+    web = json.loads((tiny_world / WEB_CAMOUFLAGED / "captions.json").read_text())
+    base = {c.name for c in load_class_info(paths.class_info) if c.split == "train"}
+    assert {e["class_name"] for e in web} == base and not {e["class_name"] for e in web} & novel
+    assert len(names) == len(salient) - 5 + len(web)  # every train entry of both folders
     spec = resolve_world(tiny_cfg())
     extra = render_extra_set(spec, {"mantis": 2}, tiny_world.parent / "extra", namespace="extra")
     sources = load_sources({"holdout_fraction": 0.2, "synthetic": [str(extra)]}, paths)

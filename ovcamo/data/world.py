@@ -10,12 +10,17 @@ A rendered world is one folder::
     sample_info.json    ``{unique_id, base_class, image, mask, id}``, ``unique_id = f"{id:06d}_{name}"``
     train/image, train/mask, test/image, test/mask     PNG files ``<unique_id>.png``
     salient/image/*.png, salient/mask/*.png, salient/captions.json
+    web_camouflaged/image/*.png, web_camouflaged/mask/*.png, web_camouflaged/captions.json
 
 ``salient/captions.json`` is the captioned "web" set the micro CLIP trains on: a list of
 ``{"image": "image/<file>.png", "mask": "mask/<file>.png", "class_name", "caption", "split"}``
 with paths relative to ``salient/``; ``split`` is ``"train"`` (contrastive training) or
 ``"val"`` (held out, scored for zero-shot accuracy). Every class of the world, train and test,
 has salient renders: the micro CLIP plays web-scale CLIP, which knows every class name.
+``web_camouflaged/captions.json`` (same entries, all ``"train"``) adds camouflaged scenes of the
+*base* classes only, framed on the animal as a photo of it would be ("a photo of the camouflaged
+owl."): web-scale CLIP has seen camouflaged animals, but the open-vocabulary protocol keeps novel
+classes out of every camouflaged image anything trains on.
 
 Train classes get long-tailed counts: a geometric ramp from ``train_counts.min`` to
 ``train_counts.max`` in the order of the real OVCamo ``num_samples`` (rarest real class gets the
@@ -51,6 +56,7 @@ from ovcamo.data.world_render import (
     ClassStyle,
     Scene,
     class_style,
+    framed,
     render_camouflaged,
     render_salient,
     stable_seed,
@@ -72,6 +78,7 @@ WORLD_KEYS = (
     "test_count",
     "salient_per_class",
     "salient_heldout_per_class",
+    "camouflaged_web_per_class",
     "difficulty",
     "class_list",
 )
@@ -86,6 +93,15 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of the {} in the wild.",
     "a cropped photo of a {}.",
 )
+#: Caption phrasings of the camouflaged web renders (base classes only).
+CAMOUFLAGED_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a photo of the camouflaged {}.",
+    "a camouflaged {}.",
+    "a {} hiding in its surroundings.",
+    "a photo of a {} blending in with the background.",
+)
+#: Folder (and render kind) of the camouflaged web renders.
+WEB_CAMOUFLAGED = "web_camouflaged"
 
 
 class WorldConfigError(ValueError):
@@ -103,6 +119,7 @@ class WorldSpec:
     classes: tuple[ClassInfo, ...]
     salient_per_class: int
     salient_heldout_per_class: int
+    camouflaged_web_per_class: int
     config: Mapping[str, Any]
     config_hash: str
 
@@ -181,6 +198,15 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
     test_count = _positive_int(cfg["test_count"], "test_count")
     salient = _positive_int(cfg["salient_per_class"], "salient_per_class")
     heldout = _positive_int(cfg["salient_heldout_per_class"], "salient_heldout_per_class")
+    camouflaged_web = cfg["camouflaged_web_per_class"]
+    if (
+        isinstance(camouflaged_web, bool)
+        or not isinstance(camouflaged_web, int)
+        or camouflaged_web < 0
+    ):
+        raise WorldConfigError(
+            f"world.camouflaged_web_per_class must be a non-negative integer, got {camouflaged_web!r}"
+        )
 
     list_path = Path(cfg["class_list"]).expanduser() if cfg["class_list"] else PACKAGED_CLASS_LIST
     try:
@@ -206,6 +232,7 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
         "classes": [c.to_json() for c in classes],
         "salient_per_class": salient,
         "salient_heldout_per_class": heldout,
+        "camouflaged_web_per_class": camouflaged_web,
     }
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode("utf-8")).hexdigest()
     return WorldSpec(
@@ -216,6 +243,7 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
         classes=classes,
         salient_per_class=salient,
         salient_heldout_per_class=heldout,
+        camouflaged_web_per_class=camouflaged_web,
         config=cfg,
         config_hash=digest,
     )
@@ -271,7 +299,8 @@ def _render_job(spec: WorldSpec, kind: str, c: ClassInfo, index: int) -> Scene:
     style = spec.style(c)
     if kind == "salient":
         return render_salient(style, spec.image_size, rng)
-    return render_camouflaged(style, spec.image_size, spec.difficulty, rng)
+    scene = render_camouflaged(style, spec.image_size, spec.difficulty, rng)
+    return framed(scene, spec.image_size) if kind == WEB_CAMOUFLAGED else scene
 
 
 def _render_chunk(spec: WorldSpec, jobs: Sequence[tuple[str, ClassInfo, int, Path, str]]) -> int:
@@ -339,7 +368,24 @@ def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = T
                     "split": "train" if i < spec.salient_per_class else "val",
                 }
             )
+    web_captions: list[dict[str, str]] = []
+    for c in spec.train_classes:
+        for i in range(spec.camouflaged_web_per_class):
+            stem = f"{len(web_captions):06d}_{c.name}"
+            jobs.append((WEB_CAMOUFLAGED, c, i, out / WEB_CAMOUFLAGED, stem))
+            template = CAMOUFLAGED_CAPTION_TEMPLATES[i % len(CAMOUFLAGED_CAPTION_TEMPLATES)]
+            web_captions.append(
+                {
+                    "image": f"image/{stem}.png",
+                    "mask": f"mask/{stem}.png",
+                    "class_name": c.name,
+                    "caption": template.format(c.name),
+                    "split": "train",
+                }
+            )
     _render_all(spec, jobs, progress, f"render world {spec.name}")
+    if web_captions:
+        atomic_write_json(out / WEB_CAMOUFLAGED / "captions.json", web_captions)
     styles = {c.name: spec.style(c) for c in spec.classes}
 
     write_class_info(out / "class_info.json", spec.classes)

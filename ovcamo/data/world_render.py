@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt, gaussian_filter, shift
+from scipy.ndimage import distance_transform_edt, gaussian_filter, shift, zoom
 
 SHAPE_FAMILIES = ("blob", "star", "rod", "leaf", "triangle", "cross", "bilobe", "flower")
 PATTERN_FAMILIES = (
@@ -377,6 +377,42 @@ def render_camouflaged(
     obj = _finish(obj, blur, rng)
     bg = _finish(bg, blur, rng)
     return _compose(obj, bg, mask)
+
+
+def object_box(mask: np.ndarray, margin: float = 0.25) -> tuple[int, int, int, int] | None:
+    """A square ``(y0, y1, x0, x1)`` around the mask's bounding box, ``margin`` of the box's longer
+    side added on every side, clipped to the image; ``None`` when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return None
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    half = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) * (0.5 + margin)
+    h, w = mask.shape
+    y0, y1 = int(max(0, cy - half)), int(min(h, np.ceil(cy + half)))
+    x0, x1 = int(max(0, cx - half)), int(min(w, np.ceil(cx + half)))
+    return y0, y1, x0, x1
+
+
+def framed(scene: Scene, size: int, margin: float = 0.25) -> Scene:
+    """The scene cropped to :func:`object_box` and resized to ``size²``: a photo framed on the
+    animal. Both layers are resized bilinearly and the mask by nearest neighbour, then composed
+    again, so the mask stays exactly the object's pixels."""
+    box = object_box(scene.mask, margin)
+    if box is None:
+        raise ValueError("the scene has no object to frame")
+    y0, y1, x0, x1 = box
+    factors = (size / (y1 - y0), size / (x1 - x0))
+
+    def fit(layer: np.ndarray, order: int) -> np.ndarray:
+        crop = layer[y0:y1, x0:x1].astype(np.float64)
+        return zoom(
+            crop, factors + (1,) * (crop.ndim - 2), order=order, grid_mode=True, mode="nearest"
+        )
+
+    mask = fit(scene.mask, 0) > 0.5
+    return _compose(
+        fit(scene.object_layer, 1) / 255.0, fit(scene.background_layer, 1) / 255.0, mask
+    )
 
 
 def render_salient(style: ClassStyle, size: int, rng: np.random.Generator) -> Scene:

@@ -35,6 +35,8 @@ from torch import Tensor
 from ovcamo.checkpoint import save_weights
 from ovcamo.data.io import atomic_write_json, read_image, read_mask
 from ovcamo.data.ovcamo_format import DataPaths, class_names, load_class_info, resolve_records
+from ovcamo.data.world import WEB_CAMOUFLAGED
+from ovcamo.data.world_render import object_box
 
 log = logging.getLogger(__name__)
 
@@ -106,22 +108,26 @@ def _resize(images: Tensor, size: int) -> Tensor:
 
 
 def load_salient(world_root: Path, split: str) -> tuple[Tensor, list[str], list[str]]:
-    """The captioned salient set of one ``split`` (``train`` or ``val``).
+    """The captioned web set of one ``split`` (``train`` or ``val``): the salient renders, and
+    for ``train`` also the framed camouflaged renders of base classes when the world has them.
 
     Returns images ``N×3×H×W`` uint8, captions and class names (length ``N`` each).
     """
-    entries = json.loads((world_root / "salient" / "captions.json").read_text("utf-8"))
-    entries = [e for e in entries if e["split"] == split]
-    if not entries:
-        raise ValueError(f"{world_root / 'salient' / 'captions.json'} has no {split!r} entries")
     from ovcamo.data.io import safe_join
 
-    images = np.stack([read_image(safe_join(world_root / "salient", e["image"])) for e in entries])
-    return (
-        torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        [e["caption"] for e in entries],
-        [e["class_name"] for e in entries],
-    )
+    folders = [world_root / "salient"]
+    if split == "train" and (world_root / WEB_CAMOUFLAGED / "captions.json").is_file():
+        folders.append(world_root / WEB_CAMOUFLAGED)
+    images, captions, names = [], [], []
+    for folder in folders:
+        entries = json.loads((folder / "captions.json").read_text("utf-8"))
+        entries = [e for e in entries if e["split"] == split]
+        images.extend(read_image(safe_join(folder, e["image"])) for e in entries)
+        captions.extend(e["caption"] for e in entries)
+        names.extend(e["class_name"] for e in entries)
+    if not images:
+        raise ValueError(f"{world_root / 'salient' / 'captions.json'} has no {split!r} entries")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), captions, names
 
 
 def camouflaged_crops(
@@ -135,14 +141,10 @@ def camouflaged_crops(
     crops, names = [], []
     for r in records:
         image, mask = read_image(r.image_path), read_mask(r.mask_path)
-        ys, xs = np.nonzero(mask)
-        if ys.size == 0:
+        box = object_box(mask, margin)
+        if box is None:
             continue
-        cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
-        half = max(ys.max() + 1 - ys.min(), xs.max() + 1 - xs.min()) * (0.5 + margin)
-        h, w = mask.shape
-        y0, y1 = int(max(0, cy - half)), int(min(h, math.ceil(cy + half)))
-        x0, x1 = int(max(0, cx - half)), int(min(w, math.ceil(cx + half)))
+        y0, y1, x0, x1 = box
         crop = torch.from_numpy(image[y0:y1, x0:x1]).permute(2, 0, 1)[None].float()
         crops.append(_resize(crop, size).round().clamp(0, 255).to(torch.uint8)[0])
         names.append(r.class_name)
