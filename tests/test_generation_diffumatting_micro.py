@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -157,6 +158,28 @@ def test_diffumatting_micro_builds_and_samples_an_object(world, cache):
         assert 0 < (obj.alpha >= gen.alpha_threshold).mean() < 1
 
 
+class TwoDiscsHead(torch.nn.Module):
+    """A matting head that finds two separate discs, a large and a small one."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = features.shape
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        big = h / 5 - ((yy - h / 3) ** 2 + (xx - w / 3) ** 2).sqrt()
+        small = h / 8 - ((yy - 3 * h / 4) ** 2 + (xx - 3 * w / 4) ** 2).sqrt()
+        return torch.maximum(big, small).mul(2.0).expand(b, 1, h, w)
+
+
+@pytest.mark.parametrize("single_object", [True, False])
+def test_single_object_keys_out_a_second_blob(world, cache, single_object):
+    gen = build("diffumatting_micro", world, cache)
+    assert gen.single_object, "the micro config asks for one object per sample"
+    gen.head, gen.single_object = TwoDiscsHead(), single_object
+    obj = gen.object("owl", 0)
+    assert obj.coarse_regions == 2
+    n, _ = cv2.connectedComponents((obj.alpha >= gen.alpha_threshold).astype(np.uint8))
+    assert n - 1 == (1 if single_object else 2)
+
+
 def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, source, cache):
     gen = build("diffumatting_micro", world, cache)
     gen.head = DiscHead()
@@ -171,6 +194,7 @@ def test_diffumatting_hides_the_rgba_object_and_keeps_its_soft_alpha(world, sour
         assert (s.image[~s.mask].max(-1) > 0).mean() > 0.9, "the background was left black"
         assert "background_placement" in s.extra and "placement" not in s.extra
         assert 0 <= s.extra["gsg"] <= 255 * 3**0.5 + 1e-6
+        assert s.extra["coarse_regions"] == 1
 
 
 @pytest.mark.parametrize("name", ["bgaug_micro", "outpaint_micro", "diffumatting_micro"])

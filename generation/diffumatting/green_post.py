@@ -94,6 +94,15 @@ class ChromaKeyMatting:
         return np.clip(alpha, 0.0, 1.0)
 
 
+def largest_region(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 8-connected region of a bool ``H×W`` mask, and how many regions it had."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask, n - 1
+    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    return labels == largest, n - 1
+
+
 def keep_attached(alpha: np.ndarray, core: np.ndarray, threshold: float) -> np.ndarray:
     """``alpha`` (float ``H×W``) with every 8-connected region of ``alpha ≥ threshold`` that does
     not touch ``core`` (bool ``H×W``) set to 0; without a core, the largest region is kept."""

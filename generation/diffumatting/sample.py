@@ -28,7 +28,7 @@ from generation.base import (
     mask_box,
 )
 from generation.base import missing_weights as background_missing_weights
-from generation.diffumatting.green_post import GreenPost
+from generation.diffumatting.green_post import GreenPost, largest_region
 from generation.diffumatting.model import MattingHead, decoder_feature_channels, decoder_features
 from generation.diffumatting.train import (
     HEAD_FILE,
@@ -62,12 +62,14 @@ CONF_GENERATOR_DIR = CONF_DIR / "generator"
 @dataclass
 class RGBAObject:
     """A generated object: RGB uint8 ``R×R×3`` (unmixed foreground), alpha float ``R×R``, the
-    green-canvas image it came from and its GSG distance."""
+    green-canvas image it came from, its GSG distance and how many separate regions the matting
+    head's coarse mask had."""
 
     foreground: np.ndarray
     alpha: np.ndarray
     canvas: np.ndarray
     gsg: float
+    coarse_regions: int = 1
 
 
 @dataclass(kw_only=True)
@@ -77,7 +79,10 @@ class DiffuMattingGenerator(SDSampler):
     The source object fixes the canvas size and where the new object goes: it is scaled so its
     box matches the source object's longer box side and centred on the source object's centre.
     The sample mask is the alpha thresholded at ``alpha_threshold``, moved wherever the background
-    generator places the object; the soft alpha follows the same placement.
+    generator places the object; the soft alpha follows the same placement. With
+    ``single_object`` the matting head's coarse mask is cut to its largest region before matting,
+    so a second blob the UNet drew is keyed out as background (the count of regions is kept in
+    the sample's ``coarse_regions``).
     """
 
     head: MattingHead
@@ -87,6 +92,7 @@ class DiffuMattingGenerator(SDSampler):
     prompt: str = "a photo of a {} on a green background"
     alpha_threshold: float = 0.5
     min_object_pixels: int = 16
+    single_object: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @torch.no_grad()
@@ -102,6 +108,9 @@ class DiffuMattingGenerator(SDSampler):
         canvas = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte()
         canvas = canvas.permute(1, 2, 0).cpu().numpy()
         coarse_mask = coarse > self.alpha_threshold
+        largest, regions = largest_region(coarse_mask)
+        if self.single_object:
+            coarse_mask = largest
         if coarse_mask.sum() < self.min_object_pixels or coarse_mask.all():
             raise SkipSample(
                 f"no_object: the matting head found {int(coarse_mask.sum())} object pixels "
@@ -110,7 +119,7 @@ class DiffuMattingGenerator(SDSampler):
         post = self.green_post(canvas, coarse_mask)
         if not (post.alpha >= self.alpha_threshold).any():
             raise SkipSample(f"no_object: GreenPost keyed out the whole {class_name!r} object")
-        return RGBAObject(post.foreground, post.alpha, canvas, post.gsg)
+        return RGBAObject(post.foreground, post.alpha, canvas, post.gsg, regions)
 
     def generate(self, source: SourceObject, class_name: str, seed: int) -> GeneratedSample:
         """A camouflaged sample of ``class_name`` on a canvas of the source's size."""
@@ -145,6 +154,7 @@ class DiffuMattingGenerator(SDSampler):
                 "background_placement": placement,
                 "background_generator": getattr(self.background, "name", "?"),
                 "gsg": round(obj.gsg, 3),
+                "coarse_regions": obj.coarse_regions,
                 "prompt": self.prompt.format(class_name),
                 **self.extra,
             },
@@ -347,4 +357,5 @@ def build(
         ),
         background=background,
         alpha_threshold=float(cfg.get("alpha_threshold", 0.5)),
+        single_object=bool(cfg.get("single_object", False)),
     )
