@@ -152,6 +152,12 @@ def _positive_int(value: Any, key: str) -> int:
     return value
 
 
+def _non_negative_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise WorldConfigError(f"world.{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def long_tail_counts(n: int, low: int, high: int) -> list[int]:
     """``n`` counts rising geometrically from ``low`` to ``high`` (rounded), rarest first."""
     if n == 1:
@@ -180,9 +186,7 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
     size = _positive_int(cfg["image_size"], "image_size")
     if size < 16:
         raise WorldConfigError(f"world.image_size must be at least 16, got {size}")
-    seed = cfg["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise WorldConfigError(f"world.seed must be a non-negative integer, got {seed!r}")
+    seed = _non_negative_int(cfg["seed"], "seed")
     difficulty = cfg["difficulty"]
     if isinstance(difficulty, bool) or not isinstance(difficulty, (int, float)):
         raise WorldConfigError(f"world.difficulty must be a number in [0, 1], got {difficulty!r}")
@@ -198,15 +202,9 @@ def resolve_world(world_cfg: Mapping[str, Any]) -> WorldSpec:
     test_count = _positive_int(cfg["test_count"], "test_count")
     salient = _positive_int(cfg["salient_per_class"], "salient_per_class")
     heldout = _positive_int(cfg["salient_heldout_per_class"], "salient_heldout_per_class")
-    camouflaged_web = cfg["camouflaged_web_per_class"]
-    if (
-        isinstance(camouflaged_web, bool)
-        or not isinstance(camouflaged_web, int)
-        or camouflaged_web < 0
-    ):
-        raise WorldConfigError(
-            f"world.camouflaged_web_per_class must be a non-negative integer, got {camouflaged_web!r}"
-        )
+    camouflaged_web = _non_negative_int(
+        cfg["camouflaged_web_per_class"], "camouflaged_web_per_class"
+    )
 
     list_path = Path(cfg["class_list"]).expanduser() if cfg["class_list"] else PACKAGED_CLASS_LIST
     try:
@@ -337,6 +335,35 @@ def _render_all(
     bar.close()
 
 
+def _captioned_set(
+    kind: str,
+    classes: Sequence[ClassInfo],
+    per_class: int,
+    templates: Sequence[str],
+    folder: Path,
+    n_train: int,
+) -> tuple[list[tuple[str, ClassInfo, int, Path, str]], list[dict[str, str]]]:
+    """Render jobs and ``captions.json`` entries of one captioned web folder: ``per_class``
+    images of each class, captions cycling through ``templates``, the first ``n_train`` of each
+    class in the ``"train"`` split and the rest in ``"val"``."""
+    jobs: list[tuple[str, ClassInfo, int, Path, str]] = []
+    entries: list[dict[str, str]] = []
+    for c in classes:
+        for i in range(per_class):
+            stem = f"{len(entries):06d}_{c.name}"
+            jobs.append((kind, c, i, folder, stem))
+            entries.append(
+                {
+                    "image": f"image/{stem}.png",
+                    "mask": f"mask/{stem}.png",
+                    "class_name": c.name,
+                    "caption": templates[i % len(templates)].format(c.name),
+                    "split": "train" if i < n_train else "val",
+                }
+            )
+    return jobs, entries
+
+
 def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = True) -> None:
     """Render ``spec`` into ``out_dir`` (which must not exist or be empty)."""
     out = Path(out_dir)
@@ -353,36 +380,23 @@ def render_world(spec: WorldSpec, out_dir: str | os.PathLike, progress: bool = T
                     samples.append(
                         SampleInfo(uid, c.name, f"{uid}.png", f"{uid}.png", len(samples))
                     )
-    n_salient = spec.salient_per_class + spec.salient_heldout_per_class
-    captions: list[dict[str, str]] = []
-    for c in spec.classes:
-        for i in range(n_salient):
-            stem = f"{len(captions):06d}_{c.name}"
-            jobs.append(("salient", c, i, out / "salient", stem))
-            captions.append(
-                {
-                    "image": f"image/{stem}.png",
-                    "mask": f"mask/{stem}.png",
-                    "class_name": c.name,
-                    "caption": CAPTION_TEMPLATES[i % len(CAPTION_TEMPLATES)].format(c.name),
-                    "split": "train" if i < spec.salient_per_class else "val",
-                }
-            )
-    web_captions: list[dict[str, str]] = []
-    for c in spec.train_classes:
-        for i in range(spec.camouflaged_web_per_class):
-            stem = f"{len(web_captions):06d}_{c.name}"
-            jobs.append((WEB_CAMOUFLAGED, c, i, out / WEB_CAMOUFLAGED, stem))
-            template = CAMOUFLAGED_CAPTION_TEMPLATES[i % len(CAMOUFLAGED_CAPTION_TEMPLATES)]
-            web_captions.append(
-                {
-                    "image": f"image/{stem}.png",
-                    "mask": f"mask/{stem}.png",
-                    "class_name": c.name,
-                    "caption": template.format(c.name),
-                    "split": "train",
-                }
-            )
+    salient_jobs, captions = _captioned_set(
+        "salient",
+        spec.classes,
+        spec.salient_per_class + spec.salient_heldout_per_class,
+        CAPTION_TEMPLATES,
+        out / "salient",
+        n_train=spec.salient_per_class,
+    )
+    web_jobs, web_captions = _captioned_set(
+        WEB_CAMOUFLAGED,
+        spec.train_classes,
+        spec.camouflaged_web_per_class,
+        CAMOUFLAGED_CAPTION_TEMPLATES,
+        out / WEB_CAMOUFLAGED,
+        n_train=spec.camouflaged_web_per_class,
+    )
+    jobs += salient_jobs + web_jobs
     _render_all(spec, jobs, progress, f"render world {spec.name}")
     if web_captions:
         atomic_write_json(out / WEB_CAMOUFLAGED / "captions.json", web_captions)
