@@ -110,10 +110,8 @@ def keep_attached(alpha: np.ndarray, core: np.ndarray, threshold: float) -> np.n
     if n <= 2:
         return alpha
     keep = np.unique(labels[core & (labels > 0)])
-    if keep.size == 0:
-        keep = np.array([1 + int(np.argmax(np.bincount(labels.ravel())[1:]))])
-    island = (labels > 0) & ~np.isin(labels, keep)
-    return np.where(island, 0.0, alpha)
+    kept = np.isin(labels, keep) if keep.size else largest_region(labels > 0)[0]
+    return np.where((labels > 0) & ~kept, 0.0, alpha)
 
 
 @dataclass
