@@ -203,6 +203,10 @@ def test_boundary_weights_are_the_box_mean_of_the_mask() -> None:
     masks = (torch.rand(2, 1, 40, 36) > 0.6).float()
     box = F.avg_pool2d(masks, 9, stride=1, padding=4)
     torch.testing.assert_close(boundary_weights(masks, 9, 2.0), 1 + 2.0 * (box - masks).abs())
+    # A window wider than the image, on a soft mask.
+    soft = torch.rand(2, 1, 12, 10)
+    box = F.avg_pool2d(F.pad(soft, (15, 15, 15, 15)), 31, stride=1)
+    torch.testing.assert_close(boundary_weights(soft, 31, 5.0), 1 + 5.0 * (box - soft).abs())
 
 
 def test_boundary_weights_peak_at_edges() -> None:

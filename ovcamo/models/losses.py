@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _box_sum(x: Tensor, k: int, dim: int) -> Tensor:
+    """Sums over the centred windows of odd width ``k`` along ``dim`` (−1 or −2), zero-padded."""
+    pad = k // 2
+    padded = F.pad(x, (pad + 1, pad) if dim == -1 else (0, 0, pad + 1, pad))
+    running = padded.cumsum(dim)
+    n = running.shape[dim] - k
+    return running.narrow(dim, k, n) - running.narrow(dim, 0, n)
+
+
 def boundary_weights(masks: Tensor, kernel_size: int = 31, strength: float = 5.0) -> Tensor:
     """``1 + strength·|avgpool_k(m) − m|``: large near object boundaries (F3Net's weighting).
 
@@ -17,11 +26,10 @@ def boundary_weights(masks: Tensor, kernel_size: int = 31, strength: float = 5.0
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"boundary kernel size must be odd, got {kernel_size}")
-    # The k×k box mean (zero padding counted, as avg_pool2d's default) as two 1-D passes: the
-    # same numbers at 2/k of the cost (a 31×31 window dominated a micro training step).
-    pad = kernel_size // 2
-    local_mean = F.avg_pool2d(masks, (kernel_size, 1), stride=1, padding=(pad, 0))
-    local_mean = F.avg_pool2d(local_mean, (1, kernel_size), stride=1, padding=(0, pad))
+    # The k×k box mean (zero padding counted, as avg_pool2d's default) from running sums along
+    # each axis: exact box sums of a {0, 1} mask at a fraction of avg_pool2d's cost (its 31-wide
+    # windows dominated a micro training step).
+    local_mean = _box_sum(_box_sum(masks, kernel_size, -2), kernel_size, -1) / kernel_size**2
     return 1.0 + strength * (local_mean - masks).abs()
 
 
