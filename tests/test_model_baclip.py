@@ -52,7 +52,13 @@ def make(clip_file: Path, backbone: CLIPBackbone) -> Callable[..., BaCLIP]:
         cfg = model_config(
             model,
             "micro",
-            [f"backbone.pretrained='{clip_file}'", "backbone.image_size=64", *overrides],
+            # The shared backbone is the fp32 tower: the stored config must say so.
+            [
+                f"backbone.pretrained='{clip_file}'",
+                "backbone.image_size=64",
+                "backbone.cpu_bf16=false",
+                *overrides,
+            ],
         )
         return build_model(cfg, backbone=backbone)
 
@@ -309,3 +315,30 @@ def test_vit_backbone_gets_a_simple_feature_pyramid(
         assert out["mask_logits"].shape == (2, 1, 64, 64) and out["class_logits"].shape == (2, 3)
         model.loss(out, masks)["loss"].backward()
         assert all(p.grad is not None for p in model.trainable_parameters())
+
+
+def test_cpu_bf16_backbone_hands_on_fp32_maps_close_to_fp32(
+    clip_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``cpu_bf16`` the tower runs under bf16 autocast where the processor has it: maps stay
+    fp32 and within bf16 rounding of the fp32 tower's; without native bf16 it is the fp32 tower."""
+    from ovcamo.models import clip_backbone
+
+    images = torch.rand(2, 3, 64, 64)
+    reference = build_clip_backbone({**MICRO_BACKBONE, "pretrained": str(clip_file)})(images)
+    monkeypatch.setattr(clip_backbone, "native_cpu_bf16", lambda: True)
+    bf16 = build_clip_backbone({**MICRO_BACKBONE, "pretrained": str(clip_file), "cpu_bf16": True})
+    assert bf16.cpu_bf16
+    out = bf16(images)
+    for got, want in zip(
+        [*out.features, out.dense, out.embedding],
+        [*reference.features, reference.dense, reference.embedding],
+        strict=True,
+    ):
+        assert got.dtype == torch.float32
+        assert not torch.equal(got, want)  # bf16 did run
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * want.abs().max().item())
+    monkeypatch.setattr(clip_backbone, "native_cpu_bf16", lambda: False)
+    plain = build_clip_backbone({**MICRO_BACKBONE, "pretrained": str(clip_file), "cpu_bf16": True})
+    assert not plain.cpu_bf16
+    torch.testing.assert_close(plain(images).dense, reference.dense, rtol=0, atol=0)

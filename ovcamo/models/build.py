@@ -252,7 +252,12 @@ def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLI
             str(directory / BACKBONE_FILE),
             int(backbone_cfg["image_size"]),
         )
-        backbone = CLIPBackbone(clip_model, tokenizer, int(backbone_cfg["image_size"]))
+        backbone = CLIPBackbone(
+            clip_model,
+            tokenizer,
+            int(backbone_cfg["image_size"]),
+            cpu_bf16=backbone_cfg.get("cpu_bf16", False),
+        )
     model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
     model.config = config
     model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
