@@ -11,6 +11,7 @@ from ovcamo.data.transforms import (
     EvalTransform,
     TrainTransform,
     build_train_transform,
+    shift_hue,
 )
 
 
@@ -90,7 +91,19 @@ def test_colour_jitter_matches_torchvision_functional_in_order():
     ref = img.clone()
     for i in rng.permutation(4):
         ref = ops[i](ref)
-    torch.testing.assert_close(got, ref.clamp(0, 1), rtol=0, atol=0)
+    torch.testing.assert_close(got, ref.clamp(0, 1), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [-0.5, -0.2, 0.0, 0.13, 0.5])
+def test_shift_hue_matches_torchvision_adjust_hue(shift: float) -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    img = torch.rand(3, 24, 24)
+    img[:, :4] = 0.5  # grey: no hue
+    img[1, 4:8] = img[0, 4:8]  # red and green tie
+    img[2, 8:12] = img[1, 8:12]  # green and blue tie
+    img[:, 12:14] = 0.0  # black
+    torch.testing.assert_close(shift_hue(img, shift), TF.adjust_hue(img, shift), rtol=0, atol=1e-5)
 
 
 def test_eval_transform_keeps_gt_size():
