@@ -7,6 +7,11 @@ are OVCamo's 14 base classes, as in training.
 
     python benchmarks/model.py --json bench_model.json
     python benchmarks/model.py --configs paper --devices cuda --amp --channels-last --compile
+    python benchmarks/model.py --configs micro --batch 16 --threads 1 --procs 1 2 3
+
+``--procs N`` runs N copies of a row at once (each its own process) and reports their mean step
+and the steps per second of all N together: how many one-thread trainings a machine runs side by
+side before they slow each other down (the loop's ``loop.workers``).
 """
 
 from __future__ import annotations
@@ -46,7 +51,13 @@ def _rss_mb() -> float:
 
 
 def measure(
-    config: str, device: str, steps: int, amp: bool, channels_last: bool, compile_model: bool
+    config: str,
+    device: str,
+    steps: int,
+    amp: bool,
+    channels_last: bool,
+    compile_model: bool,
+    batch: int = 0,
 ) -> dict[str, Any]:
     """Build one configuration and time it; runs inside the worker subprocess."""
     from ovcamo.models import build_model, model_config
@@ -62,7 +73,7 @@ def measure(
     counts = model.parameter_counts()
     rss_built = _rss_mb()
     size = model.backbone.image_size
-    b = spec["batch"]
+    b = batch or spec["batch"]
     images = torch.rand(b, 3, size, size, device=dev)
     masks = (torch.rand(b, 1, size, size, device=dev) > 0.5).float()
     if channels_last:
@@ -71,7 +82,10 @@ def measure(
     classes = base_classes()
     forward = torch.compile(model) if compile_model else model
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
-    optimiser = torch.optim.AdamW(model.trainable_parameters(), lr=3e-5)
+    # As the trainer builds it.
+    optimiser = torch.optim.AdamW(
+        model.trainable_parameters(), lr=3e-5, fused=dev.type in ("cpu", "cuda") or None
+    )
 
     def train_step() -> None:
         with autocast:
@@ -135,7 +149,9 @@ def measure(
     return row
 
 
-def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, Any]:
+def run_workers(args: argparse.Namespace, config: str, device: str, procs: int) -> dict[str, Any]:
+    """``procs`` workers of one row at once → their mean row, with ``procs`` and
+    ``steps_per_s_all`` (the steps per second of all of them together)."""
     cmd = [
         sys.executable,
         __file__,
@@ -147,6 +163,8 @@ def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, 
         str(args.steps if args.steps else (10 if config == "micro" else 3)),
         "--threads",
         str(args.threads),
+        "--batch",
+        str(args.batch),
     ]
     cmd += [
         flag
@@ -157,10 +175,23 @@ def run_worker(args: argparse.Namespace, config: str, device: str) -> dict[str, 
         )
         if on
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark of {config} on {device} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    running = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    rows = []
+    for proc in running:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark of {config} on {device} failed:\n{err[-4000:]}")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    row = dict(rows[0])
+    for key in ("forward_s_per_image", "train_step_s", "train_step_s_per_image"):
+        row[key] = sum(r[key] for r in rows) / procs
+    row["train_step_cpu_s"] = sum(r["train_step_cpu_s"] for r in rows) / procs
+    row["procs"] = procs
+    row["steps_per_s_all"] = sum(1 / r["train_step_s"] for r in rows)
+    return row
 
 
 COLUMNS = (
@@ -168,10 +199,12 @@ COLUMNS = (
     ("device", "device", "<6"),
     ("opts", "opts", "<12"),
     ("batch", "batch", ">5"),
+    ("procs", "procs", ">5"),
     ("fwd s/img", "forward_s_per_image", ">10.4f"),
     ("train s/step", "train_step_s", ">12.3f"),
     ("train cpu-s", "train_step_cpu_s", ">11.2f"),
     ("train s/img", "train_step_s_per_image", ">11.3f"),
+    ("steps/s all", "steps_per_s_all", ">11.2f"),
     ("peak MB", "peak_mb", ">9.0f"),
     ("trainable", "trainable_params", ">11,"),
     ("frozen", "frozen_params", ">12,"),
@@ -208,6 +241,12 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's)"
     )
+    parser.add_argument(
+        "--batch", type=int, default=0, help="images per step (default: 8 micro, 2 paper)"
+    )
+    parser.add_argument(
+        "--procs", type=int, nargs="+", default=[1], help="copies of each row run at once"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -215,12 +254,18 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         row = measure(
-            args.worker, args.devices[0], args.steps, args.amp, args.channels_last, args.compile
+            args.worker,
+            args.devices[0],
+            args.steps,
+            args.amp,
+            args.channels_last,
+            args.compile,
+            args.batch,
         )
         print(json.dumps(row))
         return
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    rows = [run_worker(args, c, d) for c in args.configs for d in devices]
+    rows = [run_workers(args, c, d, n) for c in args.configs for d in devices for n in args.procs]
     print_table(rows)
     if args.json:
         from ovcamo.data.io import atomic_write_json
