@@ -55,7 +55,7 @@ def shift_hue(image: torch.Tensor, shift: float) -> torch.Tensor:
         torch.where(value == g, 2.0 + (b - r) * inv, 4.0 + (r - g) * inv),
     )
     hue6 = (hue6 + 6.0 * shift).remainder_(6.0)
-    k = (_HUE_OFFSETS + hue6).remainder_(6.0)
+    k = (_HUE_OFFSETS.to(hue6) + hue6).remainder_(6.0)
     return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
