@@ -186,9 +186,13 @@ def run_workers(args: argparse.Namespace, config: str, device: str, procs: int) 
             raise RuntimeError(f"benchmark of {config} on {device} failed:\n{err[-4000:]}")
         rows.append(json.loads(out.strip().splitlines()[-1]))
     row = dict(rows[0])
-    for key in ("forward_s_per_image", "train_step_s", "train_step_s_per_image"):
+    for key in (
+        "forward_s_per_image",
+        "train_step_s",
+        "train_step_s_per_image",
+        "train_step_cpu_s",
+    ):
         row[key] = sum(r[key] for r in rows) / procs
-    row["train_step_cpu_s"] = sum(r["train_step_cpu_s"] for r in rows) / procs
     row["procs"] = procs
     row["steps_per_s_all"] = sum(1 / r["train_step_s"] for r in rows)
     return row
