@@ -229,9 +229,21 @@ def test_check_validates_without_computing(data, tmp_path, capsys):
         "backbone.pretrained=/nowhere/clip.bin",
         "data.test_mask_dir=/nowhere/masks",
         "train.batch_size=0",
+        "train.select=best",
+        "train.val_every_epochs=0",
     ]
     with pytest.raises(CheckFailed) as err:
         run(compose_train(bad))
     msg = str(err.value)
     assert "/nowhere/clip.bin" in msg and "data.test_mask_dir=/nowhere/masks" in msg
-    assert "train.batch_size" in msg
+    assert "train.batch_size" in msg and "train.val_every_epochs=0 never validates" in msg
+
+
+def test_val_every_zero_trains_without_validating(data, tmp_path):
+    cfg = compose_train(
+        [*tiny_overrides(data, tmp_path / "run"), "train.epochs=1", "train.val_every_epochs=0"]
+    )
+    result = run(cfg)
+    lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert result.steps == 6 and any("train/loss" in x for x in lines)
+    assert result.val_metrics == {} and not any(k.startswith("val/") for x in lines for k in x)

@@ -48,6 +48,14 @@ def test_runs_differ_only_in_synthetic_data(tmp_path):
     # The training run gets neither the loop's own keys nor a check flag.
     assert not {"loop", "generator", "planner"} & set(runs["with"])
     assert runs["with"]["resume"] is True and runs["with"]["check"] is False
+    # The loop scores base validation itself: the final-weights run does not validate too; a run
+    # that keeps its best validated checkpoint still validates.
+    assert cfg.train.select == "final" and cfg.train.val_every_epochs > 0
+    assert runs["with"]["train"]["val_every_epochs"] == 0
+    best = _compose("train.select=best")
+    assert training_config(best, "without", 0, tmp_path, tmp_path).train.val_every_epochs == (
+        best.train.val_every_epochs
+    )
 
 
 def test_paper_experiments_compose():

@@ -94,6 +94,11 @@ def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[s
     select = tc.get("select", "final")
     if select not in ("final", "best"):
         problems.append(f"train.select must be final or best, got {select!r}")
+    if select == "best" and not tc.get("val_every_epochs"):
+        problems.append(
+            "train.select=best keeps the best validated checkpoint, but train.val_every_epochs="
+            f"{tc.get('val_every_epochs')} never validates: set it to 1 or more"
+        )
     backbone = cfg.model.backbone
     clip = cfg.get("clip")
     if backbone.get("pretrained") == MICRO and clip is not None and clip.model != backbone.name:

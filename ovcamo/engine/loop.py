@@ -191,7 +191,8 @@ def training_config(
     synthetic_dir: str | None = None,
     group: str | None = None,
 ) -> DictConfig:
-    """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data.
+    """The ``ovcamo-train`` config of one run: the loop's groups, this seed, this variant's data;
+    no validation inside the run unless ``train.select=best`` chooses by it.
 
     The variants differ only in ``data.synthetic`` / ``data.synthetic_ratio``: ``with`` and
     ``real`` mix their set (``synthetic_dir``) at the same ratio. ``group`` names
@@ -204,6 +205,10 @@ def training_config(
     tcfg.cache_dir = str(cache_dir)
     tcfg.resume = True
     tcfg.check = False
+    if tcfg.train.get("select", "final") != "best":
+        # The loop scores every run on base validation itself (its eval stage); a validation
+        # inside the run would only repeat that (about 6 CPU seconds each on the micro-world).
+        tcfg.train.val_every_epochs = 0
     if group and tcfg.get("logger") is not None:
         tcfg.logger.group = group
         tcfg.logger.run_name = tcfg.logger.get("run_name") or f"{variant}-seed{seed}"

@@ -2,11 +2,12 @@
 
 AdamW with cosine annealing over optimiser steps, the paper augmentations, gradient accumulation,
 bf16 autocast / channels_last / ``torch.compile`` on request, an optional validation every N
-epochs on the held-out base-validation part with the class-aware OVCOS metrics (``train.select``:
-``final`` keeps the last weights as the result, the paper's protocol; ``best`` also writes the
-best checkpoint by cIoU), a ``last`` checkpoint every N steps, and exact resume: model, optimiser, scheduler, every rank's RNG
-and the data position are restored, so a run killed at any step and restarted with ``resume=true``
-ends with the same weights, bit for bit on CPU, as one that was never interrupted.
+epochs (``train.val_every_epochs``; 0: none) on the held-out base-validation part with the
+class-aware OVCOS metrics (``train.select``: ``final`` keeps the last weights as the result, the
+paper's protocol; ``best`` also writes the best checkpoint by cIoU), a ``last`` checkpoint every N
+steps, and exact resume: model, optimiser, scheduler, every rank's RNG and the data position are
+restored, so a run killed at any step and restarted with ``resume=true`` ends with the same
+weights, bit for bit on CPU, as one that was never interrupted.
 DDP through ``torchrun`` (see :mod:`ovcamo.engine.distributed`); ``train.batch_size`` is the global
 batch, split evenly over the processes.
 
@@ -335,7 +336,8 @@ class Trainer:
     def fit(self, logger: RunLogger) -> TrainResult:
         tc, dist = self.tc, self.dist
         epochs = int(tc.epochs)
-        val_every = max(1, int(tc.get("val_every_epochs", 1)))
+        # 0 or null: no validation during the run (ovcamo-loop scores every run itself).
+        val_every = int(tc.get("val_every_epochs") or 0)
         ckpt_every = int(tc.get("ckpt_every_steps", 0) or 0)
         log_every = max(1, int(tc.get("log_every_steps", 10)))
         max_steps = int(tc.get("max_steps") or 0)
@@ -429,8 +431,10 @@ class Trainer:
             bar.close()
             finished_epoch = self.batch >= len(self.sampler)
             if finished_epoch or done:
-                if self.val_set is not None and (
-                    (epoch + 1) % val_every == 0 or epoch + 1 == epochs or done
+                if (
+                    self.val_set is not None
+                    and val_every > 0
+                    and ((epoch + 1) % val_every == 0 or epoch + 1 == epochs or done)
                 ):
                     self._validate(logger, epoch)
                 self.train_seconds = time.perf_counter() - t0
