@@ -84,9 +84,12 @@ def save_checkpoint(
     state: dict[str, Any],
     extra_json: dict[str, Any] | None = None,
     extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+    linked: dict[str, Path] | None = None,
 ) -> None:
     """Write ``model.safetensors``, ``state.pt`` (and ``<name>`` for each ``extra_json`` and
     ``extra_weights`` entry, the latter as safetensors) into ``directory`` as one atomic step.
+    Each ``linked`` entry ``<name>: file`` is a hard link to an existing file (a copy where the file
+    system has no links) instead of a write: a frozen part an earlier checkpoint already holds.
 
     Files go to a fresh sibling folder which then replaces ``directory`` by two renames; a kill at
     any moment leaves either the old or the new checkpoint complete, possibly under
@@ -99,6 +102,11 @@ def save_checkpoint(
         save_weights(tmp / WEIGHTS_FILE, state_dict)
         for name, tensors in (extra_weights or {}).items():
             save_weights(tmp / name, tensors)
+        for name, source in (linked or {}).items():
+            try:
+                os.link(source, tmp / name)
+            except OSError:
+                shutil.copyfile(source, tmp / name)
         for name, obj in (extra_json or {}).items():
             atomic_write_json(tmp / name, obj)
         save_state(tmp / STATE_FILE, state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from test_engine_resume import tiny_overrides
 
 from ovcamo import CONF_DIR
-from ovcamo.checkpoint import load_state
+from ovcamo.checkpoint import load_state, load_weights, save_checkpoint, save_weights
 from ovcamo.data import DataPaths, OVCamoDataset
 from ovcamo.data.transforms import EvalTransform
 from ovcamo.engine.check import CheckFailed
@@ -70,6 +71,12 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     lrs = [x["train/lr"] for x in lines if "train/lr" in x]
     cosine = [0.005 * (1 + torch.cos(torch.tensor(torch.pi * s / 6))).item() for s in range(1, 7)]
     assert lrs == pytest.approx(cosine, abs=1e-9)
+    # The frozen CLIP is written once: every later checkpoint links that file.
+    last, best = (run_dir / "checkpoints" / n / "backbone.safetensors" for n in ("last", "best"))
+    assert last.stat().st_ino == best.stat().st_ino and last.stat().st_nlink == 2
+    clip = load_trained_model(run_dir)[0].backbone.clip.state_dict()
+    saved = load_weights(last)
+    assert saved.keys() == clip.keys() and all(torch.equal(saved[k], clip[k]) for k in clip)
 
     pcfg = compose_train([*tiny_overrides(data, tmp_path / "eval"), f"+checkpoint={run_dir}"])
     pred_dir = predict_to_dir(pcfg, split="test")
@@ -247,3 +254,17 @@ def test_val_every_zero_trains_without_validating(data, tmp_path):
     lines = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert result.steps == 6 and any("train/loss" in x for x in lines)
     assert result.val_metrics == {} and not any(k.startswith("val/") for x in lines for k in x)
+
+
+def test_linked_checkpoint_file_is_copied_where_links_fail(tmp_path, monkeypatch):
+    frozen = tmp_path / "frozen.safetensors"
+    save_weights(frozen, {"w": torch.arange(3.0)})
+
+    def no_links(*_):
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    save_checkpoint(tmp_path / "ck", {"a": torch.zeros(1)}, {"step": 1}, linked={"b.st": frozen})
+    copied = tmp_path / "ck" / "b.st"
+    assert copied.stat().st_ino != frozen.stat().st_ino
+    assert torch.equal(load_weights(copied)["w"], torch.arange(3.0))

@@ -259,6 +259,8 @@ class Trainer:
         self.val_metrics: dict[str, float] = {}
         self.train_seconds = 0.0
         self.fingerprint = config_fingerprint(self.cfg)
+        # The frozen parts' files this process has written into a checkpoint (see save).
+        self.frozen_files: dict[str, Path] = {}
 
     def data_summary_novel(self) -> list[str]:
         return sorted({c for s in self.sources for c in s.novel_classes})
@@ -290,6 +292,9 @@ class Trainer:
         rngs = D.all_gather_object(rng if rng is not None else D.rng_state())
         path = self.ckpt_dir / name
         if self.dist.is_main:
+            frozen = backbone_weights(self.model)
+            # The CLIP is frozen: this process writes its file once and links it afterwards.
+            linked = {n: f for n, f in self.frozen_files.items() if n in frozen and f.is_file()}
             save_checkpoint(
                 path,
                 self.model.trainable_state_dict(),
@@ -298,8 +303,10 @@ class Trainer:
                     MODEL_CONFIG_FILE: plain(self.cfg.model),
                     "fingerprint.json": self.fingerprint,
                 },
-                extra_weights=backbone_weights(self.model),
+                extra_weights={n: t for n, t in frozen.items() if n not in linked},
+                linked=linked,
             )
+            self.frozen_files = {n: path / n for n in frozen}
         D.barrier()
         return path
 
