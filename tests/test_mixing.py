@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 from _engine_data import TEST_CLASSES, TRAIN_CLASSES, write_tiny_dataset
 
 from ovcamo.data import DataPaths
@@ -145,3 +146,25 @@ def test_dataset_reads_slots_and_marks_unreadable(tmp_path, real):
     sources[0].records[2].image_path.write_bytes(b"not a png")
     bad = ds[(0, 2, 1)]
     assert bad["skipped"] == sources[0].records[2].unique_id and "Error" in bad["error"]
+
+
+def test_decoded_samples_are_cached_within_the_byte_budget(tmp_path, real):
+    sources = load_sources(_cfg(), real)
+    transform = TrainTransform(image_size=16, color_jitter_p=1.0)
+    plain, cached = MixedDataset(sources, transform), MixedDataset(sources, transform, 10**9)
+    tight = MixedDataset(sources, transform, 1)  # less than any sample
+    slots = [(0, i, 7 + i) for i in range(3)]
+    first = [cached[s] for s in slots]
+    for s, item in zip(slots, first, strict=True):
+        assert torch.equal(item["image"], plain[s]["image"]) and "skipped" not in tight[s]
+    assert len(cached._decoded) == 3 and cached.cached_bytes > 0 and tight.cached_bytes == 0
+    # Decoded once: with the files gone the cache serves the same tensors, twice (the transform
+    # did not write into the cached arrays); without a cache the files are read and missed.
+    for s in slots:
+        sources[0].records[s[1]].image_path.unlink()
+    for _ in range(2):
+        for s, before in zip(slots, first, strict=True):
+            item = cached[s]
+            assert torch.equal(item["image"], before["image"])
+            assert torch.equal(item["mask"], before["mask"])
+    assert "skipped" in plain[slots[0]] and "skipped" in tight[slots[0]]

@@ -291,15 +291,24 @@ class MixedDataset(Dataset):
     ``__getitem__`` returns the transformed sample with ``synthetic`` and ``source`` added, or
     ``{"skipped": unique_id, "error": message}`` for a file that vanished or is corrupt; the
     training loop counts, logs and (under ``data.strict``) stops on those.
+
+    ``cache_bytes`` > 0 keeps decoded samples in memory up to that many bytes (per process; first
+    come, first kept), so a small dataset is decoded once instead of once per epoch. The
+    transform gets a copy of the sample dict and never writes into the cached arrays (it builds
+    its own tensors from them).
     """
 
     def __init__(
         self,
         sources: Sequence[Source],
         transform: Callable[[dict[str, Any], int], dict[str, Any]],
+        cache_bytes: int = 0,
     ):
         self.sources = list(sources)
         self.transform = transform
+        self.cache_bytes = int(cache_bytes)
+        self.cached_bytes = 0
+        self._decoded: dict[tuple[int, int], dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return sum(len(s.records) for s in self.sources)
@@ -307,11 +316,17 @@ class MixedDataset(Dataset):
     def __getitem__(self, slot: Slot) -> dict[str, Any]:
         s, i, seed = slot
         record = self.sources[s].records[i]
-        try:
-            sample = load_sample(record)
-        except (OSError, ValueError, SyntaxError) as e:
-            return {"skipped": record.unique_id, "error": f"{type(e).__name__}: {e}"}
-        sample = self.transform(sample, seed)
+        sample = self._decoded.get((s, i))
+        if sample is None:
+            try:
+                sample = load_sample(record)
+            except (OSError, ValueError, SyntaxError) as e:
+                return {"skipped": record.unique_id, "error": f"{type(e).__name__}: {e}"}
+            size = sample["image"].nbytes + sample["mask"].nbytes
+            if self.cached_bytes + size <= self.cache_bytes:
+                self._decoded[s, i] = sample
+                self.cached_bytes += size
+        sample = self.transform(dict(sample), seed)
         sample["synthetic"] = self.sources[s].synthetic
         sample["source"] = s
         return sample

@@ -58,7 +58,13 @@ log = logging.getLogger(__name__)
 
 #: Keys that may change between a run and its resume without changing what is computed.
 RESUME_FREE_KEYS = ("out_dir", "resume", "check", "logger", "cache_dir", "device")
-RESUME_FREE_TRAIN_KEYS = ("num_workers", "progress", "log_every_steps", "ckpt_every_steps")
+RESUME_FREE_TRAIN_KEYS = (
+    "num_workers",
+    "sample_cache_mb",
+    "progress",
+    "log_every_steps",
+    "ckpt_every_steps",
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -188,7 +194,11 @@ class Trainer:
         transform = build_train_transform(tc.get("augment"), self.image_size)
         workers = int(tc.get("num_workers", 0))
         self.loader = DataLoader(
-            MixedDataset(self.sources, transform),
+            MixedDataset(
+                self.sources,
+                transform,
+                cache_bytes=int(float(tc.get("sample_cache_mb") or 0) * 2**20),
+            ),
             batch_sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate_train,
