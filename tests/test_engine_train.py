@@ -244,6 +244,9 @@ def test_check_validates_without_computing(data, tmp_path, capsys):
     msg = str(err.value)
     assert "/nowhere/clip.bin" in msg and "data.test_mask_dir=/nowhere/masks" in msg
     assert "train.batch_size" in msg and "train.val_every_epochs=0 never validates" in msg
+    negative = [*tiny_overrides(data, out), "check=true", "train.val_every_epochs=-1"]
+    with pytest.raises(CheckFailed, match="train.val_every_epochs must be a whole number"):
+        run(compose_train(negative))
 
 
 def test_val_every_zero_trains_without_validating(data, tmp_path):

@@ -94,10 +94,16 @@ def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[s
     select = tc.get("select", "final")
     if select not in ("final", "best"):
         problems.append(f"train.select must be final or best, got {select!r}")
-    if select == "best" and not tc.get("val_every_epochs"):
+    val_every = tc.get("val_every_epochs")
+    if not isinstance(val_every, int | None) or (val_every or 0) < 0:
+        problems.append(
+            f"train.val_every_epochs must be a whole number of epochs, 0 or more (0 or null: no "
+            f"validation during the run), got {val_every!r}"
+        )
+    elif select == "best" and not val_every:
         problems.append(
             "train.select=best keeps the best validated checkpoint, but train.val_every_epochs="
-            f"{tc.get('val_every_epochs')} never validates: set it to 1 or more"
+            f"{val_every} never validates: set it to 1 or more"
         )
     backbone = cfg.model.backbone
     clip = cfg.get("clip")
