@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _engine_data import write_tiny_dataset
+from _engine_data import TEST_CLASSES, TRAIN_CLASSES, write_tiny_dataset
 
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_state, load_weights
@@ -64,14 +64,17 @@ def _finish(proc: subprocess.Popen) -> str:
 
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-    data = write_tiny_dataset(tmp_path / "data", size=32)
+    # 18 batches per epoch (12 train samples per class after the holdout, batch 2): long enough
+    # that a kill 0.3 s after the step-2 checkpoint still lands inside the first epoch.
+    counts = {**dict.fromkeys(TRAIN_CLASSES, 18), **dict.fromkeys(TEST_CLASSES, 3)}
+    data = write_tiny_dataset(tmp_path / "data", counts, size=32)
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
     _finish(_train(tiny_overrides(data, ref_dir)))
 
     proc = _train(tiny_overrides(data, cut_dir))
     state = cut_dir / "checkpoints" / "last" / "state.pt"
     deadline = time.monotonic() + 240
-    # 6 batches per epoch: kill once the step-2 checkpoint exists and step 3 is under way.
+    # Kill once the step-2 checkpoint exists and step 3 is under way.
     while time.monotonic() < deadline:
         if state.is_file() and load_state(state)["step"] >= 2:
             break
@@ -81,7 +84,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = load_state(state)
-    assert killed_at["epoch"] == 0 and 0 < killed_at["batch"] < 6, killed_at
+    assert killed_at["epoch"] == 0 and 0 < killed_at["batch"] < 18, killed_at
 
     out = _finish(_train([*tiny_overrides(data, cut_dir), "resume=true"]))
     ref = load_weights(ref_dir / "checkpoints" / "last" / "model.safetensors")
@@ -93,7 +96,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     )
     ref_state = load_state(ref_dir / "checkpoints" / "last" / "state.pt")
     got_state = load_state(cut_dir / "checkpoints" / "last" / "state.pt")
-    assert got_state["step"] == ref_state["step"] == 12
+    assert got_state["step"] == ref_state["step"] == 36
     assert got_state["val_metrics"] == ref_state["val_metrics"]
     for k, v in ref_state["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg_sq"], got_state["optimizer"]["state"][k]["exp_avg_sq"])
