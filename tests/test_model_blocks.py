@@ -21,6 +21,7 @@ from ovcamo.models.losses import boundary_weights, segmentation_loss
 from ovcamo.models.mrem import MREM
 from ovcamo.models.neck import FeatureNeck, HighResSkips
 from ovcamo.models.prompt_adapter import PromptAdapter
+from ovcamo.models.resampling import adaptive_pool, resize_bilinear
 from ovcamo.models.sam_decoder import build_mask_decoder, decode_masks
 
 
@@ -61,6 +62,35 @@ def test_mfmsa_keeps_shape_and_is_residual(size: tuple[int, int]) -> None:
         torch.nn.init.zeros_(conv.weight)
         torch.nn.init.zeros_(conv.bias)
     torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize(
+    ("size", "out"), [((8, 8), (7, 7)), ((2, 2), (7, 7)), ((9, 13), (7, 7)), ((8, 8), (4, 4))]
+)
+def test_adaptive_pool_is_the_pooling_kernel(size, out) -> None:
+    x = torch.randn(3, 5, *size, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    pooled, reference = adaptive_pool(x, out), F.adaptive_avg_pool2d(x_ref, out).flatten(2)
+    torch.testing.assert_close(pooled, reference, atol=1e-14, rtol=0)
+    weights = torch.randn_like(reference)
+    (pooled * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("size", "out"), [((32, 32), (128, 128)), ((2, 2), (8, 8)), ((5, 7), (9, 4)), ((8, 8), (8, 8))]
+)
+def test_resize_bilinear_is_the_interpolation_kernel(size, out) -> None:
+    x = torch.randn(3, 5, *size, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    resized = resize_bilinear(x, out)
+    reference = F.interpolate(x_ref, size=out, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resized, reference, atol=1e-14, rtol=0)
+    weights = torch.randn_like(reference)
+    (resized * weights).sum().backward()
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-14, rtol=0)
 
 
 def test_channel_attention_matches_the_written_formula_and_its_gradient() -> None:
@@ -236,6 +266,34 @@ def test_neck_returns_the_levels_up_to_the_embedding_stride(stride, sizes) -> No
     changed = [f.clone() for f in features]
     changed[3] = torch.randn_like(changed[3])
     assert not torch.allclose(neck(features)[-1], neck(changed)[-1])
+
+
+def test_cpu_bf16_neck_hands_on_fp32_levels_close_to_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``cpu_bf16`` the neck runs under bf16 autocast where the processor has it: levels stay
+    fp32, within bf16 rounding of the fp32 neck's, and gradients reach every weight; without
+    native bf16 it is the fp32 neck."""
+    from ovcamo.models import clip_backbone
+
+    features = _trunk()
+    torch.manual_seed(0)
+    reference = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 12, 16, refine=True)
+    monkeypatch.setattr(clip_backbone, "native_cpu_bf16", lambda: True)
+    bf16 = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 12, 16, refine=True, cpu_bf16=True)
+    bf16.load_state_dict(reference.state_dict())
+    assert bf16.cpu_bf16
+    levels = bf16(features)
+    for got, want in zip(levels, reference(features), strict=True):
+        assert got.dtype == torch.float32
+        assert not torch.equal(got, want)  # bf16 did run
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * want.abs().max().item())
+    sum(x.sum() for x in levels).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in bf16.parameters())
+    monkeypatch.setattr(clip_backbone, "native_cpu_bf16", lambda: False)
+    plain = FeatureNeck([8, 16, 24, 32], [4, 8, 16, 32], 12, 16, refine=True, cpu_bf16=True)
+    plain.load_state_dict(reference.state_dict())
+    assert not plain.cpu_bf16
+    for got, want in zip(plain(features), reference(features), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_refined_neck_is_nonlinear_where_the_plain_fpn_is_linear() -> None:

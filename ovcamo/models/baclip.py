@@ -30,6 +30,7 @@ from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
 from ovcamo.models.neck import FeatureNeck, HighResSkips
 from ovcamo.models.prompt_adapter import PromptAdapter
+from ovcamo.models.resampling import resize_bilinear
 from ovcamo.models.sam_decoder import SamLoadReport, decode_masks
 
 if TYPE_CHECKING:
@@ -121,9 +122,7 @@ class BaCLIP(nn.Module):
             low_res = self.conv_decoder(features)
         else:
             low_res = self._decode_with_prompts(features, text, image_text_logits)
-        mask_logits = F.interpolate(
-            low_res, size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+        mask_logits = resize_bilinear(low_res, tuple(images.shape[-2:]))
         class_logits = self.classify(feats, mask_logits, text)
         return {
             "mask_logits": mask_logits,

@@ -125,6 +125,7 @@ def build_model(
     neck_stride = int(_require(neck_cfg, "stride", "model.neck"))
     # Models saved before the key existed were built with the plain (linear) FPN.
     neck_refine = bool(neck_cfg.get("refine", False))
+    neck_bf16 = bool(neck_cfg.get("cpu_bf16", False))
     mrem_cfg = _section(config, "mrem")
     cce_cfg = _section(config, "cce")
     prompt_cfg = _section(config, "prompt")
@@ -143,7 +144,14 @@ def build_model(
     high_res = bool(_require(decoder, "high_res", "model.decoder"))
     return BaCLIP(
         backbone,
-        neck=FeatureNeck(channels, backbone.feature_strides, dim, neck_stride, refine=neck_refine),
+        neck=FeatureNeck(
+            channels,
+            backbone.feature_strides,
+            dim,
+            neck_stride,
+            refine=neck_refine,
+            cpu_bf16=neck_bf16,
+        ),
         high_res=HighResSkips(dim, decoder_dim) if high_res else None,
         mrem=MREM(
             dim,

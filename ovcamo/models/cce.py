@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovcamo.models.resampling import adaptive_pool
+
 # FcaNet's "top16" frequencies (u, v) on a 7×7 DCT grid, best first.
 TOP16_U = (0, 0, 6, 0, 0, 1, 1, 4, 5, 1, 3, 0, 0, 0, 3, 2)
 TOP16_V = (0, 1, 0, 5, 2, 0, 2, 0, 0, 6, 0, 4, 6, 3, 5, 2)
@@ -73,7 +75,7 @@ class MultiFrequencyChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]
-        pooled = F.adaptive_avg_pool2d(x, self.dct_size).flatten(2)  # B×C×S²
+        pooled = adaptive_pool(x, (self.dct_size, self.dct_size))  # B×C×S²
         filters = self.dct_filters.flatten(1).to(x.dtype)  # F×S²
         # The mean over positions of a filtered map is linear: one product with the filters.
         mean = (pooled @ filters.t()).mean(-1) / filters.shape[1]
@@ -123,10 +125,11 @@ class MFMSA(nn.Module):
         self.beta = nn.Parameter(torch.full((n,), 0.5))
 
     def forward(self, e_v: Tensor) -> Tensor:
-        h, w = e_v.shape[-2:]
+        b, c, h, w = e_v.shape
         chi = torch.zeros_like(e_v)
         for i, s in enumerate(self.scales):
-            x = e_v if s == 1 else F.adaptive_avg_pool2d(e_v, (math.ceil(h / s), math.ceil(w / s)))
+            size = (math.ceil(h / s), math.ceil(w / s))
+            x = e_v if s == 1 else adaptive_pool(e_v, size).view(b, c, *size)
             chi_i = self.mfca[i](x)
             fg = torch.sigmoid(self.foreground[i](chi_i))
             lam = self.fuse[i](self.alpha[i] * chi_i * fg + self.beta[i] * chi_i * (1.0 - fg))

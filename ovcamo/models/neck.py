@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from torch import Tensor, nn
 
+from ovcamo.models import clip_backbone
 from ovcamo.models.conv_decoder import conv_gn_relu
 
 
@@ -31,6 +33,9 @@ class FeatureNeck(nn.Module):
         dim: the neck's width (MREM's input).
         stride: the image embedding's stride.
         refine: each output a 3×3 convolution + GroupNorm + ReLU instead of a plain 3×3.
+        cpu_bf16: on CPU, run under bf16 autocast when the processor computes bf16 natively and
+            hand fp32 levels on (the micro recipe: the stride-4 convolution is a tenth of a CPU
+            training step); elsewhere, and on CUDA, the caller's precision.
     """
 
     def __init__(
@@ -40,8 +45,10 @@ class FeatureNeck(nn.Module):
         dim: int,
         stride: int,
         refine: bool = False,
+        cpu_bf16: bool = False,
     ) -> None:
         super().__init__()
+        self.cpu_bf16 = bool(cpu_bf16) and clip_backbone.native_cpu_bf16()
         self.used = [i for i in range(len(strides)) if strides[i] not in strides[i + 1 :]]
         used_strides = [strides[i] for i in self.used]
         best = min(abs(s - stride) for s in used_strides)
@@ -53,6 +60,13 @@ class FeatureNeck(nn.Module):
         )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        if not (self.cpu_bf16 and features[0].device.type == "cpu"):
+            return self._forward(features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            levels = self._forward(features)
+        return [x.to(features[0].dtype) for x in levels]
+
+    def _forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         features = [features[i] for i in self.used]
         x = None
         outputs: list[Tensor] = []
