@@ -243,8 +243,14 @@ def train_contrastive(
     tokens = tokenizer(list(captions))
     mean, std = normalisation(model)
     loss_fn = ClipLoss()
+    # Fused: the token embedding (49,408 × width) gets a dense update every step, which cost a
+    # sixth of a step in the multi-tensor AdamW.
     optimiser = torch.optim.AdamW(
-        _param_groups(model, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6
+        _param_groups(model, cfg["weight_decay"]),
+        lr=cfg["lr"],
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=True,
     )
     steps_per_epoch = max(1, math.ceil(len(captions) / cfg["batch_size"]))
     total = cfg["epochs"] * steps_per_epoch
