@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from ovcamo.cli import CONF_DIR
-from ovcamo.engine.loop import lane_threads, main, training_config
+from ovcamo.engine.loop import lane_slots, main, training_config
 
 
 def _compose(*overrides: str):
@@ -123,12 +123,13 @@ def test_check_of_the_default_loop_computes_nothing(tmp_path, capsys):
     assert not cache.exists()
 
 
-def test_a_last_partial_round_gets_the_idle_threads():
-    assert lane_threads(9, 2) == [1] * 8 + [2]
-    assert lane_threads(6, 2) == [1] * 6
-    assert lane_threads(7, 3) == [1] * 6 + [3]
-    assert lane_threads(8, 3) == [1] * 6 + [1, 1]
-    assert lane_threads(5, 4) == [1] * 4 + [4]
+def test_a_last_partial_round_takes_the_leftover_lanes_with_it():
+    assert lane_slots(9, 2) == [2] * 6 + [3] * 3
+    assert lane_slots(6, 2) == [2] * 6
+    assert lane_slots(7, 3) == [3] * 3 + [4] * 4
+    assert lane_slots(8, 3) == [3] * 3 + [5] * 5
+    assert lane_slots(5, 4) == [5] * 5
+    assert lane_slots(3, 2) == [3] * 3
 
 
 def _multirun(tmp_path: Path, *overrides: str) -> str:

@@ -557,12 +557,12 @@ def _context(cfg: DictConfig) -> LoopContext:
     )
 
 
-def _run_lane(container: dict[str, Any], names: list[str], threads: int = 1) -> list[Any]:
-    """One worker process: ``threads`` threads, the shared stages replayed from the cache, then
+def _run_lane(container: dict[str, Any], names: list[str]) -> list[Any]:
+    """One worker process on one thread: the shared stages replayed from the cache, then
     ``names``."""
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)
     ctx = _context(OmegaConf.create(container))
     for name in _shared_stages(ctx.cfg):
         ctx.run(name, _stage_fn(ctx, name))
@@ -572,31 +572,42 @@ def _run_lane(container: dict[str, Any], names: list[str], threads: int = 1) -> 
     return ctx.stages.records
 
 
-def lane_threads(n_lanes: int, workers: int) -> list[int]:
-    """Threads per lane: one, except in a last, partial round, whose lanes share the ``workers``
-    threads (9 lanes on 2 workers: eight of one thread, the ninth alone with two)."""
+def lane_slots(n_lanes: int, workers: int) -> list[int]:
+    """How many lanes may run at once when each lane starts: ``workers``, and ``workers + tail``
+    for the last ``workers + tail`` lanes when ``tail`` lanes are left over from whole rounds, so no
+    lane ends the loop alone (9 lanes on 2 workers run as 2, 2, 3 and 2 side by side instead of
+    four rounds of two and a ninth lane alone)."""
     tail = n_lanes % workers
-    return [workers // tail if tail and i >= n_lanes - tail else 1 for i in range(n_lanes)]
+    last = n_lanes - (workers + tail) if tail else n_lanes
+    return [workers if i < last else workers + tail for i in range(n_lanes)]
 
 
 def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
-    """Run the (train, eval) pairs in ``workers`` processes of one thread each (stages of one loop
-    are disjoint folders, so they run side by side); records come back in lane order.
-
-    Lanes start in order as processes free up, so the lanes of a last, partial round run while the
-    other processes wait: those lanes share out the idle processes' threads."""
+    """Run the (train, eval) pairs in processes of one thread each, ``workers`` at a time (see
+    :func:`lane_slots`; stages of one loop are disjoint folders, so they run side by side);
+    records come back in lane order."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
     container = OmegaConf.to_container(ctx.cfg, resolve=True)
-    threads = lane_threads(len(lanes), workers)
+    slots = lane_slots(len(lanes), workers)
+    results: list[list[Any]] = [[] for _ in lanes]
     # forkserver: this process has run torch's thread pools, which a fork can deadlock.
     pool_context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=pool_context) as pool:
-        for records in pool.map(_run_lane, [container] * len(lanes), lanes, threads):
-            for record in records:
-                ctx.stages.records.append(record)
-                ctx.outputs[record.name] = record.outputs
+    with ProcessPoolExecutor(max(slots), mp_context=pool_context) as pool:
+        running: dict[Future, int] = {}
+        start = 0
+        while start < len(lanes) or running:
+            while start < len(lanes) and len(running) < slots[start]:
+                running[pool.submit(_run_lane, container, lanes[start])] = start
+                start += 1
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()
+    for records in results:
+        for record in records:
+            ctx.stages.records.append(record)
+            ctx.outputs[record.name] = record.outputs
 
 
 def run_loop(cfg: DictConfig) -> Path:
