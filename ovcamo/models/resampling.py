@@ -4,8 +4,7 @@ Both are fixed linear maps, so the products give the kernels' values to float ro
 BaCLIP uses them (the CCE's pooling of its small maps; the mask logits' ×4 upsampling, one
 channel) they cost a tenth and a quarter of the CPU time of PyTorch's ``adaptive_avg_pool2d`` and
 ``upsample_bilinear2d``, forward and backward; on many-channel maps the resize is slower than the
-kernel, so the neck and the CCE keep ``F.interpolate`` (docs/baclip.md, "What a micro training
-step costs").
+kernel, so the neck and the CCE keep ``F.interpolate`` (docs/baclip.md, "Under 15 minutes").
 """
 
 from __future__ import annotations
