@@ -1,4 +1,5 @@
-"""Adaptive average pooling and bilinear resizing as products with their (cached) matrices.
+"""Adaptive average pooling and bilinear resizing as products with their matrices, built in float64
+and cached per size, dtype and device.
 
 Both are fixed linear maps, so the products give the kernels' values to float rounding. Where
 BaCLIP uses them (the CCE's pooling of its small maps; the mask logits' ×4 upsampling, one
@@ -17,22 +18,23 @@ from torch import Tensor
 
 
 @functools.lru_cache(maxsize=64)
-def _pool_matrix(in_size: tuple[int, int], out_size: tuple[int, int]) -> Tensor:
-    return F.adaptive_avg_pool2d(
-        torch.eye(in_size[0] * in_size[1], dtype=torch.float64).view(-1, 1, *in_size), out_size
-    ).flatten(1)
+def _pool_matrix(
+    in_size: tuple[int, int], out_size: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    eye = torch.eye(in_size[0] * in_size[1], dtype=torch.float64).view(-1, 1, *in_size)
+    return F.adaptive_avg_pool2d(eye, out_size).flatten(1).to(device=device, dtype=dtype)
 
 
 @functools.lru_cache(maxsize=64)
-def _linear_matrix(n_in: int, n_out: int) -> Tensor:
+def _linear_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in)
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0].t()
+    matrix = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0].t()
+    return matrix.to(device=device, dtype=dtype)
 
 
 def adaptive_pool(x: Tensor, out_size: tuple[int, int]) -> Tensor:
     """``F.adaptive_avg_pool2d(x, out_size).flatten(2)``: ``B×C×h×w`` → ``B×C×(oh·ow)``."""
-    matrix = _pool_matrix(tuple(x.shape[-2:]), tuple(out_size))
-    return x.flatten(2) @ matrix.to(device=x.device, dtype=x.dtype)
+    return x.flatten(2) @ _pool_matrix(tuple(x.shape[-2:]), tuple(out_size), x.dtype, x.device)
 
 
 def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -41,6 +43,6 @@ def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     h, w = x.shape[-2:]
     if (h, w) == tuple(size):
         return x
-    rows = _linear_matrix(h, size[0]).to(device=x.device, dtype=x.dtype)
-    cols = _linear_matrix(w, size[1]).to(device=x.device, dtype=x.dtype)
+    rows = _linear_matrix(h, size[0], x.dtype, x.device)
+    cols = _linear_matrix(w, size[1], x.dtype, x.device)
     return rows @ x @ cols.t()
