@@ -170,13 +170,13 @@ class SyntheticSetWriter:
                 del self.journal.samples[i]
 
     def image_path(self, unique_id: str) -> Path:
-        return safe_join(self.root / PATHS["train_image_dir"], f"{unique_id}.png")
+        return safe_join(self.root / PATHS["train_image_dir"], f"{unique_id}.png", flat=True)
 
     def mask_path(self, unique_id: str) -> Path:
-        return safe_join(self.root / PATHS["train_mask_dir"], f"{unique_id}.png")
+        return safe_join(self.root / PATHS["train_mask_dir"], f"{unique_id}.png", flat=True)
 
     def alpha_path(self, unique_id: str) -> Path:
-        return safe_join(self.root / "train" / "alpha", f"{unique_id}.png")
+        return safe_join(self.root / "train" / "alpha", f"{unique_id}.png", flat=True)
 
     def done_indices(self) -> set[int]:
         """Plan indices finished (written or skipped) by any rank, this one included."""

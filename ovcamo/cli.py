@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ovcamo import CONF_DIR as _CONF_DIR
@@ -182,11 +184,34 @@ def _call(command: Command, cfg: Any) -> None:
         )
     except Exception as e:
         message = _missing_extra(e)
-        if message is not None:
-            fail(command.prog, message)
-        if isinstance(e, (FileNotFoundError, *_user_error_types())):
-            fail(command.prog, str(e))
-        raise
+        if message is None and isinstance(e, (FileNotFoundError, *_user_error_types())):
+            message = str(e)
+        if message is None:
+            raise
+        _remove_hydra_leftovers()
+        fail(command.prog, message)
+
+
+def _remove_hydra_leftovers() -> None:
+    """After a refused run, the folder Hydra made for it when it holds nothing but Hydra's own
+    files (``.hydra/`` and the job's log): a run that wrote no result leaves no folder behind. A
+    folder with anything else in it (an earlier run's results) is left as it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    folder = Path(hc.runtime.output_dir)
+    own = {".hydra", f"{hc.job.name}.log"}
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= own:
+        for handler in logging.getLogger().handlers[:]:
+            if (
+                isinstance(handler, logging.FileHandler)
+                and folder in Path(handler.baseFilename).parents
+            ):
+                logging.getLogger().removeHandler(handler)
+                handler.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _missing_extra(error: BaseException) -> str | None:

@@ -31,18 +31,40 @@ class PathEscapeError(ValueError):
     """A name taken from a data file would resolve outside its root directory."""
 
 
-def safe_join(root: str | os.PathLike, name: str) -> Path:
+def name_part_problem(name: str) -> str | None:
+    """Why ``name`` (a class name or sample id from a data file) cannot be part of a file name
+    the toolkit writes, or ``None``: it may hold no path separator, no NUL and not be ``.``/``..``."""
+    if "/" in name or "\\" in name:
+        return "contains a path separator ('/' or '\\')"
+    if "\x00" in name:
+        return "contains a NUL character"
+    if name in ("", ".", ".."):
+        return "is empty, '.' or '..'"
+    return None
+
+
+def safe_join(root: str | os.PathLike, name: str, *, flat: bool = False) -> Path:
     """Join ``name`` (taken from a data file) under ``root`` and refuse anything that escapes it.
 
-    Absolute names, ``..`` components and symlinks pointing outside ``root`` are refused.
+    Absolute names, ``..`` components and symlinks pointing outside ``root`` are refused. With
+    ``flat``, ``name`` must also be one file name directly inside ``root`` (no separator at all):
+    the form of every file name the toolkit builds from class names and sample ids.
     """
     root_path = Path(root).resolve()
     if not name or os.path.isabs(name) or "\x00" in name:
         raise PathEscapeError(f"refusing path {name!r}: must be a relative name under {root_path}")
+    if flat and (problem := name_part_problem(name)):
+        raise PathEscapeError(f"refusing file name {name!r} under {root_path}: it {problem}")
     candidate = (root_path / name).resolve()
     if candidate != root_path and root_path not in candidate.parents:
         raise PathEscapeError(f"refusing path {name!r}: it resolves outside {root_path}")
     return candidate
+
+
+def prediction_path(folder: str | os.PathLike, class_name: str, unique_id: str) -> Path:
+    """Where the OVCOS protocol keeps one prediction: ``<folder>/[<class_name>]<unique_id>.png``,
+    through :func:`safe_join` so that names from data files never leave ``folder``."""
+    return safe_join(folder, f"[{class_name}]{unique_id}.png", flat=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

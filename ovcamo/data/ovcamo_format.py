@@ -15,7 +15,13 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from ovcamo.data.io import PathEscapeError, atomic_write_json, mask_is_empty, safe_join
+from ovcamo.data.io import (
+    PathEscapeError,
+    atomic_write_json,
+    mask_is_empty,
+    name_part_problem,
+    safe_join,
+)
 
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
@@ -199,6 +205,8 @@ def load_class_info(path: str | os.PathLike) -> list[ClassInfo]:
         sub = e.get("sub_class", [])
         if not (isinstance(sub, list) and all(isinstance(x, str) for x in sub)):
             found.append(f"has sub_class = {json.dumps(sub)}: expected a list of strings")
+        if isinstance(e["name"], str) and (bad := name_part_problem(e["name"])):
+            found.append(f"has a name that {bad}: class names become parts of file names")
         if e["split"] not in SPLITS:
             found.append(f"has split {e['split']!r}, expected 'train' or 'test'")
         found = [f for f in found if f]

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, resolve_checkpoint_dir
-from ovcamo.data.io import staged_dir, write_png
+from ovcamo.data.io import prediction_path, staged_dir, write_png
 from ovcamo.data.ovcamo_format import DataPaths
 from ovcamo.data.transforms import EvalTransform
 from ovcamo.engine.distributed import DistInfo
@@ -270,7 +270,7 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
                 log.warning("skipped sample %s: %s", item["skipped"], item["error"])
                 skipped += 1
                 continue
-            write_png(tmp / f"[{item['pred_class']}]{item['unique_id']}.png", item["pred"])
+            write_png(prediction_path(tmp, item["pred_class"], item["unique_id"]), item["pred"])
             written += 1
     log.info("wrote %d predictions to %s (%d samples skipped)", written, out, skipped)
     return out

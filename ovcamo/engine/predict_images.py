@@ -26,7 +26,15 @@ from typing import Any
 
 from PIL import Image
 
-from ovcamo.data.io import atomic_write_json, out_dir_problem, staged_dir, write_png
+from ovcamo.data.io import (
+    atomic_write_json,
+    name_part_problem,
+    out_dir_problem,
+    prediction_path,
+    safe_join,
+    staged_dir,
+    write_png,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +129,11 @@ def resolve_classes(spec: Any) -> list[str]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise PredictInputError(f"classes={spec}: names listed twice: {_listing(repeated)}")
+    bad = [f"{n!r} {problem}" for n in names if (problem := name_part_problem(n))]
+    if bad:
+        raise PredictInputError(
+            f"classes={spec}: class names become parts of file names, and {_listing(bad)}"
+        )
     return names
 
 
@@ -218,10 +231,13 @@ def predict_images(cfg: Any) -> Path:
                 res = postprocess(
                     pred["mask_logits"][i, 0], pred["class_logits"][i], names, rgb.shape[:2]
                 )
-                mask_name = (
-                    f"[{res['class_name']}]{p.stem}.png" if fmt == "ovcamo" else f"{p.stem}.png"
+                mask_path = (
+                    prediction_path(tmp / mask_dir, res["class_name"], p.stem)
+                    if fmt == "ovcamo"
+                    else safe_join(tmp / mask_dir, f"{p.stem}.png", flat=True)
                 )
-                write_png(tmp / mask_dir / mask_name, res["mask"])
+                mask_name = mask_path.name
+                write_png(mask_path, res["mask"])
                 record: dict[str, Any] = {
                     "image": str(p.resolve()),
                     "size": list(rgb.shape[:2]),

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ovcamo.data.io import read_gray
+from ovcamo.data.io import prediction_path, read_gray
 from ovcamo.data.ovcamo_format import DataPaths, resolve_records
 from ovcamo.data.samples import load_sample
 
@@ -28,7 +28,7 @@ def _items(
             {
                 "image": sample["image"],
                 "gt": sample["mask"],
-                "pred": read_gray(pred_dir / f"[{pred_class}]{uid}.png"),
+                "pred": read_gray(prediction_path(pred_dir, pred_class, uid)),
                 "gt_class": row["gt_class"],
                 "pred_class": pred_class,
                 "title": f"{uid} IoU {row['avgiou']:.2f}",
