@@ -100,9 +100,10 @@ generate = Command(
 loop = Command(
     "loop", "loop", "ovcamo.engine.loop:main", "generate → train without/with → evaluate → report"
 )
+demo = Command("demo", "demo", "ovcamo.demo:main", "try a trained model in the browser (gradio)")
 
 #: ``python -m ovcamo <name>``.
-COMMANDS = {c.name: c for c in (world, micro_clip, train, evaluate, predict, generate, loop)}
+COMMANDS = {c.name: c for c in (world, micro_clip, train, evaluate, predict, generate, loop, demo)}
 
 
 class CommandError(Exception):

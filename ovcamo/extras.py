@@ -12,6 +12,7 @@ model     open_clip_torch, timm, segment-anything                BaCLIP, ``ovcam
                                                                  ``ovcamo-eval checkpoint=``
 gen       diffusers, transformers, scikit-image (+ ``model``)    the diffusion generators
 wandb     wandb                                                  ``logger=wandb``
+demo      gradio                                                 ``ovcamo-demo``
 all       all of the above
 dev       all + the test and lint tools
 ========  =====================================================  ==================================
@@ -30,6 +31,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str]] = {
     "transformers": ("transformers", "gen"),
     "skimage": ("scikit-image", "gen"),
     "wandb": ("wandb", "wandb"),
+    "gradio": ("gradio", "demo"),
 }
 
 
