@@ -117,7 +117,11 @@ def fail(prog: str, message: str) -> NoReturn:
 
 
 def run_command(command: Command, argv: list[str]) -> None:
-    """Compose ``command``'s config from ``argv`` (Hydra's command line) and run it."""
+    """Compose ``command``'s config from ``argv`` (Hydra's command line) and run it; ``--help``
+    (``-h``) prints :func:`command_help` instead."""
+    if any(a in ("--help", "-h") for a in argv):
+        print(command_help(command))
+        return
     scratch = tempfile.mkdtemp(prefix="ovcamo-check-")
     try:
         argv = prepare_arguments(command.config_name, argv, scratch)
@@ -203,6 +207,8 @@ def _remove_hydra_leftovers() -> None:
         return
     hc = HydraConfig.get()
     folder = Path(hc.runtime.output_dir)
+    if folder.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        return  # hydra.run.dir=. (check=true, ovcamo-eval, ovcamo-predict): the user's folder
     own = {".hydra", f"{hc.job.name}.log"}
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= own:
         for handler in logging.getLogger().handlers[:]:
@@ -309,6 +315,111 @@ def config_groups(config_name: str) -> frozenset[str]:
         if OmegaConf.is_dict(entry):
             names.update(re.sub(r"^(override|optional)\s+", "", str(k)).lstrip("/") for k in entry)
     return frozenset(names)
+
+
+# ---------------------------------------------------------------- help
+
+#: The flags Hydra reads on every command's line, for ``--help``.
+HYDRA_FLAGS = (
+    "Hydra flags: --cfg job|hydra|all (print the config, run nothing), --resolve, --package "
+    "PKG, --info, -m/--multirun (sweep comma-separated values), -cp/-cn (another config), "
+    "--hydra-help (Hydra's own help)"
+)
+_HELP_VALUE_WIDTH = 48
+
+
+def command_help(command: Command) -> str:
+    """``ovcamo-<cmd> --help``: the command's usage (its config file's opening comment), its
+    config groups with their default and options, and its top-level keys with defaults (nested
+    ones flattened as ``node.key``) and the comment above each, then Hydra's flags."""
+    from omegaconf import OmegaConf
+
+    path = _CONF_DIR / f"{command.config_name}.yaml"
+    text = path.read_text(encoding="utf-8")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    assert isinstance(cfg, dict)
+    usage = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        usage.append("  " + line[1:].strip())
+    lines = [
+        f"{command.prog}: {command.summary}",
+        "",
+        f"Usage: {command.prog} [group=option ...] [key=value ...] [Hydra flags]",
+    ]
+    lines += [*usage, ""]
+
+    groups = []
+    for entry in cfg.get("defaults") or []:
+        if not isinstance(entry, dict):
+            continue
+        for key, default in entry.items():
+            name = re.sub(r"^(override|optional)\s+", "", str(key)).lstrip("/")
+            if name.startswith("hydra"):
+                continue
+            folder = _CONF_DIR / name
+            options = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+            groups.append(
+                f"  {name}={_help_value(default)}    options: {', '.join(options) or '-'}"
+            )
+    if groups:
+        lines += ["Config groups (group=option):", *groups, ""]
+
+    comments = _key_comments(text)
+    lines.append("Keys (key=value; the default is shown):")
+    for key, value in cfg.items():
+        if key in ("defaults", "hydra"):
+            continue
+        for name, leaf in _flatten(str(key), value):
+            shown = _help_value(leaf)
+            if len(shown) > _HELP_VALUE_WIDTH:
+                shown = shown[: _HELP_VALUE_WIDTH - 1] + "…"
+            note = comments.get(name, "")
+            lines.append(f"  {name}={shown}" + (f"    # {note}" if note else ""))
+    lines += [
+        "",
+        HYDRA_FLAGS,
+        f"`{command.prog} --cfg job` prints every key of the composed config, groups included.",
+    ]
+    return "\n".join(lines)
+
+
+def _help_value(value: Any) -> str:
+    """A default as it is typed on the command line: ``null``, ``true``, ``[a, b]``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_help_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}"
+    return " ".join(str(value).split())
+
+
+def _flatten(key: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, dict) and value:
+        return [kv for k, v in value.items() for kv in _flatten(f"{key}.{k}", v)]
+    return [(key, value)]
+
+
+def _key_comments(text: str) -> dict[str, str]:
+    """Top-level key → its comment in a config file: the comment lines right above it (their
+    first sentence), else its inline comment."""
+    comments: dict[str, str] = {}
+    above: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            above.append(line[1:].strip())
+            continue
+        m = re.match(r"^([A-Za-z_][\w-]*):[^#]*(?:#\s*(.*))?$", line)
+        if m:
+            block = " ".join(above)
+            first = re.split(r"(?<=\.)\s", block, maxsplit=1)[0] if block else ""
+            comments[m.group(1)] = first or (m.group(2) or "").strip()
+        above = []
+    return comments
 
 
 # ---------------------------------------------------------------- messages

@@ -124,6 +124,8 @@ def test_scores_match_the_metric_and_files_are_written(dataset, tmp_path: Path) 
     out = write_results(results, tmp_path / "eval")
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "confusion.csv",
+        "confusion.md",
         "hard_classes.csv",
         "hard_classes.md",
         "metrics.json",

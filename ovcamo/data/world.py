@@ -622,9 +622,21 @@ def render_grid(
     return Path(path)
 
 
-def main(cfg: Mapping[str, Any]) -> Path:
+def main(cfg: Mapping[str, Any]) -> Path | None:
     """``ovcamo-world``: render (or reuse) ``cfg.world``; copy or link it to ``cfg.out_dir``;
-    write a sample grid to ``cfg.grid`` when set. Prints and returns the dataset folder."""
+    write a sample grid to ``cfg.grid`` when set. Prints and returns the dataset folder.
+
+    ``check=true`` validates ``cfg.world``, says whether the world is cached or would be rendered,
+    writes nothing and returns ``None``."""
+    if cfg.get("check"):
+        spec = resolve_world(cfg["world"])
+        folder = world_dir(spec, cfg.get("cache_dir"))
+        state = "cached at" if folder.is_dir() else "would be rendered to"
+        print(
+            f"ovcamo-world: check passed: world {spec.name!r} ({spec.config_hash[:12]}) {state} "
+            f"{folder}; nothing written (check=true)"
+        )
+        return None
     root = ensure_world(cfg["world"], cache_dir=cfg.get("cache_dir"))
     if cfg.get("out_dir"):
         root = export_world(root, cfg["out_dir"], link=bool(cfg.get("link", False)))

@@ -65,6 +65,7 @@ from ovcamo.metrics.summary import (
     METRIC_KEYS,
     PER_SAMPLE_COLUMNS,
     per_sample_rows,
+    reduce_rows,
     split_diagnostics,
     summarize,
 )
@@ -74,6 +75,12 @@ from ovcamo.metrics.tables import (
     paper_table,
     per_class_csv,
     per_class_table,
+)
+from ovcamo.report.confusion import (
+    Confusion,
+    confusion_csv,
+    confusion_markdown,
+    confusion_matrix,
 )
 
 #: ``[<pred class>]<unique_id>.png``; the class is everything up to the first ``]``, as officially.
@@ -133,6 +140,7 @@ class EvaluationResult:
     ignored: list[str] = field(default_factory=list)
     scores: np.ndarray | None = None
     correct: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """The content of ``metrics.json``."""
@@ -294,31 +302,71 @@ def _run_pool(
     return results
 
 
-def score_prediction_dir(
-    pred_dir: str | os.PathLike,
-    paths: DataPaths,
-    *,
-    split: Split = "test",
-    unique_ids: Iterable[str] | None = None,
-    allow_missing: bool = False,
-    resize_to_gt: bool = False,
-    allow_empty_gt: bool = False,
-    reference: str | os.PathLike | None = None,
-    num_workers: int = 2,
-) -> EvaluationResult:
-    """Score ``pred_dir`` against the GT masks of ``split`` (only ``unique_ids`` when given).
+@dataclass
+class _Pairs:
+    """Predictions matched to GT masks, in GT order: ``pred`` and ``gt`` hold ``(class, path)``
+    per sample name (class ``""`` in the class-agnostic mode)."""
 
-    Predictions for samples of the split outside ``unique_ids`` are ignored (and listed); a
-    prediction for an id outside the split is an error. ``reference``: a reference run's
-    ``per_class.csv`` that fixes the hard classes. ``num_workers`` scoring processes (see
-    :func:`scoring_context`). ``allow_empty_gt``: score GT masks without a foreground pixel by the
-    metrics' conventions instead of refusing them. Raises :class:`EvaluationError` listing every
-    problem; nothing is written here (see
-    :func:`write_results`).
-    """
+    pred: dict[str, tuple[str, Path]]
+    gt: dict[str, tuple[str, Path]]
+    missing: list[str]
+    ignored: list[str]
+    class_names: list[str]
+
+    @property
+    def order(self) -> list[str]:
+        return [u for u in self.gt if u in self.pred]
+
+
+def _file_problems(
+    pairs: _Pairs,
+    problems: dict[str, list[str]],
+    resize_to_gt: bool,
+    formats: Sequence[str],
+    format_key: str,
+) -> None:
+    """Open every matched prediction (and, unless ``resize_to_gt``, its GT mask) to check its
+    format (one of ``formats``, as PIL names them; else listed under ``format_key``), its 8-bit
+    mode and its size; adds to ``problems``."""
+    for uid in pairs.order:
+        p, gt_path = pairs.pred[uid][1], pairs.gt[uid][1]
+        try:
+            with Image.open(p) as im:
+                mode, size = im.mode, im.size
+                fmt = im.format
+        except (OSError, ValueError, SyntaxError) as e:
+            problems.setdefault(_UNREADABLE_PRED, []).append(f"{p} ({e})")
+            continue
+        if fmt not in formats:
+            problems.setdefault(format_key, []).append(f"{p.name} (contains {fmt})")
+        elif mode not in _EIGHT_BIT_MODES:
+            problems.setdefault("not an 8-bit " + " or ".join(formats), []).append(
+                f"{p.name} (mode {mode})"
+            )
+        elif not resize_to_gt:
+            try:
+                with Image.open(gt_path) as gim:
+                    gt_size = gim.size
+            except (OSError, ValueError, SyntaxError) as e:
+                problems.setdefault(_UNREADABLE_GT, []).append(f"{gt_path} ({e})")
+                continue
+            if gt_size != size:
+                problems.setdefault(_SIZE_DIFFERS, []).append(
+                    f"{p.name} ({size[1]}×{size[0]} vs GT {gt_size[1]}×{gt_size[0]})"
+                )
+
+
+def _class_aware_pairs(
+    pred_dir: Path,
+    paths: DataPaths,
+    split: Split,
+    unique_ids: Iterable[str] | None,
+    allow_missing: bool,
+    resize_to_gt: bool,
+) -> _Pairs:
+    """Match ``[<class>]<uid>.png`` predictions to the split's GT; raise on every problem."""
     if split not in ("train", "test"):
         raise EvaluationError(f"split must be 'train' or 'test', got {split!r}")
-    pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise EvaluationError(f"prediction folder not found: {pred_dir}")
     gt, split_ids, class_names = _gt_masks(paths, split, unique_ids)
@@ -373,36 +421,23 @@ def score_prediction_dir(
     missing = [u for u in gt if u not in preds]
     if not allow_missing:
         problems["GT sample without prediction"] = missing
-
-    for uid, (_, p) in preds.items():
-        try:
-            with Image.open(p) as im:
-                mode, size = im.mode, im.size
-                fmt = im.format
-        except (OSError, ValueError, SyntaxError) as e:
-            problems[_UNREADABLE_PRED].append(f"{p} ({e})")
-            continue
-        if fmt != "PNG":
-            problems["not a .png file"].append(f"{p.name} (contains {fmt})")
-        elif mode not in _EIGHT_BIT_MODES:
-            problems["not an 8-bit PNG"].append(f"{p.name} (mode {mode})")
-        elif not resize_to_gt:
-            try:
-                with Image.open(gt[uid][1]) as gim:
-                    gt_size = gim.size
-            except (OSError, ValueError, SyntaxError) as e:
-                problems[_UNREADABLE_GT].append(f"{gt[uid][1]} ({e})")
-                continue
-            if gt_size != size:
-                problems[_SIZE_DIFFERS].append(
-                    f"{p.name} ({size[1]}×{size[0]} vs GT {gt_size[1]}×{gt_size[0]})"
-                )
+    pairs = _Pairs(preds, gt, missing if allow_missing else [], ignored, class_names)
+    _file_problems(pairs, problems, resize_to_gt, ("PNG",), "not a .png file")
     _raise_if(problems, pred_dir)
     if not preds:
         raise EvaluationError(f"cannot evaluate {pred_dir}: no prediction matches a GT sample")
+    return pairs
 
-    order = [u for u in gt if u in preds]
-    tasks = [_Task(u, str(preds[u][1]), str(gt[u][1]), resize_to_gt, allow_empty_gt) for u in order]
+
+def _score_pairs(
+    pairs: _Pairs, pred_dir: Path, resize_to_gt: bool, allow_empty_gt: bool, num_workers: int
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Score matched pairs: ``(names, float64 (N, SCORE_LENGTH) raw scores, resized names)``."""
+    order = pairs.order
+    tasks = [
+        _Task(u, str(pairs.pred[u][1]), str(pairs.gt[u][1]), resize_to_gt, allow_empty_gt)
+        for u in order
+    ]
     scored = {uid: (vec, err, rs) for uid, vec, err, rs in _run_pool(tasks, num_workers)}
     failed: dict[str, list[str]] = defaultdict(list)
     for _, errs, _ in scored.values():
@@ -410,12 +445,40 @@ def score_prediction_dir(
             failed[kind].append(detail)
     _raise_if(failed, pred_dir)
     resized = [u for u in order if scored[u][2]]
+    return order, np.stack([scored[u][0] for u in order]), resized
 
-    scores = np.stack([scored[u][0] for u in order])
-    records = [(u, preds[u][0], gt[u][0]) for u in order]
+
+def score_prediction_dir(
+    pred_dir: str | os.PathLike,
+    paths: DataPaths,
+    *,
+    split: Split = "test",
+    unique_ids: Iterable[str] | None = None,
+    allow_missing: bool = False,
+    resize_to_gt: bool = False,
+    allow_empty_gt: bool = False,
+    reference: str | os.PathLike | None = None,
+    num_workers: int = 2,
+) -> EvaluationResult:
+    """Score ``pred_dir`` against the GT masks of ``split`` (only ``unique_ids`` when given).
+
+    Predictions for samples of the split outside ``unique_ids`` are ignored (and listed); a
+    prediction for an id outside the split is an error. ``reference``: a reference run's
+    ``per_class.csv`` that fixes the hard classes. ``num_workers`` scoring processes (see
+    :func:`scoring_context`). ``allow_empty_gt``: score GT masks without a foreground pixel by the
+    metrics' conventions instead of refusing them. Raises :class:`EvaluationError` listing every
+    problem; nothing is written here (see
+    :func:`write_results`).
+    """
+    pred_dir = Path(pred_dir)
+    pairs = _class_aware_pairs(pred_dir, paths, split, unique_ids, allow_missing, resize_to_gt)
+    order, scores, resized = _score_pairs(
+        pairs, pred_dir, resize_to_gt, allow_empty_gt, num_workers
+    )
+    records = [(u, pairs.pred[u][0], pairs.gt[u][0]) for u in order]
     correct = np.array([pc == gc for _, pc, gc in records], dtype=bool)
     metrics, diagnostics = split_diagnostics(summarize(scores, correct))
-    per_class = per_class_table(scores, correct, records, class_order=class_names)
+    per_class = per_class_table(scores, correct, records, class_order=pairs.class_names)
     try:
         hard = hard_subset(scores, correct, records, per_class, reference=reference)
     except (FileNotFoundError, ValueError) as e:
@@ -429,12 +492,199 @@ def score_prediction_dir(
         split=split,
         pred_dir=str(pred_dir),
         num_samples=len(order),
-        missing=missing if allow_missing else [],
+        missing=pairs.missing,
         resized=resized,
-        ignored=ignored,
+        ignored=pairs.ignored,
         scores=scores,
         correct=correct,
+        class_names=pairs.class_names,
     )
+
+
+# ---------------------------------------------------------------- class-agnostic (COD) sets
+
+#: Prediction files of the class-agnostic mode (COD10K, CAMO and NC4K results come as either).
+AGNOSTIC_PRED_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Column titles of the class-agnostic table: the standard COD set, in METRIC_KEYS order.
+AGNOSTIC_TITLES = {
+    "sm": "Sm",
+    "wfm": "Fωβ",
+    "mae": "MAE",
+    "adpfm": "adpFβ",
+    "avgfm": "meanFβ",
+    "maxfm": "maxFβ",
+    "adpem": "adpEm",
+    "avgem": "meanEm",
+    "maxem": "maxEm",
+    "adpiou": "adpIoU",
+    "avgiou": "IoU",
+    "maxiou": "maxIoU",
+}
+#: Columns of the class-agnostic ``per_sample.csv``.
+AGNOSTIC_SAMPLE_COLUMNS = ("name", *METRIC_KEYS)
+_MATCH_HINT = (
+    "Predictions and GT masks are matched by file name without its extension (<name>.png or "
+    "<name>.jpg against <name>.png); allow_missing=true scores only the GT masks that have a "
+    "prediction."
+)
+
+
+@dataclass
+class AgnosticResult:
+    """A class-agnostic evaluation: ``metrics`` has the twelve :data:`METRIC_KEYS` (``avgiou`` is
+    the IoU, the mean of the averaged curve); ``per_sample``: rows of
+    :data:`AGNOSTIC_SAMPLE_COLUMNS`; ``scores``: float64 ``(N, SCORE_LENGTH)`` in row order."""
+
+    metrics: dict[str, float]
+    per_sample: list[dict[str, Any]]
+    pred_dir: str
+    gt_dir: str
+    num_samples: int
+    missing: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    scores: np.ndarray | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The content of ``metrics.json``."""
+        return {
+            "mode": "class-agnostic",
+            "metrics": self.metrics,
+            "num_samples": self.num_samples,
+            "pred_dir": self.pred_dir,
+            "gt_dir": self.gt_dir,
+            "missing": self.missing,
+            "resized": self.resized,
+        }
+
+
+def _agnostic_pairs(
+    pred_dir: Path, gt_dir: Path, allow_missing: bool, resize_to_gt: bool
+) -> _Pairs:
+    """Match ``<name>.{png,jpg}`` predictions to ``<name>.png`` GT masks; raise on every problem,
+    naming the files present on one side only."""
+    for what, folder in (("prediction", pred_dir), ("GT mask", gt_dir)):
+        if not folder.is_dir():
+            raise EvaluationError(f"{what} folder not found: {folder}")
+    problems: dict[str, list[str]] = {
+        f"folder inside the GT folder {gt_dir}": [],
+        f"GT file that is not a .png mask in {gt_dir}": [],
+        _FOLDER: [],
+        "not a .png or .jpg file": [],
+        "two predictions for one sample": [],
+        f"prediction without a GT mask in {gt_dir}": [],
+        f"GT mask without a prediction in {pred_dir}": [],
+    }
+    gt: dict[str, tuple[str, Path]] = {}
+    for p in sorted(q for q in gt_dir.iterdir() if not q.name.startswith(".")):
+        stem, ext = os.path.splitext(p.name)
+        if p.is_dir():
+            problems[f"folder inside the GT folder {gt_dir}"].append(p.name)
+        elif ext.lower() != ".png":
+            problems[f"GT file that is not a .png mask in {gt_dir}"].append(p.name)
+        else:
+            gt[stem] = ("", p)
+    preds: dict[str, tuple[str, Path]] = {}
+    for p in sorted(q for q in pred_dir.iterdir() if not q.name.startswith(".")):
+        stem, ext = os.path.splitext(p.name)
+        if p.is_dir():
+            problems[_FOLDER].append(p.name)
+        elif ext.lower() not in AGNOSTIC_PRED_SUFFIXES:
+            problems["not a .png or .jpg file"].append(p.name)
+        elif stem in preds:
+            problems["two predictions for one sample"].append(f"{preds[stem][1].name} / {p.name}")
+        elif stem not in gt:
+            problems[f"prediction without a GT mask in {gt_dir}"].append(p.name)
+        else:
+            preds[stem] = ("", p)
+    missing = [gt[u][1].name for u in gt if u not in preds]
+    if not allow_missing:
+        problems[f"GT mask without a prediction in {pred_dir}"] = missing
+    pairs = _Pairs(preds, gt, missing if allow_missing else [], [], [])
+    _file_problems(pairs, problems, resize_to_gt, ("PNG", "JPEG"), "not a .png or .jpg file")
+    if any(problems.values()):
+        try:
+            _raise_if(problems, f"{pred_dir} against {gt_dir}")
+        except EvaluationError as e:
+            raise EvaluationError(f"{e}\n{_MATCH_HINT}") from None
+    if not preds:
+        raise EvaluationError(f"cannot evaluate {pred_dir}: no GT mask in {gt_dir}")
+    return pairs
+
+
+def score_agnostic_dirs(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    *,
+    allow_missing: bool = False,
+    resize_to_gt: bool = False,
+    allow_empty_gt: bool = False,
+    num_workers: int = 2,
+) -> AgnosticResult:
+    """Score a class-agnostic COD set (COD10K, CAMO, NC4K layouts): ``pred_dir`` holds
+    ``<name>.png`` or ``<name>.jpg`` predictions, ``gt_dir`` the ``<name>.png`` masks.
+
+    Every sample is scored by :func:`ovcamo.metrics.functional.sample_scores` and averaged as in
+    the class-aware mode with every class right, which gives pysodmetrics' dataset numbers. A name
+    on one side only is an error listing them (``allow_missing``: GT masks without a prediction
+    are left out and listed instead). Raises :class:`EvaluationError`; writes nothing.
+    """
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    pairs = _agnostic_pairs(pred_dir, gt_dir, allow_missing, resize_to_gt)
+    order, scores, resized = _score_pairs(
+        pairs, pred_dir, resize_to_gt, allow_empty_gt, num_workers
+    )
+    metrics = {k: v for k, v in summarize(scores).items() if k in METRIC_KEYS}
+    rows = reduce_rows(scores)
+    per_sample = [
+        {"name": u, **{k: float(rows[k][i]) for k in METRIC_KEYS}} for i, u in enumerate(order)
+    ]
+    return AgnosticResult(
+        metrics=metrics,
+        per_sample=per_sample,
+        pred_dir=str(pred_dir),
+        gt_dir=str(gt_dir),
+        num_samples=len(order),
+        missing=pairs.missing,
+        resized=resized,
+        scores=scores,
+    )
+
+
+def agnostic_markdown(results: AgnosticResult) -> str:
+    """``metrics.md`` of the class-agnostic mode: the standard COD table, then every key."""
+    lines = [
+        f"# Class-agnostic COD evaluation of `{results.pred_dir}`",
+        "",
+        f"{results.num_samples} samples against `{results.gt_dir}`; no class check.",
+        "",
+        "| " + " | ".join(AGNOSTIC_TITLES.values()) + " |",
+        "|" + "---:|" * len(AGNOSTIC_TITLES),
+        "| " + " | ".join(f"{results.metrics[k]:.4f}" for k in AGNOSTIC_TITLES) + " |",
+        "",
+        "IoU is the mean of the averaged 256-threshold curve; maxIoU its maximum, adpIoU at the "
+        "adaptive threshold. Keys in metrics.json: " + ", ".join(METRIC_KEYS) + ".",
+        "",
+    ]
+    if results.missing:
+        lines += [
+            f"**{len(results.missing)} GT masks had no prediction and are not in the averages** "
+            "(allow_missing=true): " + ", ".join(results.missing[:_MAX_LISTED]),
+            "",
+        ]
+    if results.resized:
+        lines += [f"{len(results.resized)} predictions were resized to their GT size.", ""]
+    return "\n".join(lines)
+
+
+def write_agnostic_results(results: AgnosticResult, out_dir: str | os.PathLike) -> Path:
+    """Write ``metrics.md``, ``per_sample.csv`` and then ``metrics.json`` into ``out_dir``, each
+    atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "per_sample.csv", _csv(results.per_sample, AGNOSTIC_SAMPLE_COLUMNS))
+    atomic_write_text(out / "metrics.md", agnostic_markdown(results))
+    atomic_write_json(out / "metrics.json", results.summary())
+    return out
 
 
 def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -503,11 +753,19 @@ def hard_classes_markdown(results: EvaluationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_confusion(results: EvaluationResult) -> Confusion:
+    """Predicted vs GT class of the scored samples, labels in the dataset's class order."""
+    pairs = ((r["gt_class"], r["pred_class"]) for r in results.per_sample)
+    return confusion_matrix(pairs, results.class_names)
+
+
 def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path:
     """Write ``metrics.json``, ``metrics.md``, ``per_class.csv``, ``per_sample.csv``,
-    ``hard_classes.md`` and ``hard_classes.csv`` into ``out_dir``, each atomically."""
+    ``hard_classes.md``, ``hard_classes.csv`` and ``confusion.{csv,md}`` (predicted vs GT class)
+    into ``out_dir``, each atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    confusion = result_confusion(results)
     texts = {
         "per_class.csv": per_class_csv(results.per_class),
         "per_sample.csv": _csv(results.per_sample, PER_SAMPLE_COLUMNS),
@@ -519,6 +777,10 @@ def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path
             ("class", "ranking_ciou"),
         ),
         "hard_classes.md": hard_classes_markdown(results),
+        "confusion.csv": confusion_csv(confusion),
+        "confusion.md": "# Predicted vs GT class\n\n"
+        f"{confusion.total} samples; rows are GT classes, columns predicted classes.\n\n"
+        + confusion_markdown(confusion),
         "metrics.md": results_markdown(results),
     }
     for name, text in texts.items():
@@ -552,18 +814,64 @@ def check_out_dir(out_dir: Path) -> None:
         )
 
 
-def main(cfg: Any) -> EvaluationResult:
+def _check_passed(message: str) -> None:
+    print(f"ovcamo-eval: check passed: {message}; nothing written (check=true)")
+
+
+def _main_agnostic(cfg: Any, check: bool) -> AgnosticResult | None:
+    """``ovcamo-eval pred_dir=… gt_dir=…``: a class-agnostic COD set."""
+    if not cfg.get("pred_dir"):
+        raise EvaluationError("gt_dir= needs pred_dir=<folder of <name>.png or <name>.jpg>")
+    if cfg.get("checkpoint"):
+        raise EvaluationError(
+            "checkpoint= predicts classes from an OVCamo-format dataset; with gt_dir= give "
+            "pred_dir= instead"
+        )
+    pred_dir, gt_dir = Path(str(cfg.pred_dir)), Path(str(cfg.gt_dir))
+    out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else pred_dir.parent / "eval"
+    check_out_dir(out_dir)
+    allow_missing = bool(cfg.get("allow_missing", False))
+    resize_to_gt = bool(cfg.get("resize_to_gt", False))
+    if check:
+        pairs = _agnostic_pairs(pred_dir, gt_dir, allow_missing, resize_to_gt)
+        _check_passed(
+            f"{len(pairs.order)} predictions in {pred_dir} match GT masks in {gt_dir}; results "
+            f"would go to {out_dir}"
+        )
+        return None
+    results = score_agnostic_dirs(
+        pred_dir,
+        gt_dir,
+        allow_missing=allow_missing,
+        resize_to_gt=resize_to_gt,
+        allow_empty_gt=bool(cfg.get("allow_empty_gt", False)),
+        num_workers=int(cfg.get("num_workers", 2)),
+    )
+    write_agnostic_results(results, out_dir)
+    print(agnostic_markdown(results))
+    print(f"results written to {out_dir}")
+    print(json.dumps({k: round(v, 4) for k, v in results.metrics.items()}))
+    return results
+
+
+def main(cfg: Any) -> EvaluationResult | AgnosticResult | None:
     """Entry point of ``ovcamo-eval`` (config ``ovcamo/conf/eval.yaml``).
 
     Keys: ``pred_dir`` or ``checkpoint`` (predictions are then written first by
     :func:`ovcamo.engine.predict.predict_to_dir`), ``out_dir``, ``split`` and ``part`` (``val``: the
     held-out base-validation part of the train split), ``allow_missing``, ``resize_to_gt``,
-    ``allow_empty_gt``, ``reference``, ``num_workers``, ``data.*``. Bad input (``out_dir`` included,
-    checked before any work): message on stderr, exit status 2, nothing written.
+    ``allow_empty_gt``, ``reference``, ``num_workers``, ``data.*``; ``gt_dir`` with ``pred_dir``
+    scores a class-agnostic COD set instead (:func:`score_agnostic_dirs`); ``check=true`` validates
+    the inputs, prints what would be scored and writes nothing (returns ``None``). Bad input
+    (``out_dir`` included, checked before any work): message on stderr, exit status 2, nothing
+    written.
     """
+    check = bool(cfg.get("check", False))
     split = str(cfg.get("split", "test"))
     part = str(cfg.get("part", "all"))
     try:
+        if cfg.get("gt_dir"):
+            return _main_agnostic(cfg, check)
         if part not in ("all", "val") or (part == "val" and split != "train"):
             raise EvaluationError(
                 f"part={part!r} with split={split!r}: use part=val with split=train"
@@ -572,15 +880,27 @@ def main(cfg: Any) -> EvaluationResult:
             paths = resolve_data_paths(cfg.data, cfg.get("cache_dir"))
         except (KeyError, FileNotFoundError, DatasetFormatError) as e:
             raise EvaluationError(f"dataset config: {e}") from e
+        unique_ids = _holdout_ids(cfg, paths) if part == "val" else None
         if cfg.get("checkpoint"):
             # Imported here: they pull in the model code, which scoring a folder never needs.
             from ovcamo.checkpoint import CheckpointError
-            from ovcamo.engine.predict import predict_to_dir
+            from ovcamo.engine.predict import find_checkpoint, predict_to_dir
 
             if not cfg.get("out_dir"):
                 raise EvaluationError("checkpoint= needs out_dir= (predictions are written there)")
             out_dir = Path(str(cfg.out_dir))
             check_out_dir(out_dir)
+            if check:
+                try:
+                    found = find_checkpoint(str(cfg.checkpoint))
+                except FileNotFoundError as e:
+                    raise EvaluationError(str(e)) from e
+                gt, _, _ = _gt_masks(paths, split, unique_ids)  # type: ignore[arg-type]
+                _check_passed(
+                    f"checkpoint {found} would predict {len(gt)} {split} samples into "
+                    f"{out_dir / 'predictions'}"
+                )
+                return None
             try:
                 pred_dir = predict_to_dir(cfg, split=split, part=part)
             except (
@@ -595,14 +915,33 @@ def main(cfg: Any) -> EvaluationResult:
             out_dir = Path(str(cfg.out_dir)) if cfg.get("out_dir") else pred_dir.parent / "eval"
             check_out_dir(out_dir)
         else:
-            raise EvaluationError("give pred_dir=<folder of [class]uid.png> or checkpoint=<run>")
+            raise EvaluationError(
+                "give pred_dir=<folder of [class]uid.png> or checkpoint=<run> (a class-agnostic "
+                "COD set: pred_dir=<folder of name.png> gt_dir=<folder of name.png masks>)"
+            )
+        allow_missing = bool(cfg.get("allow_missing", False))
+        resize_to_gt = bool(cfg.get("resize_to_gt", False))
+        if check:
+            pairs = _class_aware_pairs(
+                pred_dir,
+                paths,
+                split,  # type: ignore[arg-type]
+                unique_ids,
+                allow_missing,
+                resize_to_gt,
+            )
+            _check_passed(
+                f"{len(pairs.order)} predictions in {pred_dir} match the {split} split's GT; "
+                f"results would go to {out_dir}"
+            )
+            return None
         results = score_prediction_dir(
             pred_dir,
             paths,
             split=split,  # type: ignore[arg-type]
-            unique_ids=_holdout_ids(cfg, paths) if part == "val" else None,
-            allow_missing=bool(cfg.get("allow_missing", False)),
-            resize_to_gt=bool(cfg.get("resize_to_gt", False)),
+            unique_ids=unique_ids,
+            allow_missing=allow_missing,
+            resize_to_gt=resize_to_gt,
             allow_empty_gt=bool(cfg.get("allow_empty_gt", False)),
             reference=cfg.get("reference") or None,
             num_workers=int(cfg.get("num_workers", 2)),
@@ -614,8 +953,10 @@ def main(cfg: Any) -> EvaluationResult:
     if cfg.get("figures", True):
         # Imported here: matplotlib is only needed once results exist.
         from ovcamo.engine.visualize import write_eval_figures
+        from ovcamo.report.confusion import confusion_heatmap
 
         write_eval_figures(results, paths, out_dir)
+        confusion_heatmap(result_confusion(results), out_dir / "confusion.png")
     print(paper_table(results.metrics, title=f"{results.num_samples} samples"))
     print(f"results written to {out_dir}")
     print(json.dumps({k: round(v, 4) for k, v in results.metrics.items()}))

@@ -435,11 +435,32 @@ def ensure_micro_clip(
     return final / CHECKPOINT_FILE
 
 
-def main(cfg: Mapping[str, Any]) -> Path:
+def main(cfg: Mapping[str, Any]) -> Path | None:
     """``ovcamo-micro-clip``: train (or reuse) the micro CLIP of ``cfg.world`` with ``cfg.clip``;
     copy (``link=true``: symlink) its folder to ``cfg.out_dir`` when set; print the report and
-    return the checkpoint path."""
-    from ovcamo.data.world import export_dir
+    return the checkpoint path. ``check=true`` validates ``cfg.clip`` and ``cfg.world``, says
+    whether the model is cached or would be trained, writes nothing and returns ``None``."""
+    from ovcamo.data.world import WorldConfigError, default_cache_dir, export_dir, resolve_world
+
+    if cfg.get("check"):
+        clip = _plain(cfg["clip"])
+        try:
+            _check_clip_cfg(clip)
+        except (KeyError, ValueError) as e:
+            raise WorldConfigError(str(e).strip("'\"")) from e
+        spec = resolve_world(cfg["world"])
+        digest = micro_clip_hash(clip, spec.config_hash)
+        folder = (
+            default_cache_dir(cfg.get("cache_dir"))
+            / "micro_clip"
+            / f"{clip['model']}-{digest[:16]}"
+        )
+        state = "cached at" if (folder / CHECKPOINT_FILE).is_file() else "would be trained into"
+        print(
+            f"ovcamo-micro-clip: check passed: micro CLIP of world {spec.name!r} {state} {folder}; "
+            "nothing written (check=true)"
+        )
+        return None
 
     checkpoint = ensure_micro_clip(cfg["clip"], cfg["world"], cfg.get("cache_dir"))
     if cfg.get("out_dir"):

@@ -174,8 +174,9 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
-def predict_images(cfg: Any) -> Path:
-    """Run the command (keys in ``ovcamo/conf/predict.yaml``); returns the output folder.
+def predict_images(cfg: Any) -> Path | None:
+    """Run the command (keys in ``ovcamo/conf/predict.yaml``); returns the output folder
+    (``None`` after ``check=true``, which validates the inputs and loads the model only).
 
     Raises :class:`PredictInputError` for bad input; nothing is written then.
     """
@@ -206,6 +207,12 @@ def predict_images(cfg: Any) -> Path:
         )
     except (FileNotFoundError, KeyError, ValueError, pickle.UnpicklingError) as e:
         raise PredictInputError(f"checkpoint={cfg.checkpoint}: {e}") from e
+    if cfg.get("check"):
+        print(
+            f"ovcamo-predict: check passed: {len(images)} images, {len(names)} candidate classes, "
+            f"results would go to {out}; nothing written (check=true)"
+        )
+        return None
     size = int(model_cfg["backbone"]["image_size"])
     device = next(model.parameters()).device
     batch_size = max(1, int(cfg.get("batch_size", 8)))
@@ -269,12 +276,13 @@ def predict_images(cfg: Any) -> Path:
     return out
 
 
-def main(cfg: Any) -> Path:
+def main(cfg: Any) -> Path | None:
     """Entry point of ``ovcamo-predict``: bad input → one paragraph on stderr, exit status 2."""
     try:
         out = predict_images(cfg)
     except PredictInputError as e:
         print(f"ovcamo-predict: {e}", file=sys.stderr)
         raise SystemExit(2) from e
-    print(f"results written to {out}")
+    if out is not None:
+        print(f"results written to {out}")
     return out

@@ -284,6 +284,15 @@ def write_loop_report(summary: LoopSummary, out_dir: str | os.PathLike) -> Path:
     md.append(_six_table(novel, compare))
     md.append(_per_seed_table(novel, runs))
     md.append(_diagnostics_section(runs, summary.baseline))
+    md.append(
+        confused_classes_section(
+            {a: [r.novel for r in runs[a]] for a in (CONTROL, TREATED) if a in runs},
+            out,
+            class_order=[
+                c.name for c in sorted(load_class_info(summary.data.class_info), key=lambda c: c.id)
+            ],
+        )
+    )
     md.append(_rare_eval_section(runs, meta))
 
     groups: dict[str, list[dict[str, float]]] = {}
@@ -397,6 +406,44 @@ def _diagnostics_section(
             f"\nThe baseline learns nothing: it marks colours unlike the image border. Segmenter "
             f"IoU minus baseline IoU: {margins}.\n"
         )
+    return "\n".join(text)
+
+
+def confused_classes_section(
+    novel: Mapping[str, Sequence[Path]], out: Path, class_order: Sequence[str] = ()
+) -> str:
+    """ "Which classes are confused": predicted vs GT class on the novel split per arm, counted
+    over seeds from each evaluation's ``per_sample.csv``; the most frequent confusions as a table
+    and one heat map per arm (``confusion_<arm>.png`` in ``out``). Empty without arms."""
+    from ovcamo.report.confusion import (
+        confusion_heatmap,
+        confusion_matrix,
+        top_confusions_markdown,
+    )
+
+    if not novel:
+        return ""
+    matrices = {}
+    for arm, folders in novel.items():
+        pairs = []
+        for folder in folders:
+            with (Path(folder) / "per_sample.csv").open(newline="", encoding="utf-8") as f:
+                pairs += [(row["gt_class"], row["pred_class"]) for row in csv.DictReader(f)]
+        matrices[arm] = confusion_matrix(pairs, class_order)
+    out.mkdir(parents=True, exist_ok=True)
+    text = [
+        "## Which classes are confused\n",
+        "Novel classes: the GT classes most often given another class's name, samples counted "
+        "over all seeds (share: of that GT class's samples).\n",
+        top_confusions_markdown(matrices),
+    ]
+    for arm, conf in matrices.items():
+        confusion_heatmap(
+            conf,
+            out / f"confusion_{arm}.png",
+            title=f"{arm}: predicted vs GT class, novel split ({conf.total} samples)",
+        )
+        text.append(f"![{arm}: predicted vs GT class](confusion_{arm}.png)\n")
     return "\n".join(text)
 
 
