@@ -18,6 +18,7 @@ from ovcamo.data.io import write_png
 from ovcamo.engine.evaluate import (
     EvaluationError,
     main,
+    results_markdown,
     score_prediction_dir,
     scoring_context,
     write_results,
@@ -119,7 +120,7 @@ def test_scores_match_the_metric_and_files_are_written(dataset, tmp_path: Path) 
     reccoon = next(r for r in results.per_class if r["class"] == "reccoon")
     assert reccoon["class_accuracy"] == pytest.approx(2 / 3)
     assert reccoon["agnostic_IoU"] > reccoon["avgiou"]
-    assert results.hard["source"] == "this run" and len(results.hard["classes"]) == 1
+    assert results.hard["source"] == "this run's own ranking" and len(results.hard["classes"]) == 1
 
     out = write_results(results, tmp_path / "eval")
     names = sorted(p.name for p in out.iterdir())
@@ -193,11 +194,32 @@ def test_reference_fixes_the_hard_classes(dataset, tmp_path: Path) -> None:
         "class,avgiou\nsnow leopard,0.9\nreccoon,0.8\nmoth,0.05\ncrab,0.7\n", encoding="utf-8"
     )
     results = score_prediction_dir(tmp_path / "pred", paths, reference=ref, num_workers=1)
-    assert results.hard["source"] == "reference"
+    assert results.hard["source"] == "reference run's ranking"
     assert results.hard["classes"] == ["moth"]
     assert results.hard["num_samples"] == 2
     with pytest.raises(EvaluationError, match="reference"):
         score_prediction_dir(tmp_path / "pred", paths, reference=tmp_path / "nope.csv")
+
+
+def test_ovcoser_ranking_fixes_the_hard_classes_and_the_output_says_so(
+    dataset, tmp_path: Path
+) -> None:
+    paths, masks, classes = dataset
+    _predict(tmp_path / "pred", masks, classes, _test_ids())
+    ranking = tmp_path / "ovcoser_ranking.txt"
+    ranking.write_text("crab\nsnow leopard\nmoth\nreccoon\n", encoding="utf-8")
+    results = score_prediction_dir(tmp_path / "pred", paths, hard_ranking=ranking, num_workers=1)
+    assert results.hard["source"] == "OVCoser ranking" and results.hard["classes"] == ["crab"]
+    out = write_results(results, tmp_path / "eval")
+    assert "Hard classes (1, the hardest quarter; OVCoser ranking): crab" in (
+        out / "metrics.md"
+    ).read_text(encoding="utf-8")
+    assert "| crab | — |" in (out / "hard_classes.md").read_text(encoding="utf-8")
+    assert (out / "hard_classes.csv").read_text(encoding="utf-8") == "class,ranking_ciou\ncrab,\n"
+    own = score_prediction_dir(tmp_path / "pred", paths, num_workers=1)
+    assert "the hardest quarter; this run's own ranking" in results_markdown(own)
+    with pytest.raises(EvaluationError, match="hard_ranking"):
+        score_prediction_dir(tmp_path / "pred", paths, hard_ranking=tmp_path / "nope.txt")
 
 
 def test_train_split_subset(dataset, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from ovcamo.metrics import (
     PAPER_ALIASES,
     OVCOSMetric,
     hard_classes,
+    hard_count,
     hard_subset,
     per_class_csv,
     per_class_table,
@@ -370,7 +371,7 @@ def test_per_class_table_and_hard_classes(tmp_path) -> None:
     ciou = {r["class"]: r["avgiou"] for r in rows}
     hardest = min(ciou, key=ciou.get)
     own = hard_subset(scores, correct, records, rows)
-    assert own["source"] == "this run" and own["classes"] == [hardest]
+    assert own["source"] == "this run's own ranking" and own["classes"] == [hardest]
     assert own["num_samples"] == 4
 
     (tmp_path / "per_class.csv").write_text(per_class_csv(rows), encoding="utf-8")
@@ -378,14 +379,31 @@ def test_per_class_table_and_hard_classes(tmp_path) -> None:
     easiest = max(ciou, key=ciou.get)
     reference = {c: (0.0 if c == easiest else 0.9) for c in ciou}
     ref = hard_subset(scores, correct, records, rows, reference=reference)
-    assert ref["source"] == "reference" and ref["classes"] == [easiest]
+    assert ref["source"] == "reference run's ranking" and ref["classes"] == [easiest]
 
     assert metric.per_class_table(order) == rows
     assert metric.hard_classes(reference)["classes"] == [easiest]
     assert metric.hard_classes()["classes"] == [hardest]
 
     assert hard_classes({f"c{i}": i / 10 for i in range(8)}) == ["c0", "c1"]
-    assert hard_classes({"b": 0.1, "a": 0.1, "c": 0.5}, fraction=0.5) == ["a", "b"]
+    assert hard_classes({"b": 0.1, "a": 0.1, "c": 0.5}, fraction=0.5) == ["a"]
+    # The paper's subset: 15 of OVCamo's 61 novel classes (the hardest 25 %).
+    assert hard_count(61) == 15 and hard_count(10) == 2 and hard_count(3) == 1
+    assert len(hard_classes({f"c{i:02d}": i / 100 for i in range(61)})) == 15
+
+    # OVCoser's ranking, names hardest first: the first hard_count(run classes) present in the run.
+    ovcoser = ["absent class", easiest, hardest]
+    given = hard_subset(scores, correct, records, rows, ranking=ovcoser)
+    assert given["source"] == "OVCoser ranking" and given["classes"] == [easiest]
+    assert given["class_ciou"] == {easiest: None}
+    (tmp_path / "ovcoser.txt").write_text("# OVCoser, hardest first\n\n" + "\n".join(ovcoser))
+    from_file = hard_subset(scores, correct, records, rows, ranking=tmp_path / "ovcoser.txt")
+    assert from_file["classes"] == [easiest] and from_file["metrics"] == given["metrics"]
+    assert metric.hard_classes(ranking=ovcoser)["classes"] == [easiest]
+    with pytest.raises(ValueError, match="not both"):
+        hard_subset(scores, correct, records, rows, reference=reference, ranking=ovcoser)
+    with pytest.raises(ValueError, match="shares no class"):
+        hard_subset(scores, correct, records, rows, ranking=["absent class"])
     (tmp_path / "bad.csv").write_text("class,score\nowl,0.1\n", encoding="utf-8")
     with pytest.raises(ValueError, match="avgiou"):
         read_class_ciou(tmp_path / "bad.csv")

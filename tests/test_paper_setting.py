@@ -108,6 +108,10 @@ def test_explicit_none_or_a_sam_file_pass_the_check(data, tmp_path, monkeypatch,
         "SAM weights: none, random initialisation (asked for with model.sam_checkpoint=none)" in out
     )
     assert "every base image is trained on; the final weights are the result" in out
+    # The published blocks only, counted on the built model (random weights).
+    assert "trainable parameters per block" in out and "addition" not in out
+    assert "MREM (`mrem`): 921,088 trainable" in out
+    assert "total: 10,143,643 trainable parameters" in out
 
     missing = tmp_path / "elsewhere.pth"
     with pytest.raises(CheckFailed, match=f"SAM file {missing} does not exist"):

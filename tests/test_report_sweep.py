@@ -85,13 +85,15 @@ def test_ablation_summary_puts_the_papers_numbers_beside_each_row(tmp_path):
     assert [r.split("`")[1] for r in rows] == ["conv", "full", "mfmsa_4"]
     assert rows[0] == (
         "| CLIP + conv decoder (baseline) (`conv`) | 2 | 0.110 ± 0.014 | 0.110 ± 0.014 | — | — "
-        "| n/a (not found) | n/a (not found) |"
+        "| 0.528 | 0.311 |"
     )
     # The diagnostics beside the official numbers, where the runs' scores hold them.
     assert rows[1].endswith(
         "| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.520 ± 0.028 | 0.700 ± 0.000 | 0.589 | 0.488 |"
     )
     assert "IoU, class check off" in table and "outside the official protocol" in table
+    assert rows[2].endswith("| n/a (not in the paper) | n/a (not in the paper) |")
+    assert "is 9.6 points (29 % relative)" in text
     assert "OVCoser (OVCamo's baseline): cSm 0.579, cIoU 0.443" in text
     assert "## Every job" in text  # the per-job table follows
 

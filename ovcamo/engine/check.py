@@ -246,6 +246,10 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
         f"run folder: {run_dir}"
         + (f" (resuming from {existing})" if existing and cfg.get("resume") else "")
     )
+    if not problems:
+        from ovcamo.models.breakdown import model_breakdown_lines
+
+        lines += model_breakdown_lines(cfg.model)
     for line in lines:
         print(line)
     if problems:

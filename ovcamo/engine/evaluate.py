@@ -458,13 +458,16 @@ def score_prediction_dir(
     resize_to_gt: bool = False,
     allow_empty_gt: bool = False,
     reference: str | os.PathLike | None = None,
+    hard_ranking: str | os.PathLike | Sequence[str] | None = None,
     num_workers: int = 2,
 ) -> EvaluationResult:
     """Score ``pred_dir`` against the GT masks of ``split`` (only ``unique_ids`` when given).
 
     Predictions for samples of the split outside ``unique_ids`` are ignored (and listed); a
-    prediction for an id outside the split is an error. ``reference``: a reference run's
-    ``per_class.csv`` that fixes the hard classes. ``num_workers`` scoring processes (see
+    prediction for an id outside the split is an error. ``hard_ranking``: OVCoser's class
+    ranking, hardest first (names, or a text file of one per line), which fixes the hard classes
+    as the paper does; ``reference``: a reference run's ``per_class.csv`` that does instead.
+    ``num_workers`` scoring processes (see
     :func:`scoring_context`). ``allow_empty_gt``: score GT masks without a foreground pixel by the
     metrics' conventions instead of refusing them. Raises :class:`EvaluationError` listing every
     problem; nothing is written here (see
@@ -480,9 +483,12 @@ def score_prediction_dir(
     metrics, diagnostics = split_diagnostics(summarize(scores, correct))
     per_class = per_class_table(scores, correct, records, class_order=pairs.class_names)
     try:
-        hard = hard_subset(scores, correct, records, per_class, reference=reference)
+        hard = hard_subset(
+            scores, correct, records, per_class, reference=reference, ranking=hard_ranking
+        )
     except (FileNotFoundError, ValueError) as e:
-        raise EvaluationError(f"reference per-class table: {e}") from e
+        key = "hard_ranking" if hard_ranking is not None else "reference"
+        raise EvaluationError(f"{key} (the hard-class ranking): {e}") from e
     return EvaluationResult(
         metrics=metrics,
         diagnostics=diagnostics,
@@ -687,6 +693,10 @@ def write_agnostic_results(results: AgnosticResult, out_dir: str | os.PathLike) 
     return out
 
 
+def _csv_value(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
 def _csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
@@ -715,8 +725,8 @@ def results_markdown(results: EvaluationResult) -> str:
         DIAGNOSTICS_NOTE,
         "",
         diagnostics_table({**results.metrics, **results.diagnostics}, title=title),
-        f"Hard classes ({results.hard['source']}, bottom quarter by cIoU): "
-        + ", ".join(results.hard["classes"]),
+        f"Hard classes ({len(results.hard['classes'])}, the hardest quarter; "
+        f"{results.hard['source']}): " + ", ".join(results.hard["classes"]),
         "",
         paper_table(results.hard["metrics"], title="hard classes"),
     ]
@@ -731,12 +741,17 @@ def results_markdown(results: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+def _ranking_ciou(value: float | None) -> str:
+    """A ranking's cIoU for a table; "—" where the ranking is a list of names (OVCoser's)."""
+    return "—" if value is None else f"{value:.4f}"
+
+
 def hard_classes_markdown(results: EvaluationResult) -> str:
     """``hard_classes.md``: which classes are hard, their cIoU, and the metrics over them."""
     hard = results.hard
     rows = {r["class"]: r for r in results.per_class}
     lines = [
-        f"# Hard classes (bottom quarter by cIoU of {hard['source']})",
+        f"# Hard classes (the hardest quarter; {hard['source']})",
         "",
         f"{len(hard['classes'])} classes, {hard['num_samples']} samples.",
         "",
@@ -747,8 +762,8 @@ def hard_classes_markdown(results: EvaluationResult) -> str:
     for c in hard["classes"]:
         r = rows[c]
         lines.append(
-            f"| {c} | {hard['class_ciou'][c]:.4f} | {r['num_samples']} | {r['sm']:.4f} | "
-            f"{r['avgiou']:.4f} |"
+            f"| {c} | {_ranking_ciou(hard['class_ciou'][c])} | {r['num_samples']} | "
+            f"{r['sm']:.4f} | {r['avgiou']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -771,7 +786,7 @@ def write_results(results: EvaluationResult, out_dir: str | os.PathLike) -> Path
         "per_sample.csv": _csv(results.per_sample, PER_SAMPLE_COLUMNS),
         "hard_classes.csv": _csv(
             [
-                {"class": c, "ranking_ciou": results.hard["class_ciou"][c]}
+                {"class": c, "ranking_ciou": _csv_value(results.hard["class_ciou"][c])}
                 for c in results.hard["classes"]
             ],
             ("class", "ranking_ciou"),
@@ -802,6 +817,20 @@ def _holdout_ids(cfg: Any, paths: DataPaths) -> list[str]:
         int(cfg.data.get("holdout_seed", 0)),
     )
     return [r.unique_id for r in held]
+
+
+def _hard_ranking(value: Any) -> str | list[str] | None:
+    """``hard_ranking``: null, a text file's path, or a list of class names."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence):  # a list, or Hydra's ListConfig
+        return [str(v) for v in value]
+    raise EvaluationError(
+        f"hard_ranking={value!r}: give a list of class names, hardest first, or a text file "
+        "with one name per line"
+    )
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -860,7 +889,7 @@ def main(cfg: Any) -> EvaluationResult | AgnosticResult | None:
     Keys: ``pred_dir`` or ``checkpoint`` (predictions are then written first by
     :func:`ovcamo.engine.predict.predict_to_dir`), ``out_dir``, ``split`` and ``part`` (``val``: the
     held-out base-validation part of the train split), ``allow_missing``, ``resize_to_gt``,
-    ``allow_empty_gt``, ``reference``, ``num_workers``, ``data.*``; ``gt_dir`` with ``pred_dir``
+    ``allow_empty_gt``, ``reference``, ``hard_ranking``, ``num_workers``, ``data.*``; ``gt_dir`` with ``pred_dir``
     scores a class-agnostic COD set instead (:func:`score_agnostic_dirs`); ``check=true`` validates
     the inputs, prints what would be scored and writes nothing (returns ``None``). Bad input
     (``out_dir`` included, checked before any work): message on stderr, exit status 2, nothing
@@ -944,6 +973,7 @@ def main(cfg: Any) -> EvaluationResult | AgnosticResult | None:
             resize_to_gt=resize_to_gt,
             allow_empty_gt=bool(cfg.get("allow_empty_gt", False)),
             reference=cfg.get("reference") or None,
+            hard_ranking=_hard_ranking(cfg.get("hard_ranking")),
             num_workers=int(cfg.get("num_workers", 2)),
         )
     except EvaluationError as e:

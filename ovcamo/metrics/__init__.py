@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and IDEs
     from ovcamo.metrics.tables import (
         diagnostics_table,
         hard_classes,
+        hard_count,
         hard_subset,
         paper_table,
         per_class_csv,
@@ -52,6 +53,7 @@ _EXPORTS = {
     "class_aware": "summary",
     "diagnostics_table": "tables",
     "hard_classes": "tables",
+    "hard_count": "tables",
     "hard_subset": "tables",
     "paper_table": "tables",
     "per_class_csv": "tables",
@@ -77,6 +79,7 @@ __all__ = [
     "class_aware",
     "diagnostics_table",
     "hard_classes",
+    "hard_count",
     "hard_subset",
     "paper_table",
     "per_class_csv",

@@ -171,11 +171,14 @@ class OVCOSMetric(Metric):
         return per_class_table(scores, correct, records, class_order)
 
     def hard_classes(
-        self, reference: str | os.PathLike | Mapping[str, float] | None = None
+        self,
+        reference: str | os.PathLike | Mapping[str, float] | None = None,
+        ranking: str | os.PathLike | Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """Metrics over the bottom quarter of classes by cIoU, ranked by ``reference`` (a
-        ``per_class.csv`` or a ``{class: cIoU}`` mapping) or by this run
+        """Metrics over the hardest quarter of the classes (15 of 61): the first of ``ranking``
+        (OVCoser's, names hardest first), else the lowest cIoU of ``reference`` (a
+        ``per_class.csv`` or a ``{class: cIoU}`` mapping), else of this run
         (see :func:`ovcamo.metrics.tables.hard_subset`)."""
         scores, correct, records = self.synced_arrays()
         rows = per_class_table(scores, correct, records)
-        return hard_subset(scores, correct, records, rows, reference)
+        return hard_subset(scores, correct, records, rows, reference, ranking)

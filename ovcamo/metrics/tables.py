@@ -1,9 +1,15 @@
 """Per-class tables and the hard-class subset of an OVCOS evaluation.
 
-The hard classes are the bottom quarter of classes by per-class cIoU (``avgiou``), taken from a
-reference run's ``per_class.csv`` when one is given (so two methods are compared on the same
-classes) or from this run otherwise. Per-class numbers average over that class's samples exactly as
-the headline numbers average over all samples.
+The hard classes are the hardest quarter of the classes, ``floor(0.25 · n)`` of them: the 15 of
+OVCamo's 61 novel classes that the BaCLIP paper analyses. Which ones is a ranking, hardest first:
+
+- ``OVCoser ranking``: a list of class names given in order (the paper ranks by OVCoser's
+  per-class cIoU, so BaCLIP and OVCoser are compared on the same classes);
+- ``reference run's ranking``: a reference run's ``per_class.csv``, ranked by its cIoU;
+- ``this run's own ranking``: this run's per-class cIoU, when neither is given.
+
+Per-class numbers average over that class's samples exactly as the headline numbers average over
+all samples.
 """
 
 from __future__ import annotations
@@ -29,8 +35,12 @@ from ovcamo.metrics.summary import (
 #: Columns of ``per_class.csv``: the official keys (class-aware), then two diagnostics that are not
 #: part of the protocol (the class-agnostic IoU and the share of samples classified right).
 PER_CLASS_COLUMNS = ("class", "num_samples", *METRIC_KEYS, "agnostic_IoU", "class_accuracy")
-#: Fraction of classes that form the hard subset.
+#: Fraction of classes that form the hard subset (floor: 15 of 61).
 HARD_FRACTION = 0.25
+#: ``hard_subset``'s ``source``: which ranking chose the hard classes.
+OVCOSER_RANKING = "OVCoser ranking"
+REFERENCE_RANKING = "reference run's ranking"
+OWN_RANKING = "this run's own ranking"
 
 
 def per_class_table(
@@ -93,21 +103,40 @@ def read_class_ciou(path: str | os.PathLike) -> dict[str, float]:
     return out
 
 
+def read_class_ranking(path: str | os.PathLike) -> list[str]:
+    """Class names, hardest first, from a text file with one name per line (blank lines and lines
+    starting with ``#`` are skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hard-class ranking not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not names:
+        raise ValueError(f"{path}: no class name in the hard-class ranking (one name per line)")
+    return names
+
+
+def hard_count(num_classes: int, fraction: float = HARD_FRACTION) -> int:
+    """How many classes are hard: ``floor(fraction · n)``, at least one (15 of 61)."""
+    return max(1, math.floor(fraction * num_classes))
+
+
 def hard_classes(
     class_ciou: Mapping[str, float],
     classes: Sequence[str] | None = None,
     fraction: float = HARD_FRACTION,
 ) -> list[str]:
-    """The bottom ``fraction`` of classes by cIoU, hardest first (ties broken by name).
+    """The hardest ``fraction`` of classes by cIoU, hardest first (ties broken by name).
 
     ``class_ciou``: per-class cIoU (this run's or a reference's); ``classes``: restrict the ranking to
-    these (the classes of the run being reported). The count is ``ceil(fraction · n)``, at least one.
+    these (the classes of the run being reported). The count is :func:`hard_count` of the classes
+    ranked.
     """
     names = [c for c in class_ciou if classes is None or c in set(classes)]
     if not names:
         return []
     ranked = sorted(names, key=lambda c: (class_ciou[c], c))
-    return ranked[: max(1, math.ceil(fraction * len(ranked)))]
+    return ranked[: hard_count(len(ranked), fraction)]
 
 
 def hard_subset(
@@ -116,25 +145,38 @@ def hard_subset(
     records: Sequence[tuple[str, str, str]],
     per_class_rows: Sequence[Mapping[str, Any]],
     reference: str | os.PathLike | Mapping[str, float] | None = None,
+    ranking: str | os.PathLike | Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics over the samples of the hard classes.
 
-    Returns ``{"source": "reference" | "this run", "classes": [...], "num_samples": n,
-    "metrics": {official keys and aliases}, "diagnostics": {agnostic_* and class_accuracy},
-    "class_ciou": {class: cIoU used for ranking}}``.
+    ``ranking``: OVCoser's ranking, class names hardest first (a list, or a text file of one name
+    per line): the first :func:`hard_count` of this run's classes in it are hard. ``reference``: a
+    reference run's ``per_class.csv`` (or ``{class: cIoU}``). Neither: this run's own cIoU.
+
+    Returns ``{"source": OVCOSER_RANKING | REFERENCE_RANKING | OWN_RANKING, "classes": [...],
+    "num_samples": n, "metrics": {official keys and aliases}, "diagnostics": {agnostic_* and
+    class_accuracy}, "class_ciou": {class: cIoU used for ranking, None for a ranking of names}}``.
     """
     run_classes = [r["class"] for r in per_class_rows]
-    if reference is None:
-        ciou = {r["class"]: float(r["avgiou"]) for r in per_class_rows}
-        source = "this run"
+    if ranking is not None and reference is not None:
+        raise ValueError("give OVCoser's ranking or a reference per-class table, not both")
+    if ranking is not None:
+        names = read_class_ranking(ranking) if isinstance(ranking, (str, os.PathLike)) else ranking
+        present = set(run_classes)
+        chosen = [c for c in dict.fromkeys(names) if c in present][: hard_count(len(run_classes))]
+        ciou: dict[str, float | None] = dict.fromkeys(chosen)
+        source = OVCOSER_RANKING
     else:
-        ciou = dict(reference) if isinstance(reference, Mapping) else read_class_ciou(reference)
-        source = "reference"
-    chosen = hard_classes(ciou, run_classes)
+        if reference is None:
+            ciou = {r["class"]: float(r["avgiou"]) for r in per_class_rows}
+            source = OWN_RANKING
+        else:
+            ciou = dict(reference) if isinstance(reference, Mapping) else read_class_ciou(reference)
+            source = REFERENCE_RANKING
+        chosen = hard_classes(ciou, run_classes)  # type: ignore[arg-type]
     if not chosen:
         raise ValueError(
-            "the reference per-class table shares no class with this run; "
-            f"run classes: {run_classes[:5]}..."
+            f"the {source} shares no class with this run; run classes: {run_classes[:5]}..."
         )
     chosen_set = set(chosen)
     sel = np.array([r[2] in chosen_set for r in records], dtype=bool)

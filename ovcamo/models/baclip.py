@@ -1,13 +1,19 @@
 """BaCLIP, the open-vocabulary camouflaged object segmenter, and its ablation rows (docs/ablation.md).
 
-Data flow (SAM decoder variants)::
+Data flow of the paper configuration (``model=baclip``; SAM decoder variants)::
 
-    images ─ frozen CLIP ─┬─ stem+stages ─ FPN neck ─┬─ level at model.neck.stride ─ MREM (f_v) ─┐
-                          │                          └─ finer levels ─ high-res skips ──┐     │
-                          │     E_v ─ CCE ─ E_v* ─ 1×1 + LayerNorm ─ SAM mask decoder ◄─┘ ◄───┘
-    class names ─ CamoPrompts embeddings ─ MREM ─ E_t ─ prompt adapter ─ P ─┘ (one prompt set
-                          │                                                    per image)
+    images ─ frozen CLIP ─┬─ trunk level at model.neck.stride ─ MREM (Conv1 → f_v) ─ E_v ─ CCE ─ E_v* ─┐
+                          │                                                                          │
+    class names ─ CamoPrompts embeddings ─ MREM (Linear → f_t) ─ E_t (all K classes) ─ SelfAttention │
+                          │        ─ P_t ─ Proj ─ SAM prompt encoder (point path) ─ E_t* ─ SAM mask decoder
                           └─ CLIP's pooling, weighted by the mask ─ cosine → class logits
+
+The micro configuration (``model=baclip_micro``) adds, each a named option (docs/baclip.md):
+an FPN neck over every trunk level (``model.neck.enabled``), SAM 2's high-resolution skips from
+its finer levels into the decoder's upsampling (``model.decoder.high_res``), a 1×1 + LayerNorm2d
+before the decoder (``model.decoder.image_proj``), and one prompt token weighted by the
+whole-image CLIP scores, handed to the decoder without the prompt encoder
+(``model.prompt.mode=weighted``, ``model.prompt.prompt_encoder=false``).
 
 The ``conv`` variant (first rung of the ladder) replaces everything between CLIP and the mask by
 an FPN decoder over the four trunk maps.
@@ -28,10 +34,10 @@ from ovcamo.models.clip_backbone import BackboneFeatures, CLIPBackbone, SimpleFe
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
-from ovcamo.models.neck import FeatureNeck, HighResSkips
+from ovcamo.models.neck import FeatureNeck, HighResSkips, TrunkLevel
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.resampling import resize_bilinear
-from ovcamo.models.sam_decoder import SamLoadReport, decode_masks
+from ovcamo.models.sam_decoder import SamLoadReport, decode_masks, text_prompt_embeddings
 
 if TYPE_CHECKING:
     from ovcamo.models.predictor import ImageInput
@@ -47,6 +53,11 @@ class BaCLIP(nn.Module):
 
     Args:
         backbone: the frozen CLIP backbone.
+        neck: :class:`FeatureNeck` (an FPN), or :class:`TrunkLevel` (the paper: one trunk map).
+        image_proj: module between the CCE and the decoder (``nn.Identity`` in the paper).
+        prompt_through_encoder: the projected prompts go through the prompt encoder's point path
+            (:func:`ovcamo.models.sam_decoder.text_prompt_embeddings`, the paper) instead of
+            straight to the decoder.
         pyramid: the trainable simple feature pyramid that feeds the conv decoder from a ViT
             backbone, else ``None``.
         loss_config: keyword arguments of :func:`ovcamo.models.losses.segmentation_loss`.
@@ -59,7 +70,7 @@ class BaCLIP(nn.Module):
         *,
         pyramid: SimpleFeaturePyramid | None = None,
         conv_decoder: ConvDecoder | None = None,
-        neck: FeatureNeck | None = None,
+        neck: FeatureNeck | TrunkLevel | None = None,
         high_res: HighResSkips | None = None,
         mrem: MREM | None = None,
         cce: CCE | None = None,
@@ -67,6 +78,7 @@ class BaCLIP(nn.Module):
         prompt_adapter: PromptAdapter | None = None,
         prompt_encoder: PromptEncoder | None = None,
         mask_decoder: MaskDecoder | None = None,
+        prompt_through_encoder: bool = False,
         loss_config: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         sam_load_report: SamLoadReport | None = None,
@@ -89,6 +101,7 @@ class BaCLIP(nn.Module):
         self.prompt_adapter = prompt_adapter
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self.prompt_through_encoder = bool(prompt_through_encoder)
         self.loss_config = dict(loss_config or {})
         self.config = dict(config or {})
         self.sam_load_report = sam_load_report
@@ -133,13 +146,15 @@ class BaCLIP(nn.Module):
     def _decode_with_prompts(
         self, features: Sequence[Tensor], text: Tensor, image_text_logits: Tensor
     ) -> Tensor:
-        """Trunk maps + class embeddings → mask logits ``B×1×4h×4w`` (``h×w``: the neck's
-        embedding level)."""
+        """Trunk maps + class embeddings → mask logits ``B×1×4h×4w`` (``h×w``: the embedding
+        level)."""
         levels = self.neck(features)
         e_v, e_t = self.mrem(levels[-1], text)
         image_embeddings = self.image_proj(self.cce(e_v))
         b, _, h, w = image_embeddings.shape
         prompts = self.prompt_adapter(e_t, image_text_logits)
+        if self.prompt_through_encoder:
+            prompts = text_prompt_embeddings(self.prompt_encoder, prompts)
         image_pe = self.prompt_encoder.pe_layer((h, w)).unsqueeze(0).to(image_embeddings.dtype)
         dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(b, -1, h, w)
         high_res = self.high_res(levels) if self.high_res is not None else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
@@ -28,7 +28,7 @@ from ovcamo.models.clip_backbone import (
 )
 from ovcamo.models.conv_decoder import ConvDecoder
 from ovcamo.models.mrem import MREM
-from ovcamo.models.neck import FeatureNeck, HighResSkips, image_projection
+from ovcamo.models.neck import FeatureNeck, HighResSkips, TrunkLevel, image_projection
 from ovcamo.models.prompt_adapter import PromptAdapter
 from ovcamo.models.sam_decoder import (
     SAM_CHECKPOINTS,
@@ -44,6 +44,8 @@ CONFIG_FILE = "config.json"
 #: The frozen CLIP's weights, stored when no open_clip tag names them.
 BACKBONE_FILE = "backbone.safetensors"
 DECODER_TYPES = ("sam", "conv")
+#: ``model.decoder.high_res_init``: the skips' projections start at zero, or PyTorch's default.
+HIGH_RES_INITS = ("zero", "default")
 
 
 def _as_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -79,10 +81,13 @@ def build_model(
     The node holds ``backbone`` (``name``, ``pretrained``, ``image_size``), ``dim``,
     ``sam_checkpoint`` (an official SAM file; null or ``none``: random initialisation),
     ``sam_required`` (read by the engine's checks, not here), ``sam_type`` (``vit_b|vit_l|vit_h``),
-    ``decoder`` (``type: sam|conv``, ``dim``, ``depth``, ``mlp_dim``, ``num_heads``), ``mrem``
-    (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``, ``num_frequencies``,
-    ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``, ``k``) and ``loss``
-    (keyword arguments of ``segmentation_loss``). See ``ovcamo/conf/model/``.
+    ``neck`` (``enabled``, ``stride``, ``refine``, ``cpu_bf16``), ``decoder`` (``type: sam|conv``,
+    ``dim``, ``depth``, ``mlp_dim``, ``num_heads``, ``high_res``, ``high_res_init``,
+    ``image_proj``), ``mrem`` (``mode``, ``num_heads``), ``cce`` (``num_blocks``, ``reduction``,
+    ``num_frequencies``, ``dct_size``), ``prompt`` (``self_attention``, ``num_heads``, ``mode``,
+    ``k``, ``prompt_encoder``) and ``loss`` (keyword arguments of ``segmentation_loss``). See
+    ``ovcamo/conf/model/``; ``model=baclip`` is the paper's architecture, and every addition to
+    it is one of these keys (docs/baclip.md).
     """
     config = _as_dict(cfg)
     backbone_cfg = _section(config, "backbone")  # required even when a backbone is given
@@ -123,9 +128,30 @@ def build_model(
             )
     neck_cfg = _section(config, "neck")
     neck_stride = int(_require(neck_cfg, "stride", "model.neck"))
-    # Models saved before the key existed were built with the plain (linear) FPN.
+    # Models saved before a key existed were built with what its default here gives: the FPN neck
+    # (linear), SAM 2's default-initialised skips, the 1×1 + LayerNorm projection, and prompts
+    # handed to the decoder without the prompt encoder.
+    neck_enabled = bool(neck_cfg.get("enabled", True))
     neck_refine = bool(neck_cfg.get("refine", False))
     neck_bf16 = bool(neck_cfg.get("cpu_bf16", False))
+    high_res = bool(_require(decoder, "high_res", "model.decoder"))
+    high_res_init = str(decoder.get("high_res_init", "default"))
+    if high_res_init not in HIGH_RES_INITS:
+        raise ValueError(
+            f"model.decoder.high_res_init must be one of {HIGH_RES_INITS}, got {high_res_init!r}"
+        )
+    if high_res and not neck_enabled:
+        raise ValueError(
+            "model.decoder.high_res=true takes the skips from the neck's finer levels: set "
+            "model.neck.enabled=true, or model.decoder.high_res=false"
+        )
+    use_image_proj = bool(decoder.get("image_proj", True))
+    if not use_image_proj and dim != decoder_dim:
+        raise ValueError(
+            f"model.decoder.image_proj=false hands the CCE output ({dim} channels, model.dim) to "
+            f"the decoder as it is, which needs model.decoder.dim={dim} (got {decoder_dim}); set "
+            "model.decoder.image_proj=true or make the two widths equal"
+        )
     mrem_cfg = _section(config, "mrem")
     cce_cfg = _section(config, "cce")
     prompt_cfg = _section(config, "prompt")
@@ -141,20 +167,27 @@ def build_model(
         report = load_sam_weights(prompt_encoder, mask_decoder, sam_checkpoint, sam_type)
     for p in unused_decoder_parameters(mask_decoder):
         p.requires_grad_(False)
-    high_res = bool(_require(decoder, "high_res", "model.decoder"))
-    return BaCLIP(
-        backbone,
-        neck=FeatureNeck(
+    if neck_enabled:
+        neck: FeatureNeck | TrunkLevel = FeatureNeck(
             channels,
             backbone.feature_strides,
             dim,
             neck_stride,
             refine=neck_refine,
             cpu_bf16=neck_bf16,
-        ),
-        high_res=HighResSkips(dim, decoder_dim) if high_res else None,
+        )
+        visual_channels = dim
+    else:
+        neck = TrunkLevel(backbone.feature_strides, neck_stride)
+        visual_channels = channels[neck.index]
+    return BaCLIP(
+        backbone,
+        neck=neck,
+        high_res=HighResSkips(dim, decoder_dim, zero_init=high_res_init == "zero")
+        if high_res
+        else None,
         mrem=MREM(
-            dim,
+            visual_channels,
             backbone.embed_dim,
             dim,
             num_heads=int(_require(mrem_cfg, "num_heads", "model.mrem")),
@@ -167,7 +200,7 @@ def build_model(
             num_frequencies=int(_require(cce_cfg, "num_frequencies", "model.cce")),
             dct_size=int(_require(cce_cfg, "dct_size", "model.cce")),
         ),
-        image_proj=image_projection(dim, decoder_dim),
+        image_proj=image_projection(dim, decoder_dim) if use_image_proj else nn.Identity(),
         prompt_adapter=PromptAdapter(
             dim,
             decoder_dim,
@@ -178,6 +211,7 @@ def build_model(
         ),
         prompt_encoder=prompt_encoder,
         mask_decoder=mask_decoder,
+        prompt_through_encoder=bool(prompt_cfg.get("prompt_encoder", False)),
         loss_config=loss,
         config=config,
         sam_load_report=report,

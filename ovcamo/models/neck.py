@@ -1,12 +1,18 @@
-"""The neck between the frozen CLIP trunk and BaCLIP's decoder (docs/baclip.md).
+"""What sits between the frozen CLIP trunk and BaCLIP's decoder (docs/baclip.md).
 
-BaCLIP's paper does not say which trunk stages feed MREM. Here the neck follows SAM 2's image
-encoder: one feature pyramid (FPN) over every trunk level, the level at ``stride`` is the image
-embedding that MREM, the CCE and the SAM decoder work on, and the finer levels become the two
-high-resolution skips that SAM 2's mask decoder adds while it upsamples (:class:`HighResSkips`).
-SAM 2's FPN is linear; ``refine`` (the default in ``conf/model/baclip.yaml``) ends each output in
-GroupNorm + ReLU, because the frozen CLIP's fine maps are low-level and the decoder adds them to
-its upsampling with only one activation after.
+The paper feeds one trunk map to MREM, whose own 1×1 convolution (``Conv1``) brings it to MREM's
+width: :class:`TrunkLevel` (``model.neck.enabled: false``, the paper configuration) picks that map,
+the trunk level whose stride is nearest ``model.neck.stride``, and adds no parameter.
+
+The additions the micro configuration uses (each a named option, off in the paper's):
+
+- :class:`FeatureNeck` (``model.neck.enabled: true``) follows SAM 2's image encoder: one feature
+  pyramid (FPN) over every trunk level; the level at ``stride`` is the image embedding. SAM 2's FPN
+  is linear; ``refine`` ends each output in GroupNorm + ReLU, because the frozen CLIP's fine maps
+  are low-level and the decoder adds them to its upsampling with only one activation after.
+- :class:`HighResSkips` (``model.decoder.high_res``): the FPN's finer levels become the two
+  high-resolution skips that SAM 2's mask decoder adds while it upsamples.
+- :func:`image_projection` (``model.decoder.image_proj``): 1×1 + LayerNorm2d before the decoder.
 """
 
 from __future__ import annotations
@@ -50,9 +56,7 @@ class FeatureNeck(nn.Module):
         super().__init__()
         self.cpu_bf16 = bool(cpu_bf16) and clip_backbone.native_cpu_bf16()
         self.used = [i for i in range(len(strides)) if strides[i] not in strides[i + 1 :]]
-        used_strides = [strides[i] for i in self.used]
-        best = min(abs(s - stride) for s in used_strides)
-        self.embedding_level = max(i for i, s in enumerate(used_strides) if abs(s - stride) == best)
+        self.embedding_level = nearest_level([strides[i] for i in self.used], stride)
         self.lateral = nn.ModuleList(nn.Conv2d(in_channels[i], dim, 1) for i in self.used)
         self.output = nn.ModuleList(
             conv_gn_relu(dim, dim) if refine else nn.Conv2d(dim, dim, 3, padding=1)
@@ -82,16 +86,43 @@ class FeatureNeck(nn.Module):
         return outputs[::-1]
 
 
+def nearest_level(strides: Sequence[float], stride: float) -> int:
+    """Index of the trunk level whose stride is nearest ``stride`` (the coarser one on a tie; of a
+    stride repeated over several levels, a ViT's single map, the last)."""
+    best = min(abs(s - stride) for s in strides)
+    return max(i for i, s in enumerate(strides) if abs(s - stride) == best)
+
+
+class TrunkLevel(nn.Module):
+    """No neck: the trunk level nearest ``stride``, as the one-element level list the decoder
+    path reads (``[B×C_i×h×w]``). No parameters."""
+
+    def __init__(self, strides: Sequence[float], stride: int) -> None:
+        super().__init__()
+        self.index = nearest_level(strides, stride)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        return [features[self.index]]
+
+
 class HighResSkips(nn.Module):
     """SAM 2's high-resolution features: two 1×1 projections of neck levels, added inside the mask
     decoder's upsampling at 2× and 4× the embedding's resolution (``decoder_dim/4`` and
     ``decoder_dim/8`` channels). Each takes the coarsest level at least as fine as its target,
-    else the finest level, resized when the sizes differ."""
+    else the finest level, resized when the sizes differ.
 
-    def __init__(self, dim: int, decoder_dim: int) -> None:
+    ``zero_init``: both projections start at zero, so at step 0 the decoder upsamples exactly as
+    without skips and a SAM checkpoint's decoder keeps its meaning (the weights still get
+    gradients and grow from there). Off: PyTorch's default initialisation (the micro model's).
+    """
+
+    def __init__(self, dim: int, decoder_dim: int, zero_init: bool = False) -> None:
         super().__init__()
         self.conv_s1 = nn.Conv2d(dim, decoder_dim // 4, 1)
         self.conv_s0 = nn.Conv2d(dim, decoder_dim // 8, 1)
+        if zero_init:
+            for p in self.parameters():
+                nn.init.zeros_(p)
 
     @staticmethod
     def _source(levels: Sequence[Tensor], size: tuple[int, int]) -> Tensor:

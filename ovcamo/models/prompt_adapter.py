@@ -5,10 +5,13 @@
 candidate-class tokens become prompts is ``model.prompt.mode``, ranked/weighted by CLIP's
 image–text score of the whole image (``s = logit_scale · cos(image, class)``, ``B×K``):
 
-- ``weighted`` (default): one prompt, ``Σ_k softmax(s)_k · P_t,k``. The decoder sees the same
+- ``all`` (the paper): every candidate's token, in the given class order.
+- ``weighted`` (the micro model): one prompt, ``Σ_k softmax(s)_k · P_t,k``. The decoder sees the same
   number of prompts whatever the vocabulary size (14 base classes in training, 61 novel at test).
 - ``topk``: the ``k`` tokens of the highest-scoring classes, best first (``k`` is clipped to K).
-- ``all``: every candidate's token, in the given class order.
+
+The paper then feeds the prompts through SAM's prompt encoder
+(:func:`ovcamo.models.sam_decoder.text_prompt_embeddings`, ``model.prompt.prompt_encoder``).
 """
 
 from __future__ import annotations

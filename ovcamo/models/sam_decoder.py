@@ -85,6 +85,28 @@ def unused_decoder_parameters(decoder: MaskDecoder) -> list[nn.Parameter]:
     return params
 
 
+def text_prompt_embeddings(prompt_encoder: PromptEncoder, tokens: Tensor) -> Tensor:
+    """``E_t* = PromptEncoder(Proj(P_t))``: projected text tokens as SAM point prompts.
+
+    SAM's prompt encoder embeds a point as ``PE(x, y) + point_embeddings[label]`` and, when no box
+    is given, appends a padding point (label -1: ``not_a_point_embed`` alone). Here each projected
+    text token takes the place of a point's positional encoding ``PE(x, y)`` and goes through the
+    rest of that path unchanged: it gets the foreground-point label embedding
+    (``point_embeddings[1]``), and SAM's padding point closes the set. This is what
+    ``prompt_encoder(points=(coords, ones), boxes=None, masks=None)`` returns with ``PE`` replaced by
+    the tokens (tested). The encoder's tensors are used as they are (frozen, SAM's when a
+    checkpoint is loaded).
+
+    Args:
+        tokens: ``B×N×C`` projected text tokens (``C``: the prompt encoder's width).
+    Returns:
+        Sparse prompt embeddings ``B×(N+1)×C``.
+    """
+    foreground = prompt_encoder.point_embeddings[1].weight.to(tokens.dtype)
+    padding = prompt_encoder.not_a_point_embed.weight.to(tokens.dtype)
+    return torch.cat([tokens + foreground, padding.expand(tokens.shape[0], 1, -1)], dim=1)
+
+
 def decode_masks(
     decoder: MaskDecoder,
     image_embeddings: Tensor,
