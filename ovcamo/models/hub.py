@@ -163,11 +163,8 @@ def _hub_download(repo_id: str, **kwargs: Any) -> Path:
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise ModelNotFoundError(
-            f"no model at {repo_id}: no such folder, and not a Hugging Face Hub id "
-            "(owner/name); give a folder written by save_pretrained, an ovcamo-train checkpoint "
-            "or run folder"
-        ) from None
+        # Not an owner/name id: a local path that does not exist, which the loader reports.
+        return resolve_model_dir(repo_id)
     try:
         return Path(snapshot_download(repo_id, **kwargs))
     except LocalEntryNotFoundError as e:
