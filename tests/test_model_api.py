@@ -112,7 +112,7 @@ def test_save_pretrained_round_trip_gives_identical_outputs_and_a_model_card(
     text = card.text
     assert "`baclip_micro`" in text and "`ovcamo_micro_convnext`" in text
     assert "3 base classes: snow leopard, reccoon, owl." in text
-    assert "| cIoU | 0.3500 |" in text and "step 6" in text
+    assert "| cIoU | 0.3500 |" in text and "checkpoint step 6" in text
     assert f'BaCLIP.from_pretrained("{saved}")' in text
     assert "MFMSA blocks (CCE) | 3 |" in text
 

@@ -200,7 +200,8 @@ MODEL_CARD_TEMPLATE = """---
 {% if metrics %}
 ## Metrics
 
-Validation metrics of these weights (class-aware OVCOS metrics{% if step %}, step {{ step }}{% endif %}):
+Class-aware OVCOS metrics on the held-out base-validation part, as the training checkpoint
+recorded them (`best`: the best validation; `last`: the latest){% if step %}; checkpoint step {{ step }}{% endif %}:
 
 | metric | value |
 |:--|--:|
