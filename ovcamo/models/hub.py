@@ -190,24 +190,27 @@ MODEL_CARD_TEMPLATE = """---
 
 | | |
 |:--|:--|
-{% for key, value in facts %}| {{ key }} | {{ value }} |
+{% for key, value in facts -%}
+| {{ key }} | {{ value }} |
 {% endfor %}
-{% if classes %}
+{%- if classes %}
 ## Trained on
 
 {{ classes|length }} base classes: {{ classes|join(", ") }}.
 {% endif %}
-{% if metrics %}
+{%- if metrics %}
 ## Metrics
 
 Class-aware OVCOS metrics on the held-out base-validation part, as the training checkpoint
-recorded them (`best`: the best validation; `last`: the latest){% if step %}; checkpoint step {{ step }}{% endif %}:
+recorded them (`best`: the best validation; `last`: the latest)\
+{%- if step %}; checkpoint step {{ step }}{% endif %}:
 
 | metric | value |
 |:--|--:|
-{% for key, value in metrics %}| {{ key }} | {{ value }} |
+{% for key, value in metrics -%}
+| {{ key }} | {{ value }} |
 {% endfor %}
-{% endif %}
+{%- endif %}
 ## Use
 
 ```python
