@@ -16,7 +16,6 @@ the weights (else its open_clip tag), every other tensor from ``model.safetensor
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,7 +36,6 @@ from ovcamo.checkpoint import (
 if TYPE_CHECKING:
     from ovcamo.models.baclip import BaCLIP
 
-log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 MODEL_CARD_FILE = "README.md"
