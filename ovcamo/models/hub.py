@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 
 CONFIG_FILE = "config.json"
-MODEL_CARD_FILE = "README.md"
 #: The ``config.json`` key holding what the model was trained on (kept out of ``model.config``).
 TRAINING_KEY = "training"
 
