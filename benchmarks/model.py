@@ -60,15 +60,15 @@ def measure(
     batch: int = 0,
 ) -> dict[str, Any]:
     """Build one configuration and time it; runs inside the worker subprocess."""
-    from ovcamo.models import build_model, model_config
+    from ovcamo.models import create_model
 
     spec = CONFIGS[config]
     dev = torch.device(device)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = build_model(
-        model_config(spec["model"], spec["backbone"], ["backbone.pretrained=null"])
-    ).to(dev)
+    model = create_model(
+        spec["model"], backbone=spec["backbone"], clip_checkpoint=None, device=dev
+    ).train()
     build_s = time.perf_counter() - t0
     counts = model.parameter_counts()
     rss_built = _rss_mb()

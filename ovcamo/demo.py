@@ -26,7 +26,7 @@ import torch
 
 from ovcamo.data.io import name_part_problem, out_dir_problem
 from ovcamo.engine.predict_images import PredictInputError, resolve_classes
-from ovcamo.models.predictor import as_rgb_array, predict_image
+from ovcamo.models.predictor import Prediction, as_rgb_array
 from ovcamo.report.overlay import overlay_prediction
 
 #: The run record ``ovcamo-train`` writes beside ``checkpoints/``.
@@ -40,10 +40,9 @@ class DemoInputError(ValueError):
 def load_demo_model(checkpoint: str | os.PathLike, device: str | torch.device) -> torch.nn.Module:
     """The trained model in ``checkpoint`` (a checkpoint folder or a run folder), in eval mode on
     ``device``; the one place this module loads a model."""
-    from ovcamo.engine.predict import load_trained_model
+    from ovcamo.models import load_model
 
-    model, _ = load_trained_model(checkpoint, device)
-    return model
+    return load_model(checkpoint, device)
 
 
 def checkpoint_classes(checkpoint: str | os.PathLike) -> list[str] | None:
@@ -93,11 +92,11 @@ def parse_classes(text: str | None) -> list[str]:
 
 def segment(
     model: torch.nn.Module, image: str | os.PathLike | None, classes: str
-) -> dict[str, Any]:
+) -> tuple[Prediction, np.ndarray]:
     """Segment the image file ``image`` among the comma-separated ``classes`` with ``model``.
 
-    Returns :func:`ovcamo.models.predictor.postprocess`'s dict (``mask`` uint8 ``H×W`` at the
-    image's size, ``class_name``, ``score``, ``class_probs``) plus ``overlay`` (uint8 ``H×W×3``).
+    Returns the model's :class:`~ovcamo.models.predictor.Prediction` (its ``mask`` uint8 ``H×W``
+    at the image's size) and the overlay drawn on the image (uint8 ``H×W×3``).
     Raises :class:`DemoInputError` for a missing or unreadable image and for bad class names.
     """
     if image is None:
@@ -110,9 +109,9 @@ def segment(
             f"cannot read {Path(image).name} as an image ({e}); upload a PNG, JPEG, BMP, TIFF "
             "or WebP file"
         ) from e
-    result = predict_image(model, rgb, names)
-    label = f"{result['class_name']} {result['score']:.2f}"
-    return result | {"overlay": overlay_prediction(rgb, result["mask"], label)}
+    result = model.predict(rgb, names)
+    label = f"{result.class_name} {result.score:.2f}"
+    return result, overlay_prediction(rgb, result.mask, label)
 
 
 def _uploaded_path(payload: Any) -> str | None:
@@ -133,12 +132,12 @@ def build_app(model: torch.nn.Module, classes: list[str]) -> gr.Blocks:
         image: Any, class_text: str
     ) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, float] | None, str]:
         try:
-            result = segment(model, _uploaded_path(image), class_text)
+            result, overlay = segment(model, _uploaded_path(image), class_text)
         except DemoInputError as e:
             return None, None, None, f"**Cannot segment:** {e}"
-        n = len(result["class_probs"])
-        message = f"**{result['class_name']}** ({result['score']:.2f}) among {n} classes"
-        return result["mask"], result["overlay"], result["class_probs"], message
+        n = len(result.class_probs)
+        message = f"**{result.class_name}** ({result.score:.2f}) among {n} classes"
+        return result.mask, overlay, result.class_probs, message
 
     with gr.Blocks(title="ovcamo demo", analytics_enabled=False) as app:
         gr.Markdown(
@@ -206,8 +205,9 @@ def main(cfg: Any) -> None:
         app, classes = _prepare(cfg)
         if cfg.get("check", False):
             print(
-                f"ovcamo-demo: ready to serve {cfg.checkpoint} on http://{host}:{port}/ with "
-                f"{len(classes)} classes ({', '.join(classes)})"
+                f"ovcamo-demo: check passed: ready to serve {cfg.checkpoint} on "
+                f"http://{host}:{port}/ with {len(classes)} classes ({', '.join(classes)}); "
+                "nothing served (check=true)"
             )
             return
         try:

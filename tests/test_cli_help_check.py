@@ -110,6 +110,7 @@ def _check_args(name: str, inputs: dict[str, Path], out: Path) -> list[str]:
         ],
         "generate": [f"out_dir={out}"],
         "loop": [f"out_dir={out}"],
+        "demo": [f"checkpoint={inputs['ckpt']}", f"out_dir={out}"],
     }[name]
 
 

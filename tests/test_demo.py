@@ -43,9 +43,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An ``ovcamo-train`` run folder: ``checkpoints/best`` and a ``run_info.json``."""
+    """An ``ovcamo-train`` run folder (``train.select=final``): ``checkpoints/last`` and a
+    ``run_info.json``."""
     run = tmp_path_factory.mktemp("run")
-    write_tiny_checkpoint(run / "checkpoints" / "best")
+    write_tiny_checkpoint(run / "checkpoints" / "last")
     info = {"base_classes": ["owl", "frog"], "sources": [{"novel_classes": ["crab"]}]}
     (run / "run_info.json").write_text(json.dumps(info), encoding="utf-8")
     return run
@@ -90,14 +91,14 @@ def test_page_segments_as_the_package_predicts(client, served, image: Path) -> N
     expected = served[1].predict(str(image), CLASSES)
 
     mask = np.asarray(Image.open(mask_file))
-    assert mask.shape == expected["mask"].shape == (40, 56)
-    assert np.abs(mask.astype(int) - expected["mask"].astype(int)).max() <= LEVEL_TOLERANCE
-    assert probs["label"] == expected["class_name"] in CLASSES
+    assert mask.shape == expected.mask.shape == (40, 56)
+    assert np.abs(mask.astype(int) - expected.mask.astype(int)).max() <= LEVEL_TOLERANCE
+    assert probs["label"] == expected.class_name in CLASSES
     shown = {c["label"]: c["confidence"] for c in probs["confidences"]}
-    assert shown == pytest.approx(expected["class_probs"], abs=1e-6)
-    assert f"**{expected['class_name']}** ({expected['score']:.2f})" in message
+    assert shown == pytest.approx(expected.class_probs, abs=1e-6)
+    assert f"**{expected.class_name}** ({expected.score:.2f})" in message
 
-    label = f"{expected['class_name']} {expected['score']:.2f}"
+    label = f"{expected.class_name} {expected.score:.2f}"
     drawn = overlay_prediction(as_rgb_array(image), np.asarray(Image.open(mask_file)), label)
     overlay = np.asarray(Image.open(overlay_file).convert("RGB"))
     assert np.array_equal(overlay, drawn)
@@ -135,7 +136,7 @@ def test_page_prefills_the_classes(served) -> None:
 
 def test_checkpoint_classes_come_from_the_run_record(run_dir: Path, tmp_path: Path) -> None:
     assert checkpoint_classes(run_dir) == ["owl", "frog", "crab"]
-    assert checkpoint_classes(run_dir / "checkpoints" / "best") == ["owl", "frog", "crab"]
+    assert checkpoint_classes(run_dir / "checkpoints" / "last") == ["owl", "frog", "crab"]
     assert checkpoint_classes(tmp_path) is None
 
 
@@ -153,7 +154,7 @@ def test_check_builds_the_app_with_the_run_classes_and_writes_nothing(
     ("args", "says"),
     [
         ([], "give checkpoint="),
-        (["checkpoint=NOWHERE"], "no checkpoint at"),
+        (["checkpoint=NOWHERE"], "no model at"),
         (["checkpoint=RUN", "classes=[owl,a/b]"], "'a/b' contains a path separator"),
     ],
 )

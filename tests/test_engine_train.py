@@ -21,14 +21,10 @@ from ovcamo.engine.check import CheckFailed
 from ovcamo.engine.distributed import init_distributed
 from ovcamo.engine.evaluate import score_prediction_dir
 from ovcamo.engine.logging import read_metrics
-from ovcamo.engine.predict import (
-    SampleReadError,
-    evaluate_model,
-    load_trained_model,
-    predict_to_dir,
-)
+from ovcamo.engine.predict import SampleReadError, evaluate_model, predict_to_dir
 from ovcamo.engine.train import NonFiniteLossError, ResumeError, run
 from ovcamo.engine.visualize import write_eval_figures
+from ovcamo.models import load_model
 from ovcamo.models.baclip import BaCLIP
 from ovcamo.provenance import code_version
 
@@ -74,7 +70,7 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     # The frozen CLIP is written once: every later checkpoint links that file.
     last, best = (run_dir / "checkpoints" / n / "backbone.safetensors" for n in ("last", "best"))
     assert last.stat().st_ino == best.stat().st_ino and last.stat().st_nlink == 2
-    clip = load_trained_model(run_dir)[0].backbone.clip.state_dict()
+    clip = load_model(run_dir).backbone.clip.state_dict()
     saved = load_weights(last)
     assert saved.keys() == clip.keys() and all(torch.equal(saved[k], clip[k]) for k in clip)
 
@@ -91,7 +87,7 @@ def test_run_folder_checkpoints_and_predictions(data, tmp_path):
     # The written PNGs score exactly as the in-memory evaluation of the same checkpoint.
     paths = DataPaths.from_paths_json(data / "paths.json")
     scored = score_prediction_dir(pred_dir, paths, split="test", num_workers=1)
-    model, model_cfg = load_trained_model(run_dir)
+    model = load_model(run_dir)
     test_set = OVCamoDataset(paths, "test", transform=EvalTransform(32))
     direct, _, _ = evaluate_model(
         model, test_set, test_set.class_names, dist=init_distributed("cpu"), progress=False

@@ -198,12 +198,14 @@ def test_batched_forward_equals_per_image(
 def test_predict_and_class_cache(make: Callable[..., BaCLIP], images: torch.Tensor) -> None:
     model = make()
     model.train()
-    pred = model.predict(images, CLASSES)
+    preds = model.predict(images, CLASSES)
     assert model.training, "predict must restore train mode"
-    assert pred["mask_probs"].shape == (2, 1, 64, 64)
-    assert pred["mask_probs"].min() >= 0 and pred["mask_probs"].max() <= 1
-    torch.testing.assert_close(pred["class_probs"].sum(-1), torch.ones(2))
-    assert pred["class_names"] == [CLASSES[i] for i in pred["class_probs"].argmax(-1)]
+    assert len(preds) == 2
+    for pred in preds:
+        assert pred.mask_probs.shape == (64, 64)
+        assert pred.mask_probs.min() >= 0 and pred.mask_probs.max() <= 1
+        assert sum(pred.class_probs.values()) == pytest.approx(1.0)
+        assert pred.class_name == max(pred.class_probs, key=pred.class_probs.get)
     first = model.backbone.text_embeddings(CLASSES)
     assert model.backbone.text_embeddings(tuple(CLASSES)).data_ptr() == first.data_ptr()
     assert model.backbone.text_embeddings(CLASSES[:2]).shape[0] == 2
@@ -291,9 +293,9 @@ def test_paper_configuration_maps_384_image_to_384_mask_and_a_class() -> None:
     )
     assert model.backbone.embed_dim == 768 and model.backbone.dense_channels == 1536
     names = ["snow leopard", "reccoon", "owl"]
-    pred = model.predict(torch.rand(1, 3, 384, 384), names)
-    assert pred["mask_probs"].shape == (1, 1, 384, 384)
-    assert pred["class_probs"].shape == (1, 3) and pred["class_names"][0] in names
+    pred = model.predict(torch.rand(3, 384, 384), names)
+    assert pred.mask_probs.shape == (384, 384) and pred.mask.shape == (384, 384)
+    assert list(pred.class_probs) == names and pred.class_name in names
 
 
 def test_vit_backbone_gets_a_simple_feature_pyramid(

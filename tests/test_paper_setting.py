@@ -19,8 +19,7 @@ from test_model_sam_init import _official_state_dict
 from ovcamo import CONF_DIR
 from ovcamo.engine import loop, train
 from ovcamo.engine.check import CheckFailed, check_training
-from ovcamo.engine.predict import load_trained_model
-from ovcamo.models import model_config
+from ovcamo.models import load_model, model_config
 
 PAPER_WIDTH_MODELS = sorted(
     p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.endswith("_micro")
@@ -177,11 +176,11 @@ def test_trained_checkpoint_loads_from_its_folder_alone(data, tmp_path, sam_file
     assert result.best_checkpoint is None and "cIoU" in result.val_metrics
     last = run_dir / "checkpoints" / "last"
     assert (last / "backbone.safetensors").is_file()
-    before, _ = load_trained_model(run_dir)
+    before = load_model(run_dir)
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     weights.rename(tmp_path / "moved")
-    after, config = load_trained_model(run_dir)
-    assert config["sam_checkpoint"] == str(sam) and not sam.exists()
+    after = load_model(run_dir)
+    assert after.config["sam_checkpoint"] == str(sam) and not sam.exists()
     with torch.no_grad():
         a, b = before(images, ["owl", "frog"]), after(images, ["owl", "frog"])
     for key in ("mask_logits", "class_logits"):

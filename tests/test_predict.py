@@ -1,6 +1,6 @@
 """A trained model on real files: ``ovcamo-eval checkpoint=`` (predict, then score) and
 ``ovcamo-predict`` / ``model.predict`` on a user's images, with a tiny randomly initialised micro
-BaCLIP saved as ``ovcamo-train`` saves one."""
+BaCLIP saved as ``ovcamo-train`` saves one; every run loads that checkpoint for real."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from ovcamo.data import DataPaths, OVCamoDataset
 from ovcamo.data.io import read_gray, write_png
 from ovcamo.data.transforms import EvalTransform
 from ovcamo.engine.evaluate import score_prediction_dir
-from ovcamo.engine.predict import eval_loader, iter_predictions, load_trained_model
+from ovcamo.engine.predict import eval_loader, iter_predictions
 from ovcamo.engine.predict_images import OVCAMO_TEST, main, resolve_classes
 from ovcamo.metrics import METRIC_KEYS, OVCOSMetric, to_uint8_prediction
+from ovcamo.models import BaCLIP, load_model
 from ovcamo.models.predictor import model_input
 
 CANDIDATES = ["owl", "frog", "crab"]
@@ -38,8 +39,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(checkpoint: Path) -> torch.nn.Module:
-    return load_trained_model(checkpoint)[0]
+def model(checkpoint: Path) -> BaCLIP:
+    return load_model(checkpoint)
 
 
 def _run(cli: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -55,7 +56,7 @@ def _run(cli: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_eval_checkpoint_predicts_then_scores_through_the_command(
-    checkpoint: Path, model: torch.nn.Module, tmp_path: Path
+    checkpoint: Path, model: BaCLIP, tmp_path: Path
 ) -> None:
     data = write_tiny_dataset(tmp_path / "data", size=32)
     paths = DataPaths.from_paths_json(data / "paths.json")
@@ -100,17 +101,6 @@ def test_eval_checkpoint_predicts_then_scores_through_the_command(
     assert saved["diagnostics"]["agnostic_IoU"] == pytest.approx(reference["agnostic_IoU"])
 
 
-@pytest.fixture
-def loaded(checkpoint: Path, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """In-process runs reuse the loaded model (building the micro CLIP takes seconds); the
-    subprocess tests load the checkpoint for real."""
-    import ovcamo.engine.predict as predict
-
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
-    monkeypatch.setattr(predict, "load_trained_model", lambda path, device="cpu": (model, config))
-    return checkpoint
-
-
 def _images(folder: Path) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     shapes = {"a": (40, 56), "b": (33, 20), "c": (64, 64)}
@@ -127,36 +117,31 @@ def _images(folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def test_model_predict_takes_a_path_a_pil_image_or_an_array(
-    model: torch.nn.Module, tmp_path: Path
-) -> None:
+def test_model_predict_takes_a_path_a_pil_image_or_an_array(model: BaCLIP, tmp_path: Path) -> None:
     arrays = _images(tmp_path / "img")
     rgb = arrays["a"]
     by_array = model.predict(rgb, CANDIDATES)
     by_path = model.predict(tmp_path / "img" / "a.png", CANDIDATES)
     by_pil = model.predict(Image.fromarray(rgb), CANDIDATES)
     for other in (by_path, by_pil):
-        np.testing.assert_array_equal(other["mask"], by_array["mask"])
-        assert other["class_probs"] == by_array["class_probs"]
-    assert by_array["mask"].shape == rgb.shape[:2] and by_array["mask"].dtype == np.uint8
-    assert by_array["mask_probs"].shape == rgb.shape[:2]
-    assert sum(by_array["class_probs"].values()) == pytest.approx(1.0)
-    best = max(by_array["class_probs"], key=by_array["class_probs"].get)
-    assert by_array["class_name"] == best and by_array["score"] == by_array["class_probs"][best]
+        np.testing.assert_array_equal(other.mask, by_array.mask)
+        assert other.class_probs == by_array.class_probs
+    assert by_array.mask.shape == rgb.shape[:2] and by_array.mask.dtype == np.uint8
+    assert by_array.mask_probs.shape == rgb.shape[:2]
+    assert sum(by_array.class_probs.values()) == pytest.approx(1.0)
+    best = max(by_array.class_probs, key=by_array.class_probs.get)
+    assert by_array.class_name == best and by_array.score == by_array.class_probs[best]
 
     # The evaluator's post-processing of the model's logits on the resized image.
-    out = model(model_input(rgb, 32), CANDIDATES)
-    expected = to_uint8_prediction(out["mask_logits"][0, 0], rgb.shape[:2])
-    np.testing.assert_array_equal(by_array["mask"], expected)
-
-    # Existing callers: a B×3×H×W tensor in [0, 1] still gets batch outputs.
-    batch = model.predict(torch.rand(2, 3, 32, 32), CANDIDATES)
-    assert batch["mask_probs"].shape == (2, 1, 32, 32) and len(batch["class_names"]) == 2
+    x, size = model_input(rgb, 32)
+    out = model(x, CANDIDATES)
+    expected = to_uint8_prediction(out["mask_logits"][0, 0], size)
+    np.testing.assert_array_equal(by_array.mask, expected)
 
     with pytest.raises(ValueError, match="uint8 H×W×3"):
         model.predict(rgb.astype(np.float32), CANDIDATES)
     with pytest.raises(TypeError, match="a path, a PIL image"):
-        model.predict([rgb], CANDIDATES)
+        model.predict([rgb, {"not": "an image"}], CANDIDATES)
 
 
 def _cfg(**kw):
@@ -175,7 +160,7 @@ def _cfg(**kw):
 
 
 def test_predict_command_writes_masks_overlays_and_probabilities(
-    checkpoint: Path, model: torch.nn.Module, tmp_path: Path
+    checkpoint: Path, model: BaCLIP, tmp_path: Path
 ) -> None:
     arrays = _images(tmp_path / "img")
     out = tmp_path / "pred"
@@ -197,7 +182,7 @@ def test_predict_command_writes_masks_overlays_and_probabilities(
         mask = read_gray(out / record["mask"])
         assert mask.shape == rgb.shape[:2] and record["size"] == list(rgb.shape[:2])
         api = model.predict(rgb, CANDIDATES)
-        assert np.abs(mask.astype(int) - api["mask"].astype(int)).max() <= LEVEL_TOLERANCE
+        assert np.abs(mask.astype(int) - api.mask.astype(int)).max() <= LEVEL_TOLERANCE
         assert set(record["class_probs"]) == set(CANDIDATES)
         assert sum(record["class_probs"].values()) == pytest.approx(1.0)
         assert record["class"] == max(record["class_probs"], key=record["class_probs"].get)
@@ -210,13 +195,13 @@ def test_predict_command_writes_masks_overlays_and_probabilities(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "pred"]
 
 
-def test_format_ovcamo_is_read_by_the_evaluator(loaded: Path, tmp_path: Path) -> None:
+def test_format_ovcamo_is_read_by_the_evaluator(checkpoint: Path, tmp_path: Path) -> None:
     data = write_tiny_dataset(tmp_path / "data", size=32)
     paths = DataPaths.from_paths_json(data / "paths.json")
     out = tmp_path / "pred"
     main(
         _cfg(
-            checkpoint=str(loaded),
+            checkpoint=str(checkpoint),
             images=str(paths.test_image_dir),
             classes=list(TEST_CLASSES),
             out_dir=str(out),
@@ -257,14 +242,13 @@ def test_a_missing_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
         )
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert f"checkpoint={tmp_path / 'nope'}: no checkpoint at" in err and "Traceback" not in err
+    assert f"checkpoint={tmp_path / 'nope'}: no model at" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
 
 
 def test_bad_input_exits_2_with_one_paragraph_and_writes_nothing(
-    loaded: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    checkpoint = loaded
     _images(tmp_path / "img")
     out = tmp_path / "pred"
 

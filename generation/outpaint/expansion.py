@@ -51,23 +51,20 @@ def object_expansion(
 
 
 class BaCLIPSegmenter:
-    """The project's segmenter, loaded from a checkpoint folder ``ovcamo-train`` wrote, asked
+    """The project's segmenter, loaded from what ``ovcamo-train`` wrote (a checkpoint or run
+    folder, by :func:`ovcamo.models.load_model`) or a saved model folder, asked
     for the sample's class: its mask probabilities at the image's own size."""
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu") -> None:
-        from ovcamo.models import load_model
+        from ovcamo.models import ModelNotFoundError, load_model
 
-        folder = Path(os.path.expanduser(str(checkpoint)))
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"quality.segmenter_checkpoint: {folder} holds no BaCLIP checkpoint (config.json "
-                "and model.safetensors): give the checkpoint folder ovcamo-train writes, "
-                "<run>/checkpoints/best or <run>/checkpoints/last"
-            )
-        self.model = load_model(folder, map_location=device).eval()
+        try:
+            self.model = load_model(os.path.expanduser(str(checkpoint)), device)
+        except ModelNotFoundError as e:
+            raise FileNotFoundError(f"quality.segmenter_checkpoint: {e}") from None
 
     def __call__(self, image: np.ndarray, class_name: str, object_mask: np.ndarray) -> np.ndarray:
-        return self.model.predict(image, [class_name])["mask_probs"]
+        return self.model.predict(image, [class_name]).mask_probs
 
 
 class SAMSegmenter:

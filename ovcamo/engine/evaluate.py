@@ -913,7 +913,8 @@ def main(cfg: Any) -> EvaluationResult | AgnosticResult | None:
         if cfg.get("checkpoint"):
             # Imported here: they pull in the model code, which scoring a folder never needs.
             from ovcamo.checkpoint import CheckpointError
-            from ovcamo.engine.predict import find_checkpoint, predict_to_dir
+            from ovcamo.engine.predict import predict_to_dir
+            from ovcamo.models.hub import resolve_model_dir
 
             if not cfg.get("out_dir"):
                 raise EvaluationError("checkpoint= needs out_dir= (predictions are written there)")
@@ -921,7 +922,7 @@ def main(cfg: Any) -> EvaluationResult | AgnosticResult | None:
             check_out_dir(out_dir)
             if check:
                 try:
-                    found = find_checkpoint(str(cfg.checkpoint))
+                    found = resolve_model_dir(str(cfg.checkpoint))
                 except FileNotFoundError as e:
                     raise EvaluationError(str(e)) from e
                 gt, _, _ = _gt_masks(paths, split, unique_ids)  # type: ignore[arg-type]

@@ -9,7 +9,6 @@ base classes for base validation, the novel classes for the test split.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, resolve_checkpoint_dir
 from ovcamo.data.io import prediction_path, staged_dir, write_png
 from ovcamo.data.ovcamo_format import DataPaths
 from ovcamo.data.transforms import EvalTransform
@@ -27,6 +25,7 @@ from ovcamo.engine.distributed import DistInfo
 
 log = logging.getLogger(__name__)
 
+#: The model config file of a checkpoint (what :func:`ovcamo.models.load_model` rebuilds from).
 MODEL_CONFIG_FILE = "config.json"
 
 
@@ -191,46 +190,11 @@ class SampleReadError(RuntimeError):
         )
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder ``path`` names: itself, or a run folder's ``checkpoints/best``
-    (else ``checkpoints/last``)."""
-    path = Path(path).expanduser()
-    for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
-        found = resolve_checkpoint_dir(candidate)
-        if found is not None and (found / MODEL_CONFIG_FILE).is_file():
-            return found
-    raise FileNotFoundError(
-        f"no checkpoint at {path}: expected {WEIGHTS_FILE}, state.pt and {MODEL_CONFIG_FILE} "
-        "there or in its checkpoints/best or checkpoints/last (written by ovcamo-train)"
-    )
-
-
-def load_trained_model(
-    checkpoint: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a training checkpoint was made with and load its trained weights.
-
-    Returns ``(model in eval mode, model config)``; the frozen backbone comes from its
-    ``pretrained`` entry, the rest from the checkpoint's ``model.safetensors``.
-    """
-    from ovcamo.models import load_model
-
-    directory = find_checkpoint(checkpoint)
-    # Training builds the model right after seeding torch with the run's seed; doing the same
-    # here rebuilds the identical frozen backbone even when it is randomly initialised
-    # (backbone.pretrained=null), whose weights the checkpoint does not store.
-    seed = int(load_state(directory / STATE_FILE).get("seed", 0))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = load_model(directory, map_location=str(device))
-    model_cfg = json.loads((directory / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
-    return model.eval(), model_cfg
-
-
 def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
     """Write ``[<pred class>]<unique_id>.png`` for every sample of ``split``/``part``.
 
-    ``cfg.checkpoint``: a checkpoint folder or a run folder; ``cfg.data``: the dataset;
+    ``cfg.checkpoint``: a checkpoint, saved model or run folder (read by
+    :func:`ovcamo.models.load_model`); ``cfg.data``: the dataset;
     ``cfg.out_dir``: predictions go to ``<out_dir>/predictions`` (``predictions_<part>`` for a
     part of the train split). Candidate classes are the split's classes. Returns the folder.
     Optional keys: ``device`` (auto), ``batch_size`` (8), ``num_workers`` (0), ``amp``.
@@ -238,11 +202,12 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
     from ovcamo.data import OVCamoDataset
     from ovcamo.data.config import resolve_data_paths
     from ovcamo.engine.distributed import pick_device
+    from ovcamo.models import load_model
 
     if not cfg.get("checkpoint"):
         raise KeyError("predict_to_dir needs cfg.checkpoint (a checkpoint or run folder)")
     device = pick_device(str(cfg.get("device", "auto")))
-    model, model_cfg = load_trained_model(cfg.checkpoint, device)
+    model = load_model(str(cfg.checkpoint), device)
     paths: DataPaths = resolve_data_paths(cfg.data, cfg.get("cache_dir"))
     dataset = OVCamoDataset(
         paths,
@@ -250,7 +215,7 @@ def predict_to_dir(cfg: Any, split: str = "test", part: str = "all") -> Path:
         part=part,
         holdout_fraction=float(cfg.data.get("holdout_fraction", 0.0)) if part != "all" else 0.0,
         holdout_seed=int(cfg.data.get("holdout_seed", 0)),
-        transform=EvalTransform(int(model_cfg["backbone"]["image_size"])),
+        transform=EvalTransform(int(model.config["backbone"]["image_size"])),
         strict=bool(cfg.data.get("strict", False)),
     )
     out = Path(cfg.out_dir) / ("predictions" if part == "all" else f"predictions_{part}")

@@ -180,11 +180,9 @@ def predict_images(cfg: Any) -> Path | None:
 
     Raises :class:`PredictInputError` for bad input; nothing is written then.
     """
-    import torch
-
     from ovcamo.engine.distributed import pick_device
-    from ovcamo.engine.predict import load_trained_model
-    from ovcamo.models.predictor import as_rgb_array, model_input, postprocess
+    from ovcamo.models import load_model
+    from ovcamo.models.predictor import as_rgb_array, predict
     from ovcamo.report.overlay import overlay_prediction
 
     if not cfg.get("checkpoint"):
@@ -202,9 +200,7 @@ def predict_images(cfg: Any) -> Path | None:
     names = resolve_classes(cfg.get("classes", OVCAMO_TEST))
     _check_inputs(images, names, fmt)
     try:
-        model, model_cfg = load_trained_model(
-            str(cfg.checkpoint), pick_device(str(cfg.get("device", "auto")))
-        )
+        model = load_model(str(cfg.checkpoint), pick_device(str(cfg.get("device", "auto"))))
     except (FileNotFoundError, KeyError, ValueError, pickle.UnpicklingError) as e:
         raise PredictInputError(f"checkpoint={cfg.checkpoint}: {e}") from e
     if cfg.get("check"):
@@ -213,8 +209,6 @@ def predict_images(cfg: Any) -> Path | None:
             f"results would go to {out}; nothing written (check=true)"
         )
         return None
-    size = int(model_cfg["backbone"]["image_size"])
-    device = next(model.parameters()).device
     batch_size = max(1, int(cfg.get("batch_size", 8)))
     draw = bool(cfg.get("overlay", True))
     mask_dir = "predictions" if fmt == "ovcamo" else "masks"
@@ -232,32 +226,28 @@ def predict_images(cfg: Any) -> Path | None:
                     failed.append(f"{p} ({e})")
             if not batch or failed:
                 continue  # the run will stop; the rest is only read, to list every bad file
-            x = torch.cat([model_input(a, size) for a in arrays]).to(device)
-            pred = model.predict(x, names)
-            for i, (p, rgb) in enumerate(zip(batch, arrays, strict=True)):
-                res = postprocess(
-                    pred["mask_logits"][i, 0], pred["class_logits"][i], names, rgb.shape[:2]
-                )
+            results = predict(model, arrays, names, batch_size=batch_size)
+            for p, rgb, res in zip(batch, arrays, results, strict=True):
                 mask_path = (
-                    prediction_path(tmp / mask_dir, res["class_name"], p.stem)
+                    prediction_path(tmp / mask_dir, res.class_name, p.stem)
                     if fmt == "ovcamo"
                     else safe_join(tmp / mask_dir, f"{p.stem}.png", flat=True)
                 )
                 mask_name = mask_path.name
-                write_png(mask_path, res["mask"])
+                write_png(mask_path, res.mask)
                 record: dict[str, Any] = {
                     "image": str(p.resolve()),
                     "size": list(rgb.shape[:2]),
                     "mask": f"{mask_dir}/{mask_name}",
-                    "class": res["class_name"],
-                    "score": res["score"],
-                    "class_probs": res["class_probs"],
+                    "class": res.class_name,
+                    "score": res.score,
+                    "class_probs": res.class_probs,
                 }
                 if draw:
-                    label = f"{res['class_name']} {res['score']:.2f}"
+                    label = f"{res.class_name} {res.score:.2f}"
                     write_png(
                         tmp / "overlays" / f"{p.stem}.png",
-                        overlay_prediction(rgb, res["mask"], label),
+                        overlay_prediction(rgb, res.mask, label),
                     )
                     record["overlay"] = f"overlays/{p.stem}.png"
                 records.append(record)

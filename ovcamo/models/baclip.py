@@ -22,6 +22,7 @@ an FPN decoder over the four trunk maps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from ovcamo.models.cce import CCE
 from ovcamo.models.clip_backbone import BackboneFeatures, CLIPBackbone, SimpleFeaturePyramid
 from ovcamo.models.conv_decoder import ConvDecoder
+from ovcamo.models.hub import PretrainedMixin
 from ovcamo.models.losses import segmentation_loss
 from ovcamo.models.mrem import MREM
 from ovcamo.models.neck import FeatureNeck, HighResSkips, TrunkLevel
@@ -40,14 +42,25 @@ from ovcamo.models.resampling import resize_bilinear
 from ovcamo.models.sam_decoder import SamLoadReport, decode_masks, text_prompt_embeddings
 
 if TYPE_CHECKING:
-    from ovcamo.models.predictor import ImageInput
+    from ovcamo.models.predictor import ImageInput, Prediction
 
 
-class BaCLIP(nn.Module):
+@dataclass(frozen=True)
+class EncodedImages:
+    """What :meth:`BaCLIP.encode_image` gives :meth:`BaCLIP.decode`: the frozen CLIP's
+    features, the input size ``(H, W)`` and dtype."""
+
+    features: BackboneFeatures
+    size: tuple[int, int]
+    dtype: torch.dtype
+
+
+class BaCLIP(PretrainedMixin, nn.Module):
     """CLIP backbone + MREM + CCE + adaptive text prompts + SAM mask decoder + CLIP classifier.
 
-    Build it with :func:`ovcamo.models.build_model` from a ``model`` config; the modules are
-    passed in built, as in segment-anything's ``Sam``. ``conv_decoder`` given means the baseline
+    Build it with :func:`ovcamo.models.create_model` by name, or :func:`ovcamo.models.build_model`
+    from a ``model`` config; the modules are passed in built, as in segment-anything's ``Sam``.
+    Load a trained one with :meth:`from_pretrained`, save with :meth:`save_pretrained`. ``conv_decoder`` given means the baseline
     rung (``mrem``, ``cce``, ``prompt_adapter``, ``prompt_encoder``, ``mask_decoder`` are then
     ``None``).
 
@@ -122,11 +135,20 @@ class BaCLIP(nn.Module):
             class embeddings × logit scale); ``image_text_logits`` ``B×K`` (whole-image CLIP
             scores, which weight or rank the prompts).
         """
+        return self.decode(self.encode_image(images), class_names)
+
+    def encode_image(self, images: Tensor) -> EncodedImages:
+        """The frozen CLIP's features of ``images`` ``B×3×H×W``: the part of :meth:`forward` that
+        does not depend on the classes (a predictor computes it once per image)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be B×3×H×W, got {tuple(images.shape)}")
-        feats = self.backbone(images)
+        return EncodedImages(self.backbone(images), tuple(images.shape[-2:]), images.dtype)
+
+    def decode(self, encoded: EncodedImages, class_names: Sequence[str]) -> dict[str, Tensor]:
+        """:meth:`forward` from :meth:`encode_image`'s output (same outputs)."""
+        feats = encoded.features
         features = self.pyramid(feats.dense) if self.pyramid is not None else feats.features
-        text = self.backbone.text_embeddings(class_names).to(images.dtype)
+        text = self.backbone.text_embeddings(class_names).to(encoded.dtype)
         scale = self.backbone.logit_scale
         global_image = F.normalize(feats.embedding.to(text.dtype), dim=-1)
         image_text_logits = scale * global_image @ text.t()
@@ -135,7 +157,7 @@ class BaCLIP(nn.Module):
             low_res = self.conv_decoder(features)
         else:
             low_res = self._decode_with_prompts(features, text, image_text_logits)
-        mask_logits = resize_bilinear(low_res, tuple(images.shape[-2:]))
+        mask_logits = resize_bilinear(low_res, encoded.size)
         class_logits = self.classify(feats, mask_logits, text)
         return {
             "mask_logits": mask_logits,
@@ -182,36 +204,16 @@ class BaCLIP(nn.Module):
         embedding = F.normalize(embedding.to(text.dtype), dim=-1)
         return self.backbone.logit_scale * embedding @ text.t()
 
-    @torch.no_grad()
-    def predict(self, images: Tensor | ImageInput, class_names: Sequence[str]) -> dict[str, Any]:
-        """Inference in eval mode; the previous train/eval mode is restored.
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], class_names: Sequence[str]
+    ) -> Prediction | list[Prediction]:
+        """Segment and classify images among ``class_names`` in eval mode (the previous mode is
+        restored): a path, PIL image, uint8 ``H×W×3`` array or float ``3×H×W`` tensor in [0, 1]
+        → one :class:`~ovcamo.models.predictor.Prediction` at that image's size; a list of them
+        (or a ``B×3×H×W`` tensor) → a list. See :func:`ovcamo.models.predictor.predict`."""
+        from ovcamo.models.predictor import predict
 
-        ``images``: a ``B×3×H×W`` float tensor in [0, 1] at the model's input size → ``mask_probs``
-        ``B×1×H×W``, ``class_probs`` ``B×K``, ``class_names`` (the B predicted names) and the raw
-        ``mask_logits``/``class_logits``. One image as a path, a PIL image or a uint8 ``H×W×3``
-        array → resized here, and answered at its own size by
-        :func:`ovcamo.models.predictor.predict_image` (``mask`` uint8 ``H×W`` post-processed as
-        the evaluator's predictions, ``mask_probs``, ``class_name``, ``score``, ``class_probs``).
-        """
-        if not isinstance(images, Tensor):
-            from ovcamo.models.predictor import predict_image
-
-            return predict_image(self, images, class_names)
-        was_training = self.training
-        self.eval()
-        try:
-            out = self(images, class_names)
-        finally:
-            self.train(was_training)
-        class_probs = out["class_logits"].float().softmax(dim=-1)
-        names = list(class_names)
-        return {
-            "mask_probs": torch.sigmoid(out["mask_logits"].float()),
-            "class_probs": class_probs,
-            "class_names": [names[i] for i in class_probs.argmax(dim=-1).tolist()],
-            "mask_logits": out["mask_logits"],
-            "class_logits": out["class_logits"],
-        }
+        return predict(self, images, class_names)
 
     def loss(self, outputs: Mapping[str, Tensor], masks: Tensor) -> dict[str, Tensor]:
         """Weighted BCE + Dice on ``outputs["mask_logits"]`` against ``masks`` ``B×1×H×W``."""

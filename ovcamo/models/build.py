@@ -1,4 +1,5 @@
-"""Config → BaCLIP, and saving/loading trained models (safetensors + ``config.json``).
+"""Config → BaCLIP, and saving trained models (safetensors + ``config.json``; loading them:
+:mod:`ovcamo.models.hub`).
 
 Every variant of the ablation ladder is one ``ovcamo/conf/model/*.yaml`` read by :func:`build_model`;
 :func:`model_config` composes one of those files outside a Hydra application.
@@ -16,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ovcamo import CONF_DIR
-from ovcamo.checkpoint import WEIGHTS_FILE, load_weights, save_weights
+from ovcamo.checkpoint import WEIGHTS_FILE, save_weights
 from ovcamo.data.io import atomic_write_json
 from ovcamo.models.baclip import BaCLIP
 from ovcamo.models.cce import CCE
@@ -260,7 +261,7 @@ def backbone_weights(model: BaCLIP) -> dict[str, dict[str, Tensor]]:
 def save_model(model: BaCLIP, directory: str | os.PathLike) -> None:
     """Write ``model.safetensors`` (:meth:`BaCLIP.trainable_state_dict`), ``backbone.safetensors``
     (the frozen CLIP, unless an open_clip tag names it) and then ``config.json`` into
-    ``directory``: everything :func:`load_model` needs, on any machine."""
+    ``directory``: everything :func:`ovcamo.models.load_model` needs, on any machine."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(directory / WEIGHTS_FILE, model.trainable_state_dict())
@@ -269,38 +270,17 @@ def save_model(model: BaCLIP, directory: str | os.PathLike) -> None:
     atomic_write_json(directory / CONFIG_FILE, model.config)
 
 
-def load_model(directory: str | os.PathLike, map_location: str = "cpu") -> BaCLIP:
-    """Rebuild a model saved by :func:`save_model` or by ``ovcamo-train`` from its folder alone.
-
-    The SAM file named in ``config.json`` is not read (its tensors are in ``model.safetensors``);
-    the CLIP comes from ``backbone.safetensors`` when present, else from its open_clip tag.
-    """
-    directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"no {CONFIG_FILE} in {directory}: not a directory written by save_model"
-        )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
-    backbone = None
-    if (directory / BACKBONE_FILE).is_file():
-        backbone_cfg = _section(config, "backbone")
-        # open_clip reads the file itself, as it reads the micro CLIP's checkpoint.
-        clip_model, tokenizer = create_clip(
-            str(backbone_cfg["name"]),
-            str(directory / BACKBONE_FILE),
-            int(backbone_cfg["image_size"]),
-        )
-        backbone = CLIPBackbone(
-            clip_model,
-            tokenizer,
-            int(backbone_cfg["image_size"]),
-            cpu_bf16=backbone_cfg.get("cpu_bf16", False),
-        )
-    model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
-    model.config = config
-    model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
-    return model.to(map_location)
+def load_backbone_file(config: Mapping[str, Any], path: str | os.PathLike) -> CLIPBackbone:
+    """The frozen CLIP that ``config["backbone"]`` describes, with its weights from ``path`` (the
+    ``backbone.safetensors`` a checkpoint or saved model stores)."""
+    backbone_cfg = _section(config, "backbone")
+    # open_clip reads the file itself, as it reads the micro CLIP's checkpoint.
+    clip_model, tokenizer = create_clip(
+        str(backbone_cfg["name"]), str(path), int(backbone_cfg["image_size"])
+    )
+    return CLIPBackbone(
+        clip_model,
+        tokenizer,
+        int(backbone_cfg["image_size"]),
+        cpu_bf16=backbone_cfg.get("cpu_bf16", False),
+    )
