@@ -25,7 +25,7 @@ from generation.outpaint.train import ensure_micro_controlnet, train_controlnet
 from generation.sd.micro import holdout_of, load_pairs
 from generation.sd.parts import MissingWeightsError, generator_parts, local_parts, pick_device
 from generation.sd.sampler import Repainter
-from generation.sd.training import train_into
+from generation.sd.training import paper_run, train_into
 from ovcamo.data import DataPaths
 
 
@@ -91,7 +91,8 @@ def train_weights(
     )
 
     def make(out: Path) -> dict[str, Any]:
-        parts = local_parts(cfg["pretrained"], resolution, device)
+        run = paper_run(folder, train_cfg, device)
+        parts = local_parts(cfg["pretrained"], resolution, run.device)
         pairs = load_pairs(
             data,
             resolution,
@@ -103,7 +104,8 @@ def train_weights(
         controlnet = InpaintingControlNetModel.from_inpainting_unet(parts.unet, parts.vae_scale)
         controlnet.to(parts.unet.device)
         prompts = [str(cfg["prompt"]).format(c) for c in pairs.class_names]
-        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg)
+        torch.manual_seed(int(train_cfg.get("seed", 0)))
+        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg, run)
         controlnet.save_pretrained(out)
         return history.to_json()
 

@@ -132,6 +132,31 @@ class LoopSettings:
         return out
 
 
+@dataclass
+class RunOptions:
+    """Where a paper-scale training keeps its checkpoints (``checkpoint_dir``, one subfolder per
+    stage) and its jsonl log (``checkpoint_dir/log.jsonl``), whether it shows a progress bar, and
+    the ``accelerate.Accelerator`` it runs under (``None``: :func:`fit` makes one) and the device
+    its modules go to."""
+
+    checkpoint_dir: Path | None = None
+    progress: bool = False
+    accelerator: Any = None
+    device: Any = None
+
+    def for_stage(self, stage: str | None = None) -> dict[str, Any]:
+        """:func:`fit`'s keyword arguments for ``stage``."""
+        if self.checkpoint_dir is None:
+            return {"progress": self.progress, "accelerator": self.accelerator}
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "checkpoint_dir": self.checkpoint_dir / (stage or "train"),
+            "log_path": self.checkpoint_dir / "log.jsonl",
+            "progress": self.progress,
+            "accelerator": self.accelerator,
+        }
+
+
 def make_accelerator(device: torch.device, mixed_precision: str = "no") -> Any:
     """An ``accelerate.Accelerator`` for a generator training on ``device`` (the CPU when the
     modules are there; fp16 needs CUDA). Under ``accelerate launch`` each process gets its own
@@ -324,6 +349,23 @@ def _load_loop_state(
     sched.load_state_dict(state["lr_scheduler"])
     history.steps[:] = list(state["history"])
     return int(state["step"])
+
+
+def paper_run(final: str | os.PathLike, train_cfg: Mapping[str, Any], device: Any) -> RunOptions:
+    """The :class:`RunOptions` of a paper-scale training into ``final``: checkpoints and log in
+    ``<final>.checkpoints`` (a killed run started again resumes there), a progress bar, and an
+    accelerator on ``device`` (under ``accelerate launch``, each process's own GPU)."""
+    from generation.sd.parts import pick_device
+
+    settings = LoopSettings.from_cfg(train_cfg)
+    final = Path(os.path.expanduser(str(final)))
+    accelerator = make_accelerator(pick_device(device), settings.mixed_precision)
+    return RunOptions(
+        checkpoint_dir=final.with_name(final.name + ".checkpoints"),
+        progress=True,
+        accelerator=accelerator,
+        device=accelerator.device if accelerator.num_processes > 1 else pick_device(device),
+    )
 
 
 def train_into(
