@@ -46,6 +46,7 @@ from generation.sd.parts import (
     local_parts,
     missing_parts,
     pick_device,
+    sampling_dtype,
     sd_folder_problem,
 )
 from generation.sd.sampler import SDSampler
@@ -348,9 +349,9 @@ def build(
         background_cfg, data=data, cache_dir=cache_dir, device=device, **context
     )
     return DiffuMattingGenerator(
-        pipe=parts.pipeline(StableDiffusionPipeline, dev),
+        pipe=parts.pipeline(StableDiffusionPipeline, dev, sampling_dtype(cfg, dev)),
         **DiffuMattingGenerator.settings(cfg, parts.resolution),
-        head=head.to(dev).eval(),
+        head=head.to(dev, sampling_dtype(cfg, dev)).eval(),
         green_post=GreenPost(
             k=int(gp.get("k", 3)),
             band=int(gp.get("band", 3)),

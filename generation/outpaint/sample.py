@@ -23,7 +23,13 @@ from generation.bgaug.train import micro_inpainting
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
 from generation.outpaint.train import ensure_micro_controlnet, train_controlnet
 from generation.sd.micro import holdout_of, load_pairs
-from generation.sd.parts import MissingWeightsError, generator_parts, local_parts, pick_device
+from generation.sd.parts import (
+    MissingWeightsError,
+    generator_parts,
+    local_parts,
+    pick_device,
+    sampling_dtype,
+)
 from generation.sd.sampler import Repainter
 from generation.sd.training import paper_run, train_into
 from ovcamo.data import DataPaths
@@ -131,7 +137,9 @@ def build(
         folder = ensure_micro_controlnet(cfg, parts, data, cache_dir)
     controlnet = InpaintingControlNetModel.from_pretrained(folder, local_files_only=True)
     return Outpainting(
-        pipe=parts.pipeline(OutpaintingPipeline, dev, controlnet=controlnet),
+        pipe=parts.pipeline(
+            OutpaintingPipeline, dev, sampling_dtype(cfg, dev), controlnet=controlnet
+        ),
         **Outpainting.settings(cfg, parts.resolution),
         controlnet_conditioning_scale=float(
             cfg.get("sampler", {}).get("controlnet_conditioning_scale", 1.0)
