@@ -5,6 +5,7 @@ gradient clipped apart, every loss term recorded at every step)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from torch import nn
 from generation.sd.micro import write_folder
 from generation.sd.parts import MissingWeightsError
 from ovcamo.checkpoint import load_state, load_weights, save_weights
+
+log = logging.getLogger(__name__)
 
 #: A training step: ``(sample indices B, generator) →`` its loss terms with their weighted
 #: ``"total"``, or the loss alone.
@@ -159,15 +162,14 @@ class RunOptions:
 
 def make_accelerator(device: torch.device, mixed_precision: str = "no") -> Any:
     """An ``accelerate.Accelerator`` for a generator training on ``device`` (the CPU when the
-    modules are there; fp16 needs CUDA). Under ``accelerate launch`` each process gets its own
+    modules are there; fp16 needs CUDA, so the CPU trains in fp32 instead, as it samples). Under ``accelerate launch`` each process gets its own
     device and :func:`fit` averages gradients across processes."""
     from accelerate import Accelerator
 
     cpu = torch.device(device).type == "cpu"
     if cpu and mixed_precision == "fp16":
-        raise ValueError(
-            "generator train.mixed_precision=fp16 needs a CUDA device: use bf16 or no on the CPU"
-        )
+        log.info("train.mixed_precision=fp16 needs CUDA: training in fp32 on the CPU")
+        mixed_precision = "no"
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
