@@ -324,7 +324,9 @@ def train(
     """Train (or resume) into ``out_dir``: ``last/`` every ``checkpoint_every`` steps, ``final/``
     at the end. Returns the trained model. A finished ``final/`` is loaded, not retrained.
 
-    The model starts from ``train.init_checkpoint`` when set (converted weights, see
+    It runs under ``accelerate`` (``train.mixed_precision`` in the LAKE-RED stage, several GPUs
+    under ``accelerate launch``: gradients averaged, batches drawn per process, the main process
+    writes). The model starts from ``train.init_checkpoint`` when set (converted weights, see
     :func:`init_checkpoint_message`), else from scratch. The LAKE-RED stage keeps an exponential
     moving average of its weights (``ema_decay``, LDM's warm-up ``(1 + n)/(10 + n)``); ``final/``
     holds the averaged weights, which the sampler uses, as the official sampler does.
@@ -335,6 +337,14 @@ def train(
     out_dir = Path(out_dir)
     if (out_dir / "final" / STATE_FILE).is_file():
         return load_trained(out_dir / "final", model_cfg, device)
+    from generation.sd.training import LoopSettings, average_gradients, make_accelerator
+
+    LoopSettings.from_cfg({"mixed_precision": train_cfg.mixed_precision})
+    acc = make_accelerator(torch.device(device), train_cfg.mixed_precision)
+    # Under `accelerate launch` each process trains on its own device and draws its own batches.
+    rank = acc.process_index
+    if acc.num_processes > 1:
+        device = str(acc.device)
     torch.manual_seed(train_cfg.seed)
     model = LakeRed(model_cfg).to(device)
     notes = (
@@ -346,16 +356,6 @@ def train(
         ("first_stage", train_cfg.first_stage_steps, train_cfg.first_stage_lr),
         ("lakered", train_cfg.steps, train_cfg.lr),
     ]
-    if train_cfg.mixed_precision not in ("no", "bf16"):
-        raise ValueError(
-            "generator.train.mixed_precision for LAKE-RED must be no or bf16 (bf16 autocast of the "
-            f"LAKE-RED stage; fp16 would need a gradient scaler), got {train_cfg.mixed_precision!r}"
-        )
-    autocast = torch.autocast(
-        torch.device(device).type,
-        dtype=torch.bfloat16,
-        enabled=train_cfg.mixed_precision == "bf16",
-    )
     stage_i, step, resume = 0, 0, None
     if (out_dir / "last" / STATE_FILE).is_file():
         weights, resume = load_checkpoint(out_dir / "last", device)
@@ -382,7 +382,9 @@ def train(
             )
         else:
             opt = torch.optim.AdamW(
-                params, lr=learning_rate(train_cfg), weight_decay=train_cfg.weight_decay
+                params,
+                lr=learning_rate(train_cfg, acc.num_processes),
+                weight_decay=train_cfg.weight_decay,
             )
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt,
@@ -401,11 +403,16 @@ def train(
             model.load_knowledge_from_codebook()
         if name == "lakered" and train_cfg.ema_decay > 0:
             ema = EMAModel(params, decay=train_cfg.ema_decay)
+        if name == "lakered":
+            # Mixed precision (autocast, fp16's gradient scaler) in the LAKE-RED stage.
+            opt = acc.prepare(opt, device_placement=[False])
         if resume is not None and resume["stage"] == name and resume["optimizer"] is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["lr_scheduler"])
             if ema is not None:
                 ema.load_state_dict(resume["ema"])
+            if acc.scaler is not None and resume.get("scaler") is not None:
+                acc.scaler.load_state_dict(resume["scaler"])
         else:
             step = 0
         model.train()
@@ -425,7 +432,7 @@ def train(
                 batch = {
                     k: v.to(device)
                     for k, v in batch_at(
-                        draw, data, train_cfg.batch_size, train_cfg.seed + i
+                        draw, data, train_cfg.batch_size, train_cfg.seed + i + 1_000_033 * rank
                     ).items()
                 }
                 if name == "first_stage":
@@ -434,12 +441,22 @@ def train(
                     quantize = step >= train_cfg.first_stage_warmup
                     losses = first_stage_step(model, batch["image"], quantize)
                 else:
-                    g = torch.Generator(device=device).manual_seed(train_cfg.seed * 7919 + draw)
-                    with autocast:
+                    g = torch.Generator(device=device).manual_seed(
+                        train_cfg.seed * 7919 + draw + 15_485_863 * rank
+                    )
+                    with acc.autocast():
                         losses = training_step(
                             model, scheduler, batch, train_cfg.rec_weight, g, train_cfg.loss_type
                         )
-                (losses["loss"] / accum if accum > 1 else losses["loss"]).backward()
+                loss = losses["loss"] / accum if accum > 1 else losses["loss"]
+                if name == "lakered":
+                    acc.backward(loss)
+                else:
+                    loss.backward()
+            if acc.num_processes > 1:
+                average_gradients(acc, params)
+            if name == "lakered":
+                acc.unscale_gradients()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -447,7 +464,7 @@ def train(
                 ema.step(params)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
             done = step + 1
-            if done % train_cfg.checkpoint_every == 0 or done == n_steps:
+            if (done % train_cfg.checkpoint_every == 0 or done == n_steps) and acc.is_main_process:
                 next_stage = done == n_steps and i + 1 < len(stages)
                 save_checkpoint(
                     out_dir / "last",
@@ -459,12 +476,16 @@ def train(
                         "lr_scheduler": sched.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None,
                         "rng": torch.get_rng_state(),
+                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                         "losses": {k: float(v.detach()) for k, v in losses.items()},
                     },
                 )
         if ema is not None:
             ema.copy_to(params)
         resume = None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return model.eval()
     save_checkpoint(
         out_dir / "final",
         model.state_dict(),

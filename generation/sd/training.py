@@ -173,7 +173,7 @@ def make_accelerator(device: torch.device, mixed_precision: str = "no") -> Any:
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
-def _average_gradients(accelerator: Any, params: list[nn.Parameter]) -> None:
+def average_gradients(accelerator: Any, params: list[nn.Parameter]) -> None:
     """Mean of every gradient across the processes of an ``accelerate launch`` run."""
     for p in params:
         if p.grad is not None:
@@ -238,7 +238,8 @@ def fit(
         num_warmup_steps=int(settings.lr_warmup_steps),
         num_training_steps=steps,
     )
-    opt = accelerator.prepare(opt)
+    # The optimiser's state follows its parameters (the modules' device, not the accelerator's).
+    opt = accelerator.prepare(opt, device_placement=[False])
     for t in trainables:
         t.module.train().requires_grad_(True)
     bs = min(int(train_cfg["batch_size"]), n)
@@ -267,7 +268,7 @@ def fit(
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         if accelerator.num_processes > 1:
-            _average_gradients(accelerator, [p for group in params for p in group])
+            average_gradients(accelerator, [p for group in params for p in group])
         accelerator.unscale_gradients()
         for group in params:
             torch.nn.utils.clip_grad_norm_(group, 1.0)
