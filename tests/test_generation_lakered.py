@@ -246,6 +246,30 @@ def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monke
         torch.testing.assert_close(a, b, msg=k)
     torch.testing.assert_close(resumed.bkrm.knowledge, resumed.codebook * resumed.scale_factor)
     assert resumed.scale_factor != 1.0
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").open()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("first_stage", i) for i in (1, 2, 3)] + [
+        ("lakered", i) for i in (1, 2, 3, 4)
+    ]
+
+
+def test_official_learning_rate_and_warm_up_cosine():
+    from generation.lakered.train import learning_rate, warm_up_cosine
+
+    official = TrainConfig.from_cfg(OmegaConf.load(CONF_DIR / "generator" / "lakered.yaml").train)
+    # LDM's scale_lr: base 1e-6 · batch 2 · accumulation 1 · GPUs.
+    assert learning_rate(official) == pytest.approx(2e-6)
+    assert learning_rate(official, processes=4) == pytest.approx(8e-6)
+    assert official.weight_decay == 0.01 and official.batch_size == 2
+    assert learning_rate(TrainConfig(lr=1e-3, batch_size=8)) == 1e-3
+    # Linear warm-up from the start factor, the peak at the warm-up's end, a half cosine to the floor.
+    assert warm_up_cosine(0, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.1)
+    assert warm_up_cosine(5, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.55)
+    assert warm_up_cosine(10, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(1.0)
+    assert warm_up_cosine(60, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.5)
+    assert warm_up_cosine(110, 10, 110, 0.1, 1.0, 0.2) == pytest.approx(0.2)
+    assert warm_up_cosine(500, 10, 110, 0.1, 1.0, 0.2) == pytest.approx(0.2)
 
 
 def test_scale_by_std_gives_unit_latents_and_leaves_decoding_alone():

@@ -322,7 +322,7 @@ def train(
     progress: bool = True,
 ) -> LakeRed:
     """Train (or resume) into ``out_dir``: ``last/`` every ``checkpoint_every`` steps, ``final/``
-    at the end. Returns the trained model. A finished ``final/`` is loaded, not retrained.
+    at the end, a json row per step in ``log.jsonl``. Returns the trained model. A finished ``final/`` is loaded, not retrained.
 
     It runs under ``accelerate`` (``train.mixed_precision`` in the LAKE-RED stage, several GPUs
     under ``accelerate launch``: gradients averaged, batches drawn per process, the main process
@@ -335,6 +335,7 @@ def train(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "final" / STATE_FILE).is_file():
         return load_trained(out_dir / "final", model_cfg, device)
     from generation.sd.training import LoopSettings, average_gradients, make_accelerator
@@ -458,12 +459,18 @@ def train(
             if name == "lakered":
                 acc.unscale_gradients()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            lr_used = sched.get_last_lr()[0]
             opt.step()
             sched.step()
             if ema is not None:
                 ema.step(params)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
             done = step + 1
+            if acc.is_main_process:
+                row = {k: float(v.detach()) for k, v in losses.items()}
+                row |= {"stage": name, "step": done, "lr": lr_used}
+                with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
             if (done % train_cfg.checkpoint_every == 0 or done == n_steps) and acc.is_main_process:
                 next_stage = done == n_steps and i + 1 < len(stages)
                 save_checkpoint(
