@@ -1,11 +1,12 @@
 """DiffuMatting pieces: the CLIP tokenizer from open_clip's BPE, the green-token attention probe,
-the Sobel detail loss, the losses going down on green-canvas micro-world renders, GreenPost, GSG."""
+the detail loss (Eq. 4–5), the losses going down on green-canvas micro-world renders, GreenPost, GSG."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from test_generation_diffumatting_micro import TINY_MICRO, world  # noqa: F401
 from test_generation_sd import tiny_pairs, tiny_parts
 
@@ -14,9 +15,9 @@ from generation.diffumatting.model import (
     MattingHead,
     decoder_feature_channels,
     detail_loss,
+    high_frequency,
     install_green_probe,
-    sobel_magnitude,
-    transition_band,
+    sobel_sum,
 )
 from generation.diffumatting.train import (
     DiffuMattingBatch,
@@ -70,28 +71,33 @@ def test_green_probe_records_every_cross_attention_layer():
     assert all(((m > 0) & (m < 1)).all() for m in store.maps)
 
 
-def test_sobel_and_detail_loss_on_the_transition_band():
+def test_detail_loss_is_eq_4_and_5():
+    """H = (I⊗S_x + I⊗S_y) ⊙ I ⊙ M (Eq. 4), L = mean |H(ẑ₀) − H(z₀)| (Eq. 5)."""
     flat = torch.ones(1, 2, 8, 8)
-    assert sobel_magnitude(flat).max() < 1e-2
+    assert sobel_sum(flat).abs().max() < 1e-6
     step = torch.zeros(1, 1, 8, 8)
     step[..., 4:] = 1.0
-    mag = sobel_magnitude(step)
-    assert mag[0, 0, 4, 3] == pytest.approx(4.0, abs=1e-3)  # the Sobel x-kernel's weight sum
-    # The band of a square object: its edge, `band` pixels to each side.
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 4:12] = 1
-    band = transition_band(mask, 1)
-    assert band[0, 0, 3:13, 3:13].sum() == 10 * 10 - 6 * 6 and band.sum() == 10 * 10 - 6 * 6
-    soft = mask * 0.5
-    assert (transition_band(soft, 1)[0, 0, 6:10, 6:10] == 0).all()
-    # Edges that differ far inside the object, or far outside, cost nothing; at its edge they do.
-    pred = torch.zeros(1, 1, 16, 16)
-    assert detail_loss(pred, pred, mask, band=1) == pytest.approx(0.0, abs=1e-6)
-    inside, edge = pred.clone(), pred.clone()
-    inside[..., 7:9, 7:9] = 1.0
-    edge[..., 2:6, 2:6] = 1.0
-    assert detail_loss(inside, pred, mask, band=1) == pytest.approx(0.0, abs=1e-6)
-    assert detail_loss(edge, pred, mask, band=1) > 0.1
+    # A vertical edge: the x-kernel answers with its weight sum (4), the y-kernel with 0.
+    assert sobel_sum(step)[0, 0, 4, 3] == pytest.approx(4.0)
+    assert sobel_sum(step.transpose(-1, -2))[0, 0, 3, 4] == pytest.approx(4.0)
+    # Weighted by the input itself and the mask: the zero side of the edge and the background
+    # count nothing.
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :, 4:] = 1
+    h = high_frequency(step, mask)
+    assert h[0, 0, 4, 3] == 0 and h[0, 0, 4, 4] == pytest.approx(4.0)
+    assert high_frequency(step, torch.zeros_like(mask)).abs().max() == 0
+    x = torch.randn(2, 3, 8, 8)
+    m = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    k = (kx + kx.T)[None, None].repeat(3, 1, 1, 1)
+    expect = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3) * x * m
+    torch.testing.assert_close(high_frequency(x, m), expect)
+    y = torch.randn(2, 3, 8, 8)
+    want = (high_frequency(y, m) - high_frequency(x, m)).abs().mean()
+    assert detail_loss(y, x, m) == pytest.approx(float(want))
+    assert detail_loss(x, x, m) == 0
+    assert detail_loss(y, x, torch.zeros_like(m)) == 0
 
 
 def test_diffumatting_trains_in_two_stages():

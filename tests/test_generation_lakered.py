@@ -207,7 +207,7 @@ def test_training_leaves_out_the_base_validation_part_of_the_data_config(paths):
     records, _ = resolve_records(paths, "train", check_files="none")
     kept, held = holdout_split(records, 0.25, 0)
     with_object = [r for r in kept if load_sample(r)["mask"].any()]
-    assert held and len(load_training_images(paths, 16, tc)["image"]) == len(with_object)
+    assert held and len(load_training_images(paths, 16, tc)) == len(with_object)
 
 
 def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monkeypatch):
@@ -246,6 +246,30 @@ def test_interrupted_training_resumes_to_the_same_weights(paths, tmp_path, monke
         torch.testing.assert_close(a, b, msg=k)
     torch.testing.assert_close(resumed.bkrm.knowledge, resumed.codebook * resumed.scale_factor)
     assert resumed.scale_factor != 1.0
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").open()]
+    assert [(r["stage"], r["step"]) for r in rows] == [("first_stage", i) for i in (1, 2, 3)] + [
+        ("lakered", i) for i in (1, 2, 3, 4)
+    ]
+
+
+def test_official_learning_rate_and_warm_up_cosine():
+    from generation.lakered.train import learning_rate, warm_up_cosine
+
+    official = TrainConfig.from_cfg(OmegaConf.load(CONF_DIR / "generator" / "lakered.yaml").train)
+    # LDM's scale_lr: base 1e-6 · batch 2 · accumulation 1 · GPUs.
+    assert learning_rate(official) == pytest.approx(2e-6)
+    assert learning_rate(official, processes=4) == pytest.approx(8e-6)
+    assert official.weight_decay == 0.01 and official.batch_size == 2
+    assert learning_rate(TrainConfig(lr=1e-3, batch_size=8)) == 1e-3
+    # Linear warm-up from the start factor, the peak at the warm-up's end, a half cosine to the floor.
+    assert warm_up_cosine(0, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.1)
+    assert warm_up_cosine(5, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.55)
+    assert warm_up_cosine(10, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(1.0)
+    assert warm_up_cosine(60, 10, 110, 0.1, 1.0, 0.0) == pytest.approx(0.5)
+    assert warm_up_cosine(110, 10, 110, 0.1, 1.0, 0.2) == pytest.approx(0.2)
+    assert warm_up_cosine(500, 10, 110, 0.1, 1.0, 0.2) == pytest.approx(0.2)
 
 
 def test_scale_by_std_gives_unit_latents_and_leaves_decoding_alone():
@@ -324,3 +348,44 @@ def test_builder_trains_once_and_caches_by_config(paths, tmp_path):
         assert torch.equal(a, b)
     out = gen.generate(source(), "owl", 0)
     assert out.image.shape == (40, 40, 3)
+
+
+def _rss() -> int:
+    """Resident memory of this process now, in bytes (Linux)."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _held_bytes(paths: DataPaths, n: int, resolution: int) -> tuple[int, int, int]:
+    """Samples, tracemalloc's peak (Python and numpy allocations) and the growth of resident
+    memory (torch's own allocations, which tracemalloc does not see) while the training set of
+    ``n`` samples is made and held and three batches are drawn."""
+    import tracemalloc
+
+    tc = TrainConfig.from_cfg({"holdout_fraction": 0.0, "max_images": n})
+    before = _rss()
+    tracemalloc.start()
+    try:
+        data = load_training_images(paths, resolution, tc)
+        for step in range(3):
+            batch_at(step, data, 2, 0)
+        return len(data), tracemalloc.get_traced_memory()[1], _rss() - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_training_data_streams_from_disk(tmp_path):
+    """The memory of making the training set and drawing batches does not grow with the number
+    of samples (a set held in memory takes 4× as much for 4× the samples)."""
+    paths = DataPaths.from_paths_json(write_dataset(tmp_path / "ds", size=64))
+    resolution = 256
+    _held_bytes(paths, 3, resolution)  # first touches of code and allocator pools
+    n_small, peak_small, rss_small = _held_bytes(paths, 3, resolution)
+    n_large, peak_large, rss_large = _held_bytes(paths, 12, resolution)
+    assert n_large == 4 * n_small
+    # One sample's three model inputs as float32: what holding each sample would add.
+    per_sample = 7 * resolution * resolution * 4
+    assert peak_large - peak_small < per_sample / 4, (peak_small, peak_large)
+    assert rss_large - rss_small < 2 * per_sample, (rss_small, rss_large)

@@ -144,3 +144,15 @@ def test_micro_vae_sees_green_canvases():
         images, masks = pairs.batch(range(len(pairs)))
         background = float((1 - masks).mean())
         assert all(v == pytest.approx(expected * background, abs=0.02) for v in seen), seen
+
+
+def test_sampling_dtype_is_half_on_cuda_and_fp32_on_the_cpu():
+    from generation.sd.parts import sampling_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert sampling_dtype({}, cuda) == torch.float16
+    assert sampling_dtype({"sampler": {"dtype": "bf16"}}, cuda) == torch.bfloat16
+    assert sampling_dtype({"sampler": {"dtype": "fp32"}}, cuda) == torch.float32
+    assert sampling_dtype({"sampler": {"dtype": "fp16"}}, cpu) == torch.float32
+    with pytest.raises(ValueError, match="sampler.dtype"):
+        sampling_dtype({"sampler": {"dtype": "half"}}, cuda)

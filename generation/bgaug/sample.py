@@ -24,6 +24,7 @@ from generation.sd.parts import (
     download_hint,
     generator_parts,
     pick_device,
+    sampling_dtype,
     sd_folder_problem,
 )
 from generation.sd.sampler import Repainter
@@ -117,7 +118,7 @@ def build(
             f"got {parts.unet.config.in_channels}: point `pretrained` at an inpainting model"
         )
     return BackgroundAugmentation(
-        pipe=parts.pipeline(StableDiffusionInpaintPipeline, dev),
+        pipe=parts.pipeline(StableDiffusionInpaintPipeline, dev, sampling_dtype(cfg, dev)),
         **BackgroundAugmentation.settings(cfg, parts.resolution),
         strength_d=float(cfg.get("strength_d", 0.5)),
         min_strength=float(cfg.get("min_strength", 0.3)),

@@ -46,16 +46,17 @@ from generation.sd.parts import (
     local_parts,
     missing_parts,
     pick_device,
+    sampling_dtype,
     sd_folder_problem,
 )
 from generation.sd.sampler import SDSampler
-from generation.sd.training import train_into
+from generation.sd.training import paper_run, train_into
 from ovcamo import CONF_DIR
 from ovcamo.checkpoint import load_weights
 from ovcamo.data import DataPaths
 
 #: Bumped whenever training code changes what a cached micro model would be.
-TRAINER_VERSION = 3
+TRAINER_VERSION = 4
 CONF_GENERATOR_DIR = CONF_DIR / "generator"
 
 
@@ -290,10 +291,11 @@ def train_weights(
     )
 
     def make(out: Path) -> dict[str, Any]:
-        parts = local_parts(cfg["base_model"], resolution, device)
+        run = paper_run(folder, train_cfg, device)
+        parts = local_parts(cfg["base_model"], resolution, run.device)
         seed = int(train_cfg.get("seed", 0))
         pairs = diffumatting_pairs(data, resolution, train_cfg, seed, keep=False)
-        return train_and_save(parts, pairs, train_cfg, out, tuple(SD_SUBFOLDERS)).to_json()
+        return train_and_save(parts, pairs, train_cfg, out, tuple(SD_SUBFOLDERS), run).to_json()
 
     present = not missing_parts(folder) and (folder / HEAD_FILE).is_file()
     return train_into(folder, present, plan, check, make)
@@ -347,9 +349,9 @@ def build(
         background_cfg, data=data, cache_dir=cache_dir, device=device, **context
     )
     return DiffuMattingGenerator(
-        pipe=parts.pipeline(StableDiffusionPipeline, dev),
+        pipe=parts.pipeline(StableDiffusionPipeline, dev, sampling_dtype(cfg, dev)),
         **DiffuMattingGenerator.settings(cfg, parts.resolution),
-        head=head.to(dev).eval(),
+        head=head.to(dev, sampling_dtype(cfg, dev)).eval(),
         green_post=GreenPost(
             k=int(gp.get("k", 3)),
             band=int(gp.get("band", 3)),

@@ -27,7 +27,14 @@ from generation.diffumatting.model import (
 from generation.sd.micro import TrainingPairs, green_canvas, holdout_of, load_pairs
 from generation.sd.parts import SDParts
 from generation.sd.prompts import Captions, word_token_positions
-from generation.sd.training import Trainable, TrainHistory, add_noise, encode_latents, fit
+from generation.sd.training import (
+    RunOptions,
+    Trainable,
+    TrainHistory,
+    add_noise,
+    encode_latents,
+    fit,
+)
 from ovcamo.checkpoint import save_weights
 from ovcamo.data import DataPaths
 from ovcamo.data.io import read_image, read_mask, safe_join
@@ -42,13 +49,12 @@ STAGES = ("generation", "joint")
 
 @dataclass
 class LossWeights:
-    """λ of each DiffuMatting loss term (the noise loss has weight 1), and the half-width in
-    pixels of the transition band the detail loss covers."""
+    """λ of each DiffuMatting loss term (the noise loss has weight 1); Eq. 10 sums all four
+    with weight 1."""
 
     green: float = 1.0
-    detail: float = 0.1
+    detail: float = 1.0
     matting: float = 1.0
-    detail_band: int = 2
 
 
 @dataclass
@@ -87,7 +93,7 @@ def diffumatting_step(
     losses = {"noise": noised.loss(out)}
     rows = torch.tensor([bool(p) for p in batch.green_positions], device=batch.masks.device)
     losses["green"] = green_background_loss(store.maps, batch.masks, rows)
-    losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks, weights.detail_band)
+    losses["detail"] = detail_loss(noised.x0(out), z0, batch.masks)
     total = losses["noise"] + weights.green * losses["green"] + weights.detail * losses["detail"]
     if matting:
         with torch.no_grad(), decoder_features(vae) as feats:
@@ -104,6 +110,7 @@ def train_diffumatting(
     store: GreenAttentionStore,
     pairs: TrainingPairs,
     train_cfg: Mapping[str, Any],
+    run: RunOptions | None = None,
 ) -> TrainHistory:
     """Train ``parts.unet`` and ``head`` on green canvases of ``pairs`` with the prompt template
     ``train_cfg.prompt`` filled by each class name, in the paper's two stages (:data:`STAGES`):
@@ -111,10 +118,12 @@ def train_diffumatting(
     matting head waits; ``joint`` then trains the UNet and the head together with all four.
 
     ``train_cfg`` keys: ``stages`` (steps of each stage), ``batch_size``, ``lr``, ``prompt``,
-    ``green_words``, ``weights`` (``green``, ``detail``, ``matting``), ``detail_band``, ``seed``,
+    ``green_words``, ``weights`` (``green``, ``detail``, ``matting``), ``seed``,
     and optionally ``head_lr`` (the matting head's learning rate, ``lr`` by default) and
     ``uncond_prob`` (prompt dropout for the sampler's classifier-free guidance; a dropped row has
-    no green token, so the green loss skips it). ``store`` must be installed on the UNet.
+    no green token, so the green loss skips it), and the loop's keys (:class:`LoopSettings`).
+    ``store`` must be installed on the UNet; ``run`` gives the checkpoint folder (one subfolder
+    per stage), the log and the progress bar.
     """
     device = parts.unet.device
     prompts = [str(train_cfg["prompt"]).format(c) for c in pairs.class_names]
@@ -128,9 +137,7 @@ def train_diffumatting(
     stages = dict(train_cfg["stages"])
     if set(stages) != set(STAGES):
         raise ValueError(f"train.stages must give the steps of {STAGES}, got {sorted(stages)}")
-    weights = LossWeights(
-        **dict(train_cfg.get("weights", {})), detail_band=int(train_cfg.get("detail_band", 2))
-    )
+    weights = LossWeights(**dict(train_cfg.get("weights", {})))
     scheduler = parts.noise_scheduler()
 
     def step(idx: torch.Tensor, g: torch.Generator, matting: bool) -> dict[str, torch.Tensor]:
@@ -153,6 +160,7 @@ def train_diffumatting(
     }
     g = torch.Generator().manual_seed(int(train_cfg.get("seed", 0)))
     history = TrainHistory()
+    run = run or RunOptions()
     for stage in STAGES:
         fit(
             trainables[stage],
@@ -163,6 +171,7 @@ def train_diffumatting(
             generator=g,
             history=history,
             stage=stage,
+            **run.for_stage(stage),
         )
     return history
 
@@ -173,12 +182,14 @@ def train_and_save(
     train_cfg: Mapping[str, Any],
     folder: Path,
     names: tuple[str, ...] = ("unet", "scheduler"),
+    run: RunOptions | None = None,
 ) -> TrainHistory:
     """Train ``parts.unet`` with a fresh matting head (:func:`train_diffumatting`), then save the
     parts ``names`` and the head (:data:`HEAD_FILE`) into ``folder``."""
     store = install_green_probe(parts.unet)
+    torch.manual_seed(int(train_cfg.get("seed", 0)))
     head = MattingHead(decoder_feature_channels(parts.vae)).to(parts.unet.device)
-    history = train_diffumatting(parts, head, store, pairs, train_cfg)
+    history = train_diffumatting(parts, head, store, pairs, train_cfg, run)
     parts.save(folder, names)
     save_weights(folder / HEAD_FILE, head.state_dict())
     return history

@@ -51,7 +51,15 @@ class TrainConfig:
     scale_by_std: bool = False
     steps: int = 1000
     lr: float = 1e-4
+    scale_lr: bool = False
     batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    weight_decay: float = 0.0
+    warm_up_steps: int = 0
+    lr_start: float = 0.0
+    lr_max: float = 1.0
+    lr_min: float = 0.0
+    mixed_precision: str = "no"
     rec_weight: float = 1.0
     loss_type: str = "l1"
     num_train_timesteps: int = 1000
@@ -69,6 +77,27 @@ class TrainConfig:
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> TrainConfig:
         return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
+
+
+def learning_rate(train: TrainConfig, processes: int = 1) -> float:
+    """The LAKE-RED stage's learning rate: ``lr``, or with ``scale_lr`` LDM's scaling
+    ``lr · batch_size · gradient_accumulation_steps · processes``."""
+    if not train.scale_lr:
+        return float(train.lr)
+    return float(train.lr) * train.batch_size * train.gradient_accumulation_steps * processes
+
+
+def warm_up_cosine(
+    step: int, warm_up: int, total: int, start: float, peak: float, floor: float
+) -> float:
+    """LDM's ``LambdaWarmUpCosineScheduler`` factor at ``step``: linear from ``start`` to
+    ``peak`` over ``warm_up`` steps, then a half cosine from ``peak`` to ``floor`` at ``total``."""
+    if step < warm_up:
+        return (peak - start) / warm_up * step + start
+    decay = max(total - warm_up, 1)
+    return floor + (peak - floor) * 0.5 * (
+        1 + math.cos(math.pi * min(step - warm_up, decay) / decay)
+    )
 
 
 def _schedule(train: TrainConfig) -> dict[str, Any]:
@@ -94,48 +123,79 @@ def ddim_scheduler(train: TrainConfig) -> DDIMScheduler:
     return DDIMScheduler(**_schedule(train), set_alpha_to_one=False, steps_offset=1)
 
 
-def load_training_images(
-    paths: DataPaths, resolution: int, train: TrainConfig
-) -> dict[str, torch.Tensor]:
-    """The train split's training part (its held-out base-validation part removed) in the
-    official input conventions (:func:`~generation.lakered.model.prepare_inputs`, no dilation).
+class TrainingImages:
+    """The train split's training part (its held-out base-validation part removed), read from
+    disk a sample at a time in the official input conventions
+    (:func:`~generation.lakered.model.prepare_inputs`, no dilation); only the records are held,
+    so memory does not grow with the split.
 
-    Returns ``image`` and ``masked_image`` ``N×3×R×R`` in [−1, 1] and ``mask`` ``N×1×R×R`` in
-    {−1, +1}; samples with empty masks are left out (there is no object to keep).
+    A sample is ``image`` and ``masked_image`` ``3×R×R`` in [−1, 1] and ``mask`` ``1×R×R`` in
+    {−1, +1}; samples with empty masks (no object to keep) and unreadable ones are left out,
+    found by one pass over the masks when the set is made.
     """
-    if train.holdout_fraction is None:
-        raise ValueError(
-            "generator.train.holdout_fraction is not set: LAKE-RED trains on the training part of "
-            "the data config's split (data.holdout_fraction), which ovcamo-generate and "
-            "ovcamo-loop pass; set it to that value when building the generator by hand"
-        )
-    # Validated as the trainer's loader does, so the held-out part is the trainer's.
-    records, _ = resolve_records(paths, "train")
-    records, _ = holdout_split(records, train.holdout_fraction, train.holdout_seed)
-    records = records[: train.max_images] if train.max_images else records
-    batches = []
-    for r in records:
-        try:
-            s = load_sample(r)
-        except UnreadableSampleError as e:
-            log.warning("LAKE-RED training skips %s", e)
-            continue
-        if s["mask"].any():
-            batches.append(prepare_inputs(s["image"], s["mask"], resolution))
-    if not batches:
-        raise ValueError(f"no training images with objects found in {paths.sample_info}")
-    return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+
+    def __init__(self, paths: DataPaths, resolution: int, train: TrainConfig) -> None:
+        if train.holdout_fraction is None:
+            raise ValueError(
+                "generator.train.holdout_fraction is not set: LAKE-RED trains on the training "
+                "part of the data config's split (data.holdout_fraction), which ovcamo-generate "
+                "and ovcamo-loop pass; set it to that value when building the generator by hand"
+            )
+        # Validated as the trainer's loader does, so the held-out part is the trainer's.
+        records, _ = resolve_records(paths, "train")
+        records, _ = holdout_split(records, train.holdout_fraction, train.holdout_seed)
+        records = records[: train.max_images] if train.max_images else records
+        self.resolution = resolution
+        self.records = []
+        for r in records:
+            try:
+                if load_sample(r)["mask"].any():
+                    self.records.append(r)
+            except UnreadableSampleError as e:
+                log.warning("LAKE-RED training skips %s", e)
+        if not self.records:
+            raise ValueError(f"no training images with objects found in {paths.sample_info}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        s = load_sample(self.records[i])
+        return prepare_inputs(s["image"], s["mask"], self.resolution)
+
+    def batch(self, idx: torch.Tensor | range) -> dict[str, torch.Tensor]:
+        """Samples ``idx`` stacked: ``B×3×R×R``, ``B×3×R×R``, ``B×1×R×R``."""
+        rows = [self[int(i)] for i in idx]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def first(self, n: int = 64) -> torch.Tensor:
+        """The images of the first ``n`` samples, ``n×3×R×R`` (latent statistics, codebook)."""
+        return self.batch(range(min(n, len(self))))["image"]
+
+
+def load_training_images(paths: DataPaths, resolution: int, train: TrainConfig) -> TrainingImages:
+    """The :class:`TrainingImages` of ``paths``' train split."""
+    return TrainingImages(paths, resolution, train)
 
 
 def batch_at(
-    step: int, data: Mapping[str, torch.Tensor], batch_size: int, seed: int
+    step: int,
+    data: TrainingImages | Mapping[str, torch.Tensor],
+    batch_size: int,
+    seed: int,
 ) -> dict[str, torch.Tensor]:
-    """The batch of ``step``: a seeded draw with horizontal flips, the same on every resume."""
+    """The batch of ``step``: a seeded draw with horizontal flips, the same on every resume;
+    ``data`` is a :class:`TrainingImages` or tensors with one row per sample."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    n = next(iter(data.values())).shape[0]
+    n = len(data) if isinstance(data, TrainingImages) else next(iter(data.values())).shape[0]
     idx = torch.randint(0, n, (batch_size,), generator=g)
     flip = (torch.rand(batch_size, generator=g) < 0.5)[:, None, None, None]
-    return {k: torch.where(flip, v[idx].flip(-1), v[idx]) for k, v in data.items()}
+    rows = (
+        data.batch(idx)
+        if isinstance(data, TrainingImages)
+        else {k: v[idx] for k, v in data.items()}
+    )
+    return {k: torch.where(flip, v.flip(-1), v) for k, v in rows.items()}
 
 
 def first_stage_step(
@@ -262,9 +322,11 @@ def train(
     progress: bool = True,
 ) -> LakeRed:
     """Train (or resume) into ``out_dir``: ``last/`` every ``checkpoint_every`` steps, ``final/``
-    at the end. Returns the trained model. A finished ``final/`` is loaded, not retrained.
+    at the end, a json row per step in ``log.jsonl``. Returns the trained model. A finished ``final/`` is loaded, not retrained.
 
-    The model starts from ``train.init_checkpoint`` when set (converted weights, see
+    It runs under ``accelerate`` (``train.mixed_precision`` in the LAKE-RED stage, several GPUs
+    under ``accelerate launch``: gradients averaged, batches drawn per process, the main process
+    writes). The model starts from ``train.init_checkpoint`` when set (converted weights, see
     :func:`init_checkpoint_message`), else from scratch. The LAKE-RED stage keeps an exponential
     moving average of its weights (``ema_decay``, LDM's warm-up ``(1 + n)/(10 + n)``); ``final/``
     holds the averaged weights, which the sampler uses, as the official sampler does.
@@ -273,8 +335,17 @@ def train(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "final" / STATE_FILE).is_file():
         return load_trained(out_dir / "final", model_cfg, device)
+    from generation.sd.training import LoopSettings, average_gradients, make_accelerator
+
+    LoopSettings.from_cfg({"mixed_precision": train_cfg.mixed_precision})
+    acc = make_accelerator(torch.device(device), train_cfg.mixed_precision)
+    # Under `accelerate launch` each process trains on its own device and draws its own batches.
+    rank = acc.process_index
+    if acc.num_processes > 1:
+        device = str(acc.device)
     torch.manual_seed(train_cfg.seed)
     model = LakeRed(model_cfg).to(device)
     notes = (
@@ -305,21 +376,44 @@ def train(
             else [p for n, p in model.named_parameters() if not n.startswith("vqvae.")]
         )
         model.vqvae.requires_grad_(name == "first_stage")
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s, n=n_steps: 0.5 * (1 + math.cos(math.pi * min(s, n) / n))
-        )
+        if name == "first_stage":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s, n=n_steps: warm_up_cosine(s, 0, n, 0.0, 1.0, 0.0)
+            )
+        else:
+            opt = torch.optim.AdamW(
+                params,
+                lr=learning_rate(train_cfg, acc.num_processes),
+                weight_decay=train_cfg.weight_decay,
+            )
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt,
+                lambda s, n=n_steps: warm_up_cosine(
+                    s,
+                    train_cfg.warm_up_steps,
+                    n,
+                    train_cfg.lr_start,
+                    train_cfg.lr_max,
+                    train_cfg.lr_min,
+                ),
+            )
         if name == "lakered" and (resume is None or resume["stage"] != name or step == 0):
             if train_cfg.scale_by_std:
-                model.scale_latents_by_std(data["image"][:64].to(device))
+                model.scale_latents_by_std(data.first().to(device))
             model.load_knowledge_from_codebook()
         if name == "lakered" and train_cfg.ema_decay > 0:
             ema = EMAModel(params, decay=train_cfg.ema_decay)
+        if name == "lakered":
+            # Mixed precision (autocast, fp16's gradient scaler) in the LAKE-RED stage.
+            opt = acc.prepare(opt, device_placement=[False])
         if resume is not None and resume["stage"] == name and resume["optimizer"] is not None:
             opt.load_state_dict(resume["optimizer"])
             sched.load_state_dict(resume["lr_scheduler"])
             if ema is not None:
                 ema.load_state_dict(resume["ema"])
+            if acc.scaler is not None and resume.get("scaler") is not None:
+                acc.scaler.load_state_dict(resume["scaler"])
         else:
             step = 0
         model.train()
@@ -330,31 +424,54 @@ def train(
             initial=step,
             total=n_steps,
         )
+        accum = 1 if name == "first_stage" else train_cfg.gradient_accumulation_steps
         for step in bar:
-            batch = {
-                k: v.to(device)
-                for k, v in batch_at(step, data, train_cfg.batch_size, train_cfg.seed + i).items()
-            }
-            if name == "first_stage":
-                if step == train_cfg.first_stage_warmup > 0:
-                    init_codebook(model, data["image"][:64].to(device), train_cfg.seed)
-                quantize = step >= train_cfg.first_stage_warmup
-                losses = first_stage_step(model, batch["image"], quantize)
-            else:
-                g = torch.Generator(device=device).manual_seed(train_cfg.seed * 7919 + step)
-                losses = training_step(
-                    model, scheduler, batch, train_cfg.rec_weight, g, train_cfg.loss_type
-                )
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            for micro in range(accum):
+                # Batch `step` alone without accumulation; else its `micro`-th part.
+                draw = step if accum == 1 else step * accum + micro
+                batch = {
+                    k: v.to(device)
+                    for k, v in batch_at(
+                        draw, data, train_cfg.batch_size, train_cfg.seed + i + 1_000_033 * rank
+                    ).items()
+                }
+                if name == "first_stage":
+                    if step == train_cfg.first_stage_warmup > 0:
+                        init_codebook(model, data.first().to(device), train_cfg.seed)
+                    quantize = step >= train_cfg.first_stage_warmup
+                    losses = first_stage_step(model, batch["image"], quantize)
+                else:
+                    g = torch.Generator(device=device).manual_seed(
+                        train_cfg.seed * 7919 + draw + 15_485_863 * rank
+                    )
+                    with acc.autocast():
+                        losses = training_step(
+                            model, scheduler, batch, train_cfg.rec_weight, g, train_cfg.loss_type
+                        )
+                loss = losses["loss"] / accum if accum > 1 else losses["loss"]
+                if name == "lakered":
+                    acc.backward(loss)
+                else:
+                    loss.backward()
+            if acc.num_processes > 1:
+                average_gradients(acc, params)
+            if name == "lakered":
+                acc.unscale_gradients()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            lr_used = sched.get_last_lr()[0]
             opt.step()
             sched.step()
             if ema is not None:
                 ema.step(params)
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items()})
             done = step + 1
-            if done % train_cfg.checkpoint_every == 0 or done == n_steps:
+            if acc.is_main_process:
+                row = {k: float(v.detach()) for k, v in losses.items()}
+                row |= {"stage": name, "step": done, "lr": lr_used}
+                with open(out_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+            if (done % train_cfg.checkpoint_every == 0 or done == n_steps) and acc.is_main_process:
                 next_stage = done == n_steps and i + 1 < len(stages)
                 save_checkpoint(
                     out_dir / "last",
@@ -366,12 +483,16 @@ def train(
                         "lr_scheduler": sched.state_dict(),
                         "ema": ema.state_dict() if ema is not None else None,
                         "rng": torch.get_rng_state(),
+                        "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                         "losses": {k: float(v.detach()) for k, v in losses.items()},
                     },
                 )
         if ema is not None:
             ema.copy_to(params)
         resume = None
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return model.eval()
     save_checkpoint(
         out_dir / "final",
         model.state_dict(),

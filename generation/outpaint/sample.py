@@ -23,9 +23,15 @@ from generation.bgaug.train import micro_inpainting
 from generation.outpaint.model import InpaintingControlNetModel, OutpaintingPipeline
 from generation.outpaint.train import ensure_micro_controlnet, train_controlnet
 from generation.sd.micro import holdout_of, load_pairs
-from generation.sd.parts import MissingWeightsError, generator_parts, local_parts, pick_device
+from generation.sd.parts import (
+    MissingWeightsError,
+    generator_parts,
+    local_parts,
+    pick_device,
+    sampling_dtype,
+)
 from generation.sd.sampler import Repainter
-from generation.sd.training import train_into
+from generation.sd.training import paper_run, train_into
 from ovcamo.data import DataPaths
 
 
@@ -91,7 +97,8 @@ def train_weights(
     )
 
     def make(out: Path) -> dict[str, Any]:
-        parts = local_parts(cfg["pretrained"], resolution, device)
+        run = paper_run(folder, train_cfg, device)
+        parts = local_parts(cfg["pretrained"], resolution, run.device)
         pairs = load_pairs(
             data,
             resolution,
@@ -103,7 +110,8 @@ def train_weights(
         controlnet = InpaintingControlNetModel.from_inpainting_unet(parts.unet, parts.vae_scale)
         controlnet.to(parts.unet.device)
         prompts = [str(cfg["prompt"]).format(c) for c in pairs.class_names]
-        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg)
+        torch.manual_seed(int(train_cfg.get("seed", 0)))
+        history = train_controlnet(controlnet, parts, pairs, prompts, train_cfg, run)
         controlnet.save_pretrained(out)
         return history.to_json()
 
@@ -129,7 +137,9 @@ def build(
         folder = ensure_micro_controlnet(cfg, parts, data, cache_dir)
     controlnet = InpaintingControlNetModel.from_pretrained(folder, local_files_only=True)
     return Outpainting(
-        pipe=parts.pipeline(OutpaintingPipeline, dev, controlnet=controlnet),
+        pipe=parts.pipeline(
+            OutpaintingPipeline, dev, sampling_dtype(cfg, dev), controlnet=controlnet
+        ),
         **Outpainting.settings(cfg, parts.resolution),
         controlnet_conditioning_scale=float(
             cfg.get("sampler", {}).get("controlnet_conditioning_scale", 1.0)

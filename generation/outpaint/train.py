@@ -22,7 +22,7 @@ from generation.outpaint.model import InpaintingControlNetModel
 from generation.sd.micro import TrainingPairs, cached_folder, config_hash, micro_pairs
 from generation.sd.parts import SDParts
 from generation.sd.prompts import Captions
-from generation.sd.training import Trainable, TrainHistory, add_noise, fit
+from generation.sd.training import RunOptions, Trainable, TrainHistory, add_noise, fit
 from ovcamo.data import DataPaths
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,13 @@ def train_controlnet(
     pairs: TrainingPairs,
     prompts: list[str],
     train_cfg: Mapping[str, Any],
+    run: RunOptions | None = None,
 ) -> TrainHistory:
     """Train ``controlnet`` (``parts.unet`` frozen) on ``pairs`` captioned by ``prompts``;
     ``train_cfg``: ``steps``, ``batch_size``, ``lr``, ``seed``, ``uncond_prob`` (prompt dropout:
-    the sampler's classifier-free guidance also runs the ControlNet on the empty prompt)."""
+    the sampler's classifier-free guidance also runs the ControlNet on the empty prompt) and the
+    loop's keys (:class:`~generation.sd.training.LoopSettings`); ``run``: checkpoints, log and
+    progress bar."""
     device = parts.unet.device
     captions = Captions.for_training(parts, prompts, train_cfg)
     parts.unet.eval().requires_grad_(False)
@@ -97,6 +100,7 @@ def train_controlnet(
         step,
         len(pairs),
         train_cfg,
+        **(run or RunOptions()).for_stage(),
     )
 
 

@@ -193,6 +193,22 @@ def pick_device(device: Any = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: ``sampler.dtype`` values and the dtype each names (``auto``: fp16 on CUDA).
+SAMPLING_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def sampling_dtype(cfg: Mapping[str, Any], device: torch.device) -> torch.dtype:
+    """The dtype a generator config's pipeline samples in: ``sampler.dtype`` (``auto``, the
+    default, is fp16 on CUDA) on a GPU, fp32 on the CPU whatever is asked (half precision there
+    is slow and not supported by every kernel)."""
+    name = str(cfg.get("sampler", {}).get("dtype", "auto"))
+    if name != "auto" and name not in SAMPLING_DTYPES:
+        raise ValueError(f"generator.sampler.dtype must be auto, fp16, bf16 or fp32, got {name!r}")
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    return torch.float16 if name == "auto" else SAMPLING_DTYPES[name]
+
+
 def vae_scale(vae: AutoencoderKL) -> int:
     """Pixels per latent cell along each side (8 for Stable Diffusion's VAE)."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -224,9 +240,12 @@ class SDParts:
         """The training noise schedule of these parts."""
         return DDPMScheduler.from_config(self.scheduler.config)
 
-    def pipeline(self, cls: type, device: torch.device, **extra: Any) -> Any:
+    def pipeline(
+        self, cls: type, device: torch.device, dtype: torch.dtype = torch.float32, **extra: Any
+    ) -> Any:
         """A stock diffusers pipeline ``cls`` over these parts (DDIM sampling, no safety checker,
-        no progress bar), moved to ``device``; ``extra`` adds parts such as ``controlnet``."""
+        no progress bar), moved to ``device`` and cast to ``dtype`` (:func:`sampling_dtype`);
+        ``extra`` adds parts such as ``controlnet``."""
         pipe = cls(
             unet=self.unet,
             vae=self.vae,
@@ -238,6 +257,8 @@ class SDParts:
             requires_safety_checker=False,
             **extra,
         ).to(device)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

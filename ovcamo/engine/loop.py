@@ -582,10 +582,30 @@ def lane_slots(n_lanes: int, workers: int) -> list[int]:
     return [workers if i < last else workers + tail for i in range(n_lanes)]
 
 
+def worker_gpu_env(k: int, n_gpus: int, visible: str | None = None) -> dict[str, str]:
+    """The environment that pins training worker ``k`` to one GPU: device ``k mod n_gpus`` of
+    those the loop sees (``visible``, the loop's own ``CUDA_VISIBLE_DEVICES``, when set). Nothing
+    without a GPU."""
+    if n_gpus <= 0:
+        return {}
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    ids = ids or [str(i) for i in range(n_gpus)]
+    return {"CUDA_VISIBLE_DEVICES": ids[k % min(n_gpus, len(ids))]}
+
+
+def _init_worker(counter: Any, n_gpus: int, visible: str | None) -> None:
+    """Pool initializer: number this worker and pin it to its GPU before CUDA starts in it."""
+    with counter.get_lock():
+        k = counter.value
+        counter.value += 1
+    os.environ.update(worker_gpu_env(k, n_gpus, visible))
+
+
 def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
     """Run the (train, eval) pairs in processes of one thread each, ``workers`` at a time (see
-    :func:`lane_slots`; stages of one loop are disjoint folders, so they run side by side);
-    records come back in lane order."""
+    :func:`lane_slots`; stages of one loop are disjoint folders, so they run side by side), each
+    worker on its own GPU when there are several (:func:`worker_gpu_env`); records come back in
+    lane order."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
@@ -594,7 +614,14 @@ def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
     results: list[list[Any]] = [[] for _ in lanes]
     # forkserver: this process has run torch's thread pools, which a fork can deadlock.
     pool_context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max(slots), mp_context=pool_context) as pool:
+    import torch
+
+    # One GPU per worker on a machine with several: worker k trains on GPU k mod n.
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    pin = (pool_context.Value("i", 0), n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    with ProcessPoolExecutor(
+        max(slots), mp_context=pool_context, initializer=_init_worker, initargs=pin
+    ) as pool:
         running: dict[Future, int] = {}
         start = 0
         while start < len(lanes) or running:
