@@ -19,7 +19,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ovcamo.checkpoint import STATE_FILE, WEIGHTS_FILE, load_state, resolve_checkpoint_dir
+from ovcamo.checkpoint import (
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    check_checkpoint_files,
+    load_state,
+    resolve_checkpoint_dir,
+)
 from ovcamo.data.io import prediction_path, staged_dir, write_png
 from ovcamo.data.ovcamo_format import DataPaths
 from ovcamo.data.transforms import EvalTransform
@@ -198,6 +205,7 @@ def find_checkpoint(path: str | Path) -> Path:
     for candidate in (path, path / "checkpoints" / "best", path / "checkpoints" / "last"):
         found = resolve_checkpoint_dir(candidate)
         if found is not None and (found / MODEL_CONFIG_FILE).is_file():
+            check_checkpoint_files(found)
             return found
     raise FileNotFoundError(
         f"no checkpoint at {path}: expected {WEIGHTS_FILE}, state.pt and {MODEL_CONFIG_FILE} "
@@ -222,7 +230,13 @@ def load_trained_model(
     seed = int(load_state(directory / STATE_FILE).get("seed", 0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = load_model(directory, map_location=str(device))
+        try:
+            model = load_model(directory, map_location=str(device))
+        except KeyError as e:
+            raise CheckpointError(
+                f"{directory / MODEL_CONFIG_FILE} lacks a key the model needs ({e}); it is damaged "
+                "or was not written by ovcamo-train: restore the folder from a copy"
+            ) from e
     model_cfg = json.loads((directory / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
     return model.eval(), model_cfg
 
