@@ -233,15 +233,19 @@ def _refuse_settings(cfg: Any) -> None:
 
 def _remove_hydra_leftovers() -> None:
     """After a refused run, the folder Hydra made for it when it holds nothing but Hydra's own
-    files (``.hydra/`` and the job's log): a run that wrote no result leaves no folder behind. A
-    folder with anything else in it (an earlier run's results) is left as it is."""
+    files (``.hydra/`` and the job's log), and the empty folders above it inside the working
+    directory: a run that wrote no result leaves no folder behind. A folder with anything else in
+    it (an earlier run's results) is left as it is."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    folder = Path(hc.runtime.output_dir)
+    folder = Path(hc.runtime.output_dir).resolve()
     own = {".hydra", f"{hc.job.name}.log"}
+    cwd = Path.cwd().resolve()
+    if folder == cwd or folder in cwd.parents:  # hydra.run.dir=. : the user's own folder
+        return
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= own:
         for handler in logging.getLogger().handlers[:]:
             if (
@@ -251,6 +255,12 @@ def _remove_hydra_leftovers() -> None:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
         shutil.rmtree(folder, ignore_errors=True)
+        # Hydra made the folders above it too (runs/loop/ for runs/loop/<time>): those left
+        # empty go as well, up to the working directory.
+        for parent in folder.parents:
+            if cwd not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def _missing_extra(error: BaseException) -> str | None:
