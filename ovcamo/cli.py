@@ -150,7 +150,7 @@ def _run_hydra(command: Command, argv: list[str]) -> None:
         if wants_traceback or (started and not _is_composition_error(e)):
             raise
         fail(command.prog, describe_config_error(command, e))
-    except OSError as e:
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
         if started or e.filename is None:
             raise
         # Hydra could not make the run's folder (out_dir, or hydra.run.dir, is a file or not
