@@ -195,6 +195,17 @@ def make_plan(
     are never sources, and the plan's ``source_validation`` says how many were excluded and why;
     with ``strict`` any unusable sample raises :class:`~ovcamo.data.DatasetValidationError`.
     """
+    bad = [
+        f"planner.{key}={cfg.get(key)!r}"
+        for key in ("per_class", "max_per_class", "novel_per_class")
+        if cfg.get(key) is not None
+        and (isinstance(cfg.get(key), bool) or not isinstance(cfg.get(key), int) or cfg[key] < 1)
+    ]
+    if bad:
+        raise PlanError(
+            f"{', '.join(bad)}: a count of samples per class must be a whole number, 1 or more "
+            "(null: the rule's own count; to generate nothing, do not run the generator)"
+        )
     classes = list(classes) if classes is not None else load_class_info(paths.class_info)
     records, report = resolve_records(paths, "train", classes, strict=strict)
     validation = {"train": report.to_json()}

@@ -19,6 +19,7 @@ from torch import nn
 
 from generation.base import Placement, place_object
 from generation.outpaint.expansion import Segmenter, object_expansion
+from ovcamo.checkpoint import load_torch_file
 from ovcamo.data import DataPaths, Record, load_sample, load_sample_info, resolve_records
 from ovcamo.data.io import read_gray, read_image
 
@@ -81,7 +82,7 @@ class InceptionFeatureExtractor(nn.Module):
                 "quality.extractor=small, a seeded random-feature network that needs no file)."
             )
         net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.load_state_dict(load_torch_file(path, "Inception-v3 weights"))
         net.fc = nn.Identity()
         self.net = net.eval().requires_grad_(False)
         self.num_features = 2048

@@ -122,9 +122,14 @@ def generate(cfg: DictConfig) -> Path:
     digest = config_hash(cfg, paths)
     root = output_dir(cfg, digest)
     rank, world_size = dist_env()
+    generator = None
     if rank == 0:
-        # Planned before the folder exists: a refused plan leaves nothing behind.
+        # Planned, and for a new set the generator built, before the folder exists: a refused
+        # plan or a generator that cannot be built leaves nothing behind.
+        fresh = not (root / "plan.json").is_file()
         plan = _load_or_make_plan(cfg, paths, root, digest)
+        if fresh and plan.items:
+            generator = _build(cfg, paths, cache_dir)
         root.mkdir(parents=True, exist_ok=True)
     else:
         for _ in range(6000):
@@ -136,9 +141,7 @@ def generate(cfg: DictConfig) -> Path:
     todo = writer.pending()
     summary_extra: dict[str, Any] = {"data": paths.to_json()}
     if todo:
-        generator = build_generator(
-            cfg.generator, data=paths, cache_dir=Path(cache_dir), device=_device(str(cfg.device))
-        )
+        generator = generator or _build(cfg, paths, cache_dir)
         records = _source_records(paths, {it.source_split for it in todo})
         seconds = _run_items(
             writer, generator, records, todo, progress=bool(cfg.get("progress", True)) and rank == 0
@@ -152,6 +155,12 @@ def generate(cfg: DictConfig) -> Path:
         summary_extra["quality"] = _quality(root, paths, quality_cfg, _device(str(cfg.device)))
         writer.finish(summary_extra)
     return root
+
+
+def _build(cfg: DictConfig, paths: DataPaths, cache_dir: str) -> Any:
+    return build_generator(
+        cfg.generator, data=paths, cache_dir=Path(cache_dir), device=_device(str(cfg.device))
+    )
 
 
 def _quality(root: Path, paths: DataPaths, cfg: Any, device: str) -> dict[str, Any]:

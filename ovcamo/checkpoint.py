@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -13,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ovcamo.data.io import atomic_write_bytes, atomic_write_json
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+CONFIG_FILE = "config.json"
+_DAMAGED = (
+    "it is damaged (a copy cut short?) or was not written by ovcamo: restore the folder from a "
+    "copy, or train again into a new out_dir"
+)
 
 
 class CheckpointError(ValueError):
@@ -41,10 +47,30 @@ def load_weights(
     try:
         return load_file(str(path), device=str(device))
     except SafetensorError as e:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({e}); it is damaged or was not written by "
-            "ovcamo: restore it from a copy, or train again into a new out_dir"
-        ) from e
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); {_DAMAGED}") from e
+
+
+def check_checkpoint_files(directory: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming the first file of a checkpoint folder that cannot be
+    read: a ``*.safetensors`` file whose header does not cover the file (cut short, or not
+    safetensors; only headers are read) or a ``config.json`` that is not a JSON object."""
+    directory = Path(directory)
+    for path in sorted(directory.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({e}); {_DAMAGED}"
+            ) from e
+    config = directory / CONFIG_FILE
+    if config.is_file():
+        try:
+            parsed = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{config} is not valid JSON ({e}); {_DAMAGED}") from e
+        if not isinstance(parsed, dict):
+            raise CheckpointError(f"{config} holds no JSON object (the model config); {_DAMAGED}")
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -54,28 +80,40 @@ def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
+def load_torch_file(path: str | os.PathLike, what: str = "a training state") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings and plain containers.
+
+    A file holding anything else, or one that cannot be read, raises :class:`CheckpointError`
+    naming ``path``; the message never advises unpickling (running code from the file).
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"state file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch names the first object it refused as "GLOBAL module.Name".
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)} first)" if found else ""
+        first = f" ({found.group(1)} first)" if found else ""
         raise CheckpointError(
-            f"{path} was not written by this version of ovcamo: it holds Python objects{what} "
-            "beyond tensors, numbers, strings and plain containers, so torch.load(weights_only=True) "
-            "refuses it, and ovcamo never unpickles such files. Use a checkpoint written by this "
-            "version of ovcamo-train (<out_dir>/checkpoints/{last,best}), or train again into a "
-            "new out_dir"
+            f"{path} is not a safe checkpoint: it holds Python objects{first} beyond tensors, "
+            "numbers, strings and plain containers, which only unpickling (running code from the "
+            "file) could restore, and ovcamo never unpickles. Use a file written by this version "
+            "of ovcamo (or the official release of the weights); to keep a file you trust, load "
+            "it in its own program and re-save only its tensors with "
+            "safetensors.torch.save_file"
         ) from e
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         raise CheckpointError(
             f"{path} is not a readable torch file ({str(e).split('. ')[0]}); it is damaged (a copy "
-            "cut short?) or not a training state: restore it, or start a new run in another out_dir"
+            f"cut short?) or not {what}: restore it from a copy"
         ) from e
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A training state saved by :func:`save_state` (see :func:`load_torch_file`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"state file not found: {path}")
+    return load_torch_file(path)
 
 
 def save_checkpoint(
@@ -141,4 +179,5 @@ def load_checkpoint(
         raise FileNotFoundError(
             f"no complete checkpoint at {directory} (expected {WEIGHTS_FILE} and {STATE_FILE})"
         )
+    check_checkpoint_files(found)
     return load_weights(found / WEIGHTS_FILE, device), load_state(found / STATE_FILE)

@@ -155,6 +155,16 @@ def _run_hydra(command: Command, argv: list[str]) -> None:
         if wants_traceback or (started and not _is_composition_error(e)):
             raise
         fail(command.prog, describe_config_error(command, e))
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
+        if started or e.filename is None:
+            raise
+        # Hydra could not make the run's folder (out_dir, or hydra.run.dir, is a file or not
+        # writable) before the command began.
+        fail(
+            command.prog,
+            f"cannot create the run folder {e.filename} ({e.strerror}): out_dir= (or "
+            "hydra.run.dir=) must name a folder that can be created; choose another",
+        )
     finally:
         sys.argv = saved
 
@@ -179,7 +189,13 @@ def _call(command: Command, cfg: Any) -> None:
 
     module, _, name = command.target.partition(":")
     try:
+        _refuse_settings(cfg)
         getattr(importlib.import_module(module), name)(cfg)
+    except SystemExit as e:
+        # The command reported bad input itself (status 2): nothing of the run may stay behind.
+        if e.code == 2:
+            _remove_hydra_leftovers()
+        raise
     except (MissingMandatoryValue, InterpolationResolutionError) as e:
         key = getattr(e, "full_key", "") or "?"
         fail(
@@ -189,7 +205,9 @@ def _call(command: Command, cfg: Any) -> None:
         )
     except Exception as e:
         message = _missing_extra(e)
-        if message is None and isinstance(e, (FileNotFoundError, *_user_error_types())):
+        if message is None and isinstance(
+            e, (FileNotFoundError, FileExistsError, SettingError, *_user_error_types())
+        ):
             message = str(e)
         if message is None:
             raise
@@ -197,19 +215,42 @@ def _call(command: Command, cfg: Any) -> None:
         fail(command.prog, message)
 
 
+class SettingError(ValueError):
+    """A setting no run can use (a batch size of 0, an ``out_dir`` that is a file, ...)."""
+
+
+def _refuse_settings(cfg: Any) -> None:
+    """Settings every command shares, checked before any work: the numbers of
+    :func:`ovcamo.engine.check.setting_problems` and an ``out_dir`` no folder can be made at."""
+    from ovcamo.data.io import out_dir_problem
+    from ovcamo.engine.check import setting_problems
+
+    problems = setting_problems(cfg)
+    try:
+        out_dir = cfg.get("out_dir")
+    except Exception:  # unresolvable: reported where the command reads it
+        out_dir = None
+    if out_dir and (problem := out_dir_problem(Path(str(out_dir)).expanduser())):
+        problems.append(f"out_dir={out_dir}: {problem}; choose a folder the results can go to")
+    if problems:
+        raise SettingError("; ".join(problems))
+
+
 def _remove_hydra_leftovers() -> None:
     """After a refused run, the folder Hydra made for it when it holds nothing but Hydra's own
-    files (``.hydra/`` and the job's log): a run that wrote no result leaves no folder behind. A
-    folder with anything else in it (an earlier run's results) is left as it is."""
+    files (``.hydra/`` and the job's log), and the empty folders above it inside the working
+    directory: a run that wrote no result leaves no folder behind. A folder with anything else in
+    it (an earlier run's results) is left as it is."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return
     hc = HydraConfig.get()
-    folder = Path(hc.runtime.output_dir)
-    if folder.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
-        return  # hydra.run.dir=. (check=true, ovcamo-eval, ovcamo-predict): the user's folder
+    folder = Path(hc.runtime.output_dir).resolve()
     own = {".hydra", f"{hc.job.name}.log"}
+    cwd = Path.cwd().resolve()
+    if folder == cwd or folder in cwd.parents:  # hydra.run.dir=. : the user's own folder
+        return
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= own:
         for handler in logging.getLogger().handlers[:]:
             if (
@@ -219,6 +260,12 @@ def _remove_hydra_leftovers() -> None:
                 logging.getLogger().removeHandler(handler)
                 handler.close()
         shutil.rmtree(folder, ignore_errors=True)
+        # Hydra made the folders above it too (runs/loop/ for runs/loop/<time>): those left
+        # empty go as well, up to the working directory.
+        for parent in folder.parents:
+            if cwd not in parent.parents or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def _missing_extra(error: BaseException) -> str | None:

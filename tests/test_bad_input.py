@@ -293,7 +293,7 @@ def test_pickled_state_on_resume_and_evaluation(tmp_path: Path, capsys) -> None:
         main(compose_train([*tiny_overrides(data, run_dir), "resume=true"]))
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert f"{state} was not written by this version of ovcamo" in err
+    assert f"{state} is not a safe checkpoint" in err
     assert "argparse.Namespace" in err and "weights_only=False" not in err
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]
 
@@ -301,7 +301,7 @@ def test_pickled_state_on_resume_and_evaluation(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         evaluate.main(cfg)
     assert info.value.code == 2
-    assert f"{state} was not written by this version of ovcamo" in capsys.readouterr().err
+    assert f"{state} is not a safe checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
 
     state.write_bytes(state.read_bytes()[:100])

@@ -165,3 +165,18 @@ def test_sam_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
     torch.save({"encoder.weight": torch.zeros(2)}, not_sam)
     with pytest.raises(ValueError, match="no usable"):
         load_sam_weights(build_prompt_encoder(256, 64), build_mask_decoder(256), not_sam)
+
+
+def test_a_pickled_sam_file_is_refused_without_advising_unpickling(tmp_path: Path) -> None:
+    """A SAM file holding Python objects beyond tensors is a CheckpointError naming the file, and
+    the message never passes on torch's advice to reload it with ``weights_only`` off."""
+    import argparse
+
+    from ovcamo.checkpoint import CheckpointError
+
+    path = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save({"model": _official_state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
+    decoder = build_mask_decoder(256, depth=2, mlp_dim=2048, num_heads=8)
+    with pytest.raises(CheckpointError, match="not a safe checkpoint") as info:
+        load_sam_weights(build_prompt_encoder(256, 1024), decoder, path)
+    assert str(path) in str(info.value) and "weights_only" not in str(info.value)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ from PIL import Image, ImageFile
 
 # Truncated files must raise, not decode half an image silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# :func:`open_image` refuses what PIL would only warn about, naming the file; the warning itself
+# would be a second, anonymous line on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _current_umask() -> int:
@@ -25,6 +31,50 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+class ImageTooLargeError(OSError):
+    """An image file declares more pixels than :data:`PIL.Image.MAX_IMAGE_PIXELS` (a decompression
+    bomb, or a picture far larger than any camouflage photograph); an ``OSError`` so that every
+    reader that reports unreadable files reports it too."""
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open(path)`` that refuses an image of more than ``PIL.Image.MAX_IMAGE_PIXELS``
+    pixels before decoding any of it, with :class:`ImageTooLargeError` naming the file."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageTooLargeError(_too_large(f"{found.group(1)} pixels" if found else "")) from e
+    width, height = im.size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        im.close()
+        raise ImageTooLargeError(_too_large(f"{width}×{height} pixels"))
+    return im
+
+
+def _too_large(size: str) -> str:
+    return (
+        f"its header declares {size or 'too many pixels'}, more than the "
+        f"{Image.MAX_IMAGE_PIXELS} ovcamo decodes (a decompression bomb or a damaged file): "
+        "replace it with an image of ordinary size"
+    )
+
+
+def link_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path``, a symbolic link, leads to no file (a loop, or a missing target), or ``None``
+    (not a link, or a link that resolves)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path} is a symbolic link loop (it leads back to itself)"
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
 
 
 class PathEscapeError(ValueError):
@@ -55,7 +105,12 @@ def safe_join(root: str | os.PathLike, name: str, *, flat: bool = False) -> Path
         raise PathEscapeError(f"refusing path {name!r}: must be a relative name under {root_path}")
     if flat and (problem := name_part_problem(name)):
         raise PathEscapeError(f"refusing file name {name!r} under {root_path}: it {problem}")
-    candidate = (root_path / name).resolve()
+    try:
+        candidate = (root_path / name).resolve()
+    except (RuntimeError, OSError):
+        # A symbolic link loop (RuntimeError before Python 3.13): it leads to no file, which
+        # the reader reports (see link_problem); the name itself must still stay inside root.
+        candidate = Path(os.path.normpath(root_path / name))
     if candidate != root_path and root_path not in candidate.parents:
         raise PathEscapeError(f"refusing path {name!r}: it resolves outside {root_path}")
     return candidate
@@ -160,7 +215,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 ``H×W×3``; grayscale, palette, RGBA and 16-bit files are converted."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             arr = _to_uint8(np.asarray(im))
@@ -174,7 +229,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_gray(path: str | os.PathLike) -> np.ndarray:
     """Read a single-channel uint8 ``H×W`` map (16-bit and float files are rescaled to 0–255)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             return _to_uint8(np.asarray(im))
@@ -201,7 +256,7 @@ def mask_is_empty(im: Image.Image) -> bool:
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a GT mask as bool ``H×W``: any non-zero pixel is foreground (see :func:`mask_foreground`)."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         arr = np.asarray(im)
     return mask_foreground(arr)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
 from ovcamo.data.io import (
     PathEscapeError,
     atomic_write_json,
     mask_is_empty,
     name_part_problem,
+    open_image,
     safe_join,
 )
 
@@ -58,7 +58,9 @@ class DatasetValidationError(ValueError):
 
     def __init__(self, report: ValidationReport, where: str = ""):
         self.report = report
-        super().__init__(f"{where}: {report.summary()}" if where else report.summary())
+        # One paragraph: the report's lines joined.
+        summary = "; ".join(line.strip() for line in report.summary().splitlines())
+        super().__init__(f"{where}: {summary}" if where else summary)
 
 
 @dataclass(frozen=True)
@@ -446,7 +448,7 @@ def _cut_short(path: Path, fmt: str | None) -> bool:
 def _inspect_image(path: Path, full: bool) -> tuple[tuple[int, int] | None, str | None]:
     """Return ``(size, note)``; size ``None`` when the file cannot be read or is cut short."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             size, mode, fmt = im.size, im.mode, im.format
             if full:
                 im.load()
@@ -474,7 +476,7 @@ def _inspect_mask(path: Path, full: bool) -> tuple[tuple[int, int] | None, list[
     empty ones; ``full`` also classifies their encoding (0/1, 0/255 or soft).
     """
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             size, fmt = im.size, im.format
             im.load()
             notes = ["empty_mask"] if mask_is_empty(im) else []

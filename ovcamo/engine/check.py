@@ -11,7 +11,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ovcamo import CONF_DIR
-from ovcamo.checkpoint import resolve_checkpoint_dir
 
 
 class CheckFailed(ValueError):
@@ -76,6 +75,47 @@ def sam_problems(model: DictConfig) -> list[str]:
     return []
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def setting_problems(cfg: Any, prefix: str = "") -> list[str]:
+    """Numeric settings of any command's config that no run can use, found by key name anywhere
+    in ``cfg`` (``hydra`` aside): a batch size (``batch_size``, ``*_batch_size``) below 1, a
+    worker count (``num_workers``) below 0, ``epochs`` below 1 and a negative ``max_steps``.
+    ``null`` is left to the code that reads the key (it means a default there)."""
+    rules = {
+        "batch_size": (1, "a whole number, 1 or more"),
+        "num_workers": (0, "a whole number, 0 or more (0: load in the main process)"),
+        "epochs": (1, "a whole number, 1 or more"),
+        "max_steps": (0, "a whole number of optimiser steps (0 or null: no limit)"),
+    }
+    problems: list[str] = []
+    for key in cfg:
+        if not prefix and key == "hydra":
+            continue
+        try:
+            value = cfg[key]
+        except Exception:  # an unresolvable value is reported when the command reads it
+            continue
+        rule = rules.get("batch_size" if str(key).endswith("batch_size") else str(key))
+        if rule is not None and value is not None and not (_whole(value) and value >= rule[0]):
+            problems.append(f"{prefix}{key}={value!r} must be {rule[1]}")
+        elif OmegaConf.is_dict(value):
+            problems += setting_problems(value, f"{prefix}{key}.")
+    return problems
+
+
+def optimizer_steps(batches_per_epoch: int, cfg_train: Any) -> int:
+    """Optimiser steps of a run: ``ceil(batches / train.grad_accum)`` per epoch times
+    ``train.epochs``, capped by ``train.max_steps`` when that is set (0 or null: no cap)."""
+    accum = max(1, int(cfg_train.get("grad_accum", 1)))
+    steps = math.ceil(batches_per_epoch / accum) * int(cfg_train.epochs)
+    if cfg_train.get("max_steps"):
+        steps = min(steps, int(cfg_train.max_steps))
+    return steps
+
+
 def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[str]:
     """Settings that would make a training run fail late or not be what its config claims,
     found from the config alone: run by ``check=true`` and before any training starts."""
@@ -83,7 +123,10 @@ def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[s
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     tc = cfg.train
-    problems = sam_problems(cfg.model)
+    problems = setting_problems(cfg)
+    if int(tc.get("grad_accum", 1)) < 1:
+        problems.append(f"train.grad_accum must be at least 1, got {tc.get('grad_accum')}")
+    problems += sam_problems(cfg.model)
     batch = int(tc.get("batch_size", 1))
     if batch >= 1 and batch % world:
         problems.append(
@@ -136,6 +179,7 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     """Print what ``ovcamo-train`` would run and return the plan lines; raise
     :class:`CheckFailed` listing every problem found. ``verdict=False`` leaves the closing "check
     passed" line to a caller that checks more (``ovcamo-loop``)."""
+    from ovcamo.checkpoint import resolve_checkpoint_dir
     from ovcamo.data.mixing import SyntheticSetError, load_sources, source_shares
     from ovcamo.data.ovcamo_format import DataPaths, resolve_records
     from ovcamo.engine.distributed import pick_device
@@ -144,9 +188,6 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     problems: list[str] = []
     lines: list[str] = []
     tc = cfg.train
-    for key, low in (("epochs", 1), ("batch_size", 1), ("grad_accum", 1)):
-        if int(tc.get(key, 1)) < low:
-            problems.append(f"train.{key} must be at least {low}, got {tc.get(key)}")
     problems += preflight_problems(cfg)
     if float(tc.lr) <= 0:
         problems.append(f"train.lr must be positive, got {tc.lr}")
@@ -224,11 +265,9 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
                     problems.append(str(e))
     per_process = f"{int(tc.batch_size) // world} per process" if world > 1 else "1 process"
     batch = f"global batch {tc.batch_size} ({per_process})"
-    if sizes:
+    if sizes and not setting_problems(cfg):
         batches = math.ceil(sizes[0] / (int(tc.batch_size) * shares[0]))
-        steps = math.ceil(batches / max(1, int(tc.get("grad_accum", 1)))) * int(tc.epochs)
-        if tc.get("max_steps"):
-            steps = min(steps, int(tc.max_steps))
+        steps = optimizer_steps(batches, tc)
         lines.append(
             f"train: {tc.epochs} epochs × {batches} batches, {batch}, {steps} optimiser steps, "
             f"AdamW lr {tc.lr}, cosine annealing"

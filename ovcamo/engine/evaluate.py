@@ -39,13 +39,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from ovcamo.data.config import resolve_data_paths
 from ovcamo.data.io import (
     PathEscapeError,
     atomic_write_json,
     atomic_write_text,
+    link_problem,
+    open_image,
     out_dir_problem,
     safe_join,
 )
@@ -104,6 +105,7 @@ class _Task:
 
 
 _FOLDER = "folder inside the prediction folder (predictions are PNG files directly in it)"
+_BROKEN_LINK = "symbolic link to no file (remove or repair it)"
 _UNREADABLE_PRED = "unreadable prediction"
 _UNREADABLE_GT = "unreadable GT mask"
 _SIZE_DIFFERS = "prediction size differs from the GT (resize_to_gt=true resizes)"
@@ -163,14 +165,13 @@ class EvaluationResult:
 def _listing(title: str, items: Sequence[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = f" … and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {title} ({len(items)}): {shown}{more}"
+    return f"{title} ({len(items)}): {shown}{more}"
 
 
 def _raise_if(problems: dict[str, list[str]], what: str | Path) -> None:
     if any(problems.values()):
-        lines = [f"cannot evaluate {what}:"]
-        lines += [_listing(k, v) for k, v in problems.items() if v]
-        raise EvaluationError("\n".join(lines))
+        listed = "; ".join(_listing(k, v) for k, v in problems.items() if v)
+        raise EvaluationError(f"cannot evaluate {what}: {listed}")
 
 
 def _gt_masks(
@@ -204,7 +205,7 @@ def _gt_masks(
         ]
         keep = set(wanted)
         gt = {u: v for u, v in gt.items() if u in keep}
-    missing_masks = [str(p) for _, p in gt.values() if not p.is_file()]
+    missing_masks = [link_problem(p) or str(p) for _, p in gt.values() if not p.is_file()]
     problems["GT mask file missing"] = missing_masks
     _raise_if(problems, f"against {paths.sample_info}")
     names = [c.name for c in sorted(classes, key=lambda c: c.id)]
@@ -212,7 +213,7 @@ def _gt_masks(
 
 
 def _read_prediction(path: str) -> np.ndarray:
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         if im.mode != "L":
             im = im.convert("L")
@@ -220,7 +221,7 @@ def _read_prediction(path: str) -> np.ndarray:
 
 
 def _read_gt(path: str) -> np.ndarray:
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.load()
         arr = np.asarray(im)
     if arr.ndim == 3:
@@ -331,7 +332,7 @@ def _file_problems(
     for uid in pairs.order:
         p, gt_path = pairs.pred[uid][1], pairs.gt[uid][1]
         try:
-            with Image.open(p) as im:
+            with open_image(p) as im:
                 mode, size = im.mode, im.size
                 fmt = im.format
         except (OSError, ValueError, SyntaxError) as e:
@@ -345,7 +346,7 @@ def _file_problems(
             )
         elif not resize_to_gt:
             try:
-                with Image.open(gt_path) as gim:
+                with open_image(gt_path) as gim:
                     gt_size = gim.size
             except (OSError, ValueError, SyntaxError) as e:
                 problems.setdefault(_UNREADABLE_GT, []).append(f"{gt_path} ({e})")
@@ -377,6 +378,7 @@ def _class_aware_pairs(
 
     problems: dict[str, list[str]] = {
         _FOLDER: [],
+        _BROKEN_LINK: [],
         "file name without the [<class>] prefix": [],
         "not a .png file": [],
         "not an 8-bit PNG": [],
@@ -395,6 +397,9 @@ def _class_aware_pairs(
     for p in entries:
         if p.is_dir():
             problems[_FOLDER].append(p.name)
+            continue
+        if problem := link_problem(p):
+            problems[_BROKEN_LINK].append(problem)
             continue
         m = PRED_NAME.match(p.name)
         if not p.is_file() or m is None:

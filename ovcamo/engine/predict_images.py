@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ovcamo.data.io import (
     atomic_write_json,
+    link_problem,
     name_part_problem,
+    open_image,
     out_dir_problem,
     prediction_path,
     safe_join,
@@ -61,12 +61,18 @@ def find_images(spec: str) -> list[Path]:
     """The images ``spec`` names: a file, the image files of a folder (sorted), or a glob's
     matches (sorted, ``**`` recursive). Raises :class:`PredictInputError` when nothing matches."""
     path = Path(spec).expanduser()
+    if problem := link_problem(path):
+        raise PredictInputError(f"images={spec}: {problem}; point images= at the real files")
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        named = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        broken = [problem for p in named if (problem := link_problem(p))]
+        if broken:
+            raise PredictInputError(
+                f"images={spec}: {_listing(sorted(broken))}; remove or repair the link"
+            )
+        found = sorted(p for p in named if p.is_file())
         if not found:
             raise PredictInputError(
                 f"images={spec}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})"
@@ -150,7 +156,7 @@ def _check_inputs(images: Sequence[Path], names: Sequence[str], fmt: str) -> Non
     for p in images:
         try:
             # Opening parses the header: a file of no known image format raises here.
-            with Image.open(p):
+            with open_image(p):
                 pass
         except (OSError, ValueError, SyntaxError) as e:
             unreadable.append(f"{p} ({e})")

@@ -48,7 +48,7 @@ from ovcamo.data.mixing import (
 )
 from ovcamo.data.transforms import EvalTransform, build_train_transform
 from ovcamo.engine import distributed as D
-from ovcamo.engine.check import CheckFailed, preflight_problems, protocol_line
+from ovcamo.engine.check import CheckFailed, optimizer_steps, preflight_problems, protocol_line
 from ovcamo.engine.logging import RunLogger
 from ovcamo.engine.predict import MODEL_CONFIG_FILE, SampleReadError, autocast, evaluate_model
 from ovcamo.engine.resolve import plain, resolve_pretrained
@@ -242,10 +242,7 @@ class Trainer:
         )
         self.accum = max(1, int(tc.get("grad_accum", 1)))
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.accum)
-        total = self.steps_per_epoch * int(tc.epochs)
-        if tc.get("max_steps"):
-            total = min(total, int(tc.max_steps))
-        self.total_steps = total
+        self.total_steps = total = optimizer_steps(len(self.sampler), tc)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_lambda(total, int(tc.get("warmup_steps", 0)), float(tc.get("min_lr_ratio", 0.0))),
@@ -586,7 +583,7 @@ def run(cfg: DictConfig) -> TrainResult | None:
         return None
     problems = preflight_problems(cfg)
     if problems:
-        raise CheckFailed("\n\n".join(problems))
+        raise CheckFailed("; ".join(problems))
     threads = cfg.train.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))

@@ -28,6 +28,8 @@ from huggingface_hub import ModelCard, ModelCardData, ModelHubMixin
 from ovcamo.checkpoint import (
     STATE_FILE,
     WEIGHTS_FILE,
+    CheckpointError,
+    check_checkpoint_files,
     load_state,
     load_weights,
     resolve_checkpoint_dir,
@@ -130,11 +132,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> B
     from ovcamo.models.build import BACKBONE_FILE, build_model, load_backbone_file
 
     directory = resolve_model_dir(path)
-    config_path = directory / CONFIG_FILE
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from None
+    check_checkpoint_files(directory)
+    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
     training = config.pop(TRAINING_KEY, None)
     state = load_state(directory / STATE_FILE) if (directory / STATE_FILE).is_file() else {}
     # A checkpoint whose frozen CLIP is neither stored nor named by a tag was randomly
@@ -144,7 +143,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> B
         backbone = None
         if (directory / BACKBONE_FILE).is_file():
             backbone = load_backbone_file(config, directory / BACKBONE_FILE)
-        model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
+        try:
+            model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
+        except KeyError as e:
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE} lacks a key the model needs ({e}); it is damaged or "
+                "was not written by ovcamo: restore the folder from a copy"
+            ) from e
     model.config = config
     model.load_trainable_state_dict(load_weights(directory / WEIGHTS_FILE))
     model.training_info = dict(training) if training else _training_info(directory, state)

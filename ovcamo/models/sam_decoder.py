@@ -12,6 +12,8 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
+from ovcamo.checkpoint import load_torch_file
+
 logger = logging.getLogger(__name__)
 
 #: Width of every official SAM mask decoder (vit_b, vit_l and vit_h share the decoder's shape).
@@ -186,13 +188,7 @@ def load_sam_weights(
         raise FileNotFoundError(
             f"SAM checkpoint not found: {path}. {sam_checkpoint_hint(sam_type)}"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"could not read SAM checkpoint {path} as a state dict ({err}). "
-            f"{sam_checkpoint_hint(sam_type)}"
-        ) from None
+    state = load_torch_file(path, "a SAM checkpoint")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     report = SamLoadReport(path=str(path))
