@@ -140,10 +140,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> B
     # initialised right after seeding torch with the run's seed: seeding the same way rebuilds it.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(state.get("seed", 0)))
-        backbone = None
-        if (directory / BACKBONE_FILE).is_file():
-            backbone = load_backbone_file(config, directory / BACKBONE_FILE)
         try:
+            backbone = None
+            if (directory / BACKBONE_FILE).is_file():
+                backbone = load_backbone_file(config, directory / BACKBONE_FILE)
             model = build_model({**config, "sam_checkpoint": None}, backbone=backbone)
         except KeyError as e:
             raise CheckpointError(
