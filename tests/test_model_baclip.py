@@ -200,7 +200,8 @@ def test_predict_and_class_cache(make: Callable[..., BaCLIP], images: torch.Tens
     pred = model.predict(images, CLASSES)
     assert model.training, "predict must restore train mode"
     assert pred["mask_probs"].shape == (2, 1, 64, 64)
-    assert pred["mask_probs"].min() >= 0 and pred["mask_probs"].max() <= 1
+    torch.testing.assert_close(pred["mask_probs"], torch.sigmoid(pred["mask_logits"]))
+    torch.testing.assert_close(pred["class_probs"], pred["class_logits"].softmax(-1))
     torch.testing.assert_close(pred["class_probs"].sum(-1), torch.ones(2))
     assert pred["class_names"] == [CLASSES[i] for i in pred["class_probs"].argmax(-1)]
     first = model.backbone.text_embeddings(CLASSES)
