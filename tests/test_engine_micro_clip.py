@@ -154,6 +154,14 @@ def test_augment_keeps_shape_and_range() -> None:
     assert torch.equal(a, b)
     small = augment(x, cfg, torch.Generator().manual_seed(0), size=12)
     assert small.shape == (4, 3, 12, 12)
+    # Whole-image crops without jitter: each image unchanged or mirrored, as uint8 / 255.
+    still = {"scale": [1.0, 1.0], "hflip": True, "brightness": 0.0, "contrast": 0.0}
+    out = augment(x, still, torch.Generator().manual_seed(0))
+    flipped = [
+        torch.allclose(o, y.float().flip(-1) / 255, atol=1e-6) for o, y in zip(out, x, strict=True)
+    ]
+    kept = [torch.allclose(o, y.float() / 255, atol=1e-6) for o, y in zip(out, x, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and any(flipped) and any(kept)
 
 
 def test_training_lowers_loss_and_checkpoint_loads_in_open_clip(
