@@ -125,7 +125,9 @@ def test_generate_with_the_data_keys_and_out_dir(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "set" / "summary.json").read_text())
-    assert summary["written"] > 0 and summary["generator"] == "classic"
+    written = json.loads((tmp_path / "set" / "sample_info.json").read_text())
+    assert summary["generator"] == "classic" and summary["skipped"] == 0
+    assert summary["written"] == summary["planned"] == len(written) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "set"]  # nothing else written
 
 

@@ -19,11 +19,14 @@ from generation.quality import (
     evaluate_set,
     fid_kid,
     foreground_preservation,
+    image_features,
     mask_integrity,
     seam_halo_score,
 )
 from ovcamo.data import DataPaths, load_sample_info
-from ovcamo.data.io import read_mask
+from ovcamo.data.io import read_image, read_mask
+from ovcamo.data.ovcamo_format import resolve_records
+from ovcamo.data.samples import load_sample
 
 
 def images(n: int, colour, seed: int = 0, size: int = 48) -> list[np.ndarray]:
@@ -223,9 +226,26 @@ def test_evaluate_set_on_a_classic_set(tmp_path):
     assert q["n"] == 6
     assert q["foreground_preservation"] == 1.0 and q["foreground_exact"] == 1.0
     assert q["mask_iou"] == 1.0 and q["mask_binary"] == 1.0
-    assert 0 < q["camouflage"] <= 1 and 0 < q["camouflage_source"] <= 1
-    assert np.isfinite(q["fid"]) and q["n_real"] == 13
-    for key in ("background_texture", "seam_halo", "fid"):
+    # Camouflage and FID redone from the files: the set's images against the source's 13 train
+    # images, and the samples' source images (one per sample; each source once for camouflage).
+    synth = DataPaths.from_paths_json(out / "paths.json")
+    samples = load_sample_info(synth.sample_info)
+    fake = [read_image(synth.train_image_dir / s.image_name) for s in samples]
+    masks = [read_mask(synth.train_mask_dir / s.mask_name) for s in samples]
+    records = {r.unique_id: r for r in resolve_records(source, "train", check_files="none")[0]}
+    sources = [load_sample(records[s.extra["source_unique_id"]]) for s in samples]
+    unique = {s.extra["source_unique_id"]: src for s, src in zip(samples, sources, strict=True)}
+    assert q["camouflage"] == pytest.approx(np.mean(list(map(camouflage_score, fake, masks))))
+    assert q["camouflage_source"] == pytest.approx(
+        np.mean([camouflage_score(x["image"], x["mask"]) for x in unique.values()])
+    )
+    ext = SmallFeatureExtractor(width=8)
+    real = image_features([load_sample(r)["image"] for r in records.values()], ext)
+    assert q["n_real"] == len(real) == 13
+    for key, images in (("fid", fake), ("fid_source", [x["image"] for x in sources])):
+        expected = reference_fid(real, image_features(images, ext))
+        assert q[key] == pytest.approx(expected, rel=1e-3, abs=1e-4), key
+    for key in ("background_texture", "seam_halo"):
         assert np.isfinite(q[key]) and np.isfinite(q[f"{key}_source"]), key
 
 
@@ -305,5 +325,24 @@ def test_ovcamo_generate_measures_object_expansion_with_a_baclip_checkpoint(tmp_
     summary = json.loads((root / "summary.json").read_text())
     assert summary["written"] >= 2
     quality = summary["quality"]
-    for key in ("object_expansion", "object_expansion_source"):
-        assert 0 <= quality[key] <= 1, key
+    # What that checkpoint's BaCLIP finds beyond each written mask, redone on the set's files.
+    from generation.outpaint.expansion import build_segmenter, object_expansion
+
+    segmenter = build_segmenter("baclip", checkpoint)
+    synth = DataPaths.from_paths_json(root / "paths.json")
+    samples = load_sample_info(synth.sample_info)
+    grown = [
+        object_expansion(
+            read_image(synth.train_image_dir / s.image_name),
+            read_mask(synth.train_mask_dir / s.mask_name),
+            segmenter,
+            s.base_class,
+        )
+        for s in samples
+    ]
+    assert quality["object_expansion"] == pytest.approx(np.mean(grown), abs=1e-9)
+    records = resolve_records(DataPaths(**summary["data"]), "train", check_files="none")[0]
+    by_id = {r.unique_id: r for r in records}
+    sources = [load_sample(by_id[u]) for u in {s.extra["source_unique_id"]: 0 for s in samples}]
+    spill = [object_expansion(x["image"], x["mask"], segmenter, x["class_name"]) for x in sources]
+    assert quality["object_expansion_source"] == pytest.approx(np.mean(spill), abs=1e-9)

@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from generation.base import GeneratedSample
 from generation.planner import make_plan
+from generation.quality import SmallFeatureExtractor, evaluate_set
 from generation.run import generate, summary_table
 from generation.writer import SyntheticSetWriter
 from ovcamo.cli import CONF_DIR
@@ -115,7 +116,18 @@ def test_quality_lands_in_the_summary(ds, tmp_path):
     )
     quality = json.loads((out / "summary.json").read_text())["quality"]
     assert quality["n"] == 4 and quality["foreground_preservation"] == 1.0
-    assert quality["fid"] >= 0 and "quality fid" in summary_table(out)
+    # The summary holds what the set scores with the default extractor; the table shows it.
+    expected = evaluate_set(
+        out,
+        DataPaths.from_paths_json(ds / "paths.json"),
+        SmallFeatureExtractor(),
+        kid_subset_size=3,
+    )
+    assert quality.keys() == expected.keys()
+    # KID draws its subsets at random; every other number is deterministic.
+    fixed = {k: v for k, v in expected.items() if not k.startswith("kid_")}
+    assert {k: quality[k] for k in fixed} == pytest.approx(fixed, nan_ok=True)
+    assert f"quality fid: {expected['fid']:.4g}\n" in summary_table(out)
 
 
 def test_edge_case_sources_are_generated_or_skipped_with_reasons(ds, tmp_path):

@@ -8,9 +8,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from test_model_pooling import tiny_vit_backbone
 
@@ -201,11 +203,20 @@ def test_predict_and_class_cache(make: Callable[..., BaCLIP], images: torch.Tens
     preds = model.predict(images, CLASSES)
     assert model.training, "predict must restore train mode"
     assert len(preds) == 2
-    for pred in preds:
-        assert pred.mask_probs.shape == (64, 64)
-        assert pred.mask_probs.min() >= 0 and pred.mask_probs.max() <= 1
-        assert sum(pred.class_probs.values()) == pytest.approx(1.0)
-        assert pred.class_name == max(pred.class_probs, key=pred.class_probs.get)
+    model.eval()
+    with torch.no_grad():
+        out = model(images, CLASSES)
+    for i, pred in enumerate(preds):
+        # The probabilities are the sigmoid of the forward's mask logits at the image's size and
+        # the softmax of its class logits.
+        expected = F.interpolate(
+            torch.sigmoid(out["mask_logits"][i : i + 1].float()), size=(64, 64), mode="bilinear"
+        )[0, 0]
+        np.testing.assert_allclose(pred.mask_probs, expected.numpy(), atol=1e-6)
+        soft = out["class_logits"][i].softmax(-1).tolist()
+        assert list(pred.class_probs.values()) == pytest.approx(soft, abs=1e-6)
+        assert pred.class_name == CLASSES[int(np.argmax(soft))]
+        assert pred.score == pytest.approx(max(soft), abs=1e-6)
     first = model.backbone.text_embeddings(CLASSES)
     assert model.backbone.text_embeddings(tuple(CLASSES)).data_ptr() == first.data_ptr()
     assert model.backbone.text_embeddings(CLASSES[:2]).shape[0] == 2

@@ -70,7 +70,9 @@ def test_image_grid_mixed_inputs(tmp_path):
     masks = [np.pad(np.ones((8, 8), bool), 12), None, None, np.zeros((24, 24), bool)]
     out = image_grid(images, tmp_path / "grid.png", titles=list("abcd"), masks=masks, ncols=2)
     w, h = _png_size(out)
-    assert w > 0 and h > 0
+    # Two columns of 1.6-inch cells and two rows of 1.85-inch (title included) at 100 dpi: more
+    # than one cell each way, at most the whole figure once the margins are cropped.
+    assert 160 < w <= 320 and 185 < h <= 370, (w, h)
     _no_temp_files(tmp_path)
     with pytest.raises(ValueError, match="titles"):
         image_grid(images, tmp_path / "bad.png", titles=["a"])
