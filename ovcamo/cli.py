@@ -1,9 +1,10 @@
 """Console commands: ``ovcamo-world``, ``ovcamo-micro-clip``, ``ovcamo-train``, ``ovcamo-eval``,
-``ovcamo-predict``, ``ovcamo-generate`` and ``ovcamo-loop`` (also ``python -m ovcamo <command> …``).
+``ovcamo-predict``, ``ovcamo-generate``, ``ovcamo-loop`` and ``ovcamo-demo`` (also
+``python -m ovcamo <command> …``).
 
 Each command composes its Hydra config from :data:`ovcamo.CONF_DIR` and calls one function of the
 package; the work lives there, and nothing in the package imports this module. One wrapper serves
-all seven, so that they behave as one toolkit:
+all eight, so that they behave as one toolkit:
 
 - every command takes ``out_dir=``;
 - a key only the OVCamo data config has (``data.root`` or one of its six paths, e.g.
