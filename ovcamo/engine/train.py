@@ -667,8 +667,9 @@ def _run(cfg: DictConfig, dist: D.DistInfo) -> TrainResult:
 
 
 def main(cfg: DictConfig) -> None:
-    """``ovcamo-train``: run, turning expected failures into a message and exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """``ovcamo-train``: run, turning expected failures into a message and exit status. Logging
+    is configured by the command (Hydra's job logging), never here: a library call leaves the
+    caller's handlers as they are."""
     from ovcamo.checkpoint import CheckpointError
     from ovcamo.data.mixing import SyntheticSetError
     from ovcamo.data.ovcamo_format import DatasetFormatError, DatasetValidationError
