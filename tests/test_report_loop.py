@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from ovcamo.data import ClassInfo, DataPaths, SampleInfo, write_class_info, write_sample_info
 from ovcamo.data.io import atomic_write_json, write_png
@@ -14,6 +15,7 @@ from ovcamo.engine.evaluate import score_prediction_dir, write_results
 from ovcamo.report.loop_report import (
     LoopSummary,
     RunFiles,
+    _rare_eval_section,
     group_means,
     read_metrics,
     read_per_class,
@@ -233,3 +235,65 @@ def test_report_without_base_validation_says_why(finished_loop):
     assert "rare vs common" not in text and "base validation, rare" not in text
     assert "## Did the synthetic set help?" in text and "novel classes, cIoU" in text
     assert not (out / "base_val_rare_common.png").exists() and not (out / "pred_rare.png").exists()
+
+
+def _rare_runs(tmp_path: Path, per_seed_gain: dict[str, list[float]]) -> dict[str, list[RunFiles]]:
+    """Runs with only a rare-class ``per_sample.csv``: 4 samples per seed, every score of run
+    ``arm`` on seed ``i`` = sample difficulty + ``per_seed_gain[arm][i]`` (the agnostic IoU 0.1
+    higher)."""
+    difficulty = [0.2, 0.4, 0.5, 0.7]
+    runs: dict[str, list[RunFiles]] = {}
+    for arm, gains in per_seed_gain.items():
+        for seed, gain in enumerate(gains):
+            d = tmp_path / arm / str(seed)
+            d.mkdir(parents=True)
+            lines = ["unique_id,avgiou,agnostic_IoU"]
+            lines += [f"s{j},{v + gain},{v + gain + 0.1}" for j, v in enumerate(difficulty)]
+            (d / "per_sample.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            runs.setdefault(arm, []).append(RunFiles(seed, d, None, d, None, rare_eval=d))
+    return runs
+
+
+def _cell(d: np.ndarray) -> str:
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    return f"{d.mean():+.3f} (95 % CI {low:+.3f} to {high:+.3f})"
+
+
+def test_rare_gains_have_student_t_intervals_over_paired_seeds(tmp_path):
+    real, synthetic = [0.0115, 0.0191, 0.0072], [0.0085, 0.0164, 0.0001]
+    runs = _rare_runs(tmp_path, {"without": [0, 0, 0], "with": synthetic, "real": real})
+    text = _rare_eval_section(runs, {"generator": "classic"})
+    oracle, with_ = _cell(np.array(real)), _cell(np.array(synthetic))
+    assert oracle == "+0.013 (95 % CI -0.002 to +0.028)"
+    share = "66% (no interval: unbounded, the denominator's interval holds 0)"
+    for label in ("cIoU", "IoU, class check off"):  # the class check off shifts both arms alike
+        assert f"| {label} | {oracle} | {with_} | {share} |" in text
+    assert "95 % Student-t interval over 3 paired seeds (2 degrees of freedom" in text
+    assert "The oracle gain's interval includes 0" in text
+
+
+def test_rare_gains_verdict_and_share_interval(tmp_path):
+    real, synthetic = [0.10, 0.12, 0.11], [0.05, 0.07, 0.05]
+    runs = _rare_runs(tmp_path, {"without": [0.0, 0.01, 0.0], "with": synthetic, "real": real})
+    text = _rare_eval_section(runs, {"generator": "classic"})
+    x = np.array(synthetic) - [0.0, 0.01, 0.0]
+    y = np.array(real) - [0.0, 0.01, 0.0]
+    # Fieller's set: every r with |t statistic of mean(x − r y)| ≤ t(0.975, 2); its ends solve a
+    # quadratic in r.
+    t2, n = stats.t.ppf(0.975, 2) ** 2, 3
+    c = np.cov(x, y) / n
+    qa = y.mean() ** 2 - t2 * c[1, 1]
+    qb = x.mean() * y.mean() - t2 * c[0, 1]
+    qc = x.mean() ** 2 - t2 * c[0, 0]
+    low, high = (qb - np.sqrt(qb**2 - qa * qc)) / qa, (qb + np.sqrt(qb**2 - qa * qc)) / qa
+    share = f"{x.mean() / y.mean():.0%} (95 % CI {low:.0%} to {high:.0%})"
+    assert f"| cIoU | {_cell(y)} | {_cell(x)} | {share} |" in text
+    assert f"Yes: `classic` raised rare-class cIoU by {x.mean():+.3f}" in text
+
+
+def test_rare_gains_with_one_seed_have_no_interval(tmp_path):
+    runs = _rare_runs(tmp_path, {"without": [0.0], "with": [0.05], "real": [0.1]})
+    text = _rare_eval_section(runs, {"generator": "classic"})
+    assert "| cIoU | +0.100 (no interval: 1 seed) | +0.050 (no interval: 1 seed) | 50% (no " in text
+    assert "With 1 seed there is no interval, so no verdict" in text
+    assert "CI" not in text

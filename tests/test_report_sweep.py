@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from scipy.stats import t as student_t
 
 from ovcamo.data.io import atomic_write_json, atomic_write_text
 from ovcamo.report.sweep import write_sweep_summary
@@ -83,19 +85,60 @@ def test_ablation_summary_puts_the_papers_numbers_beside_each_row(tmp_path):
     rows = [line for line in table.splitlines() if "`" in line and line.startswith("| ")]
     # The paper's row order, whatever the job order; mean ± std over the seeds of each row.
     assert [r.split("`")[1] for r in rows] == ["conv", "full", "mfmsa_4"]
+    # conv − full on each seed: 0.10 − 0.30, 0.12 − 0.34; Student t on 1 degree of freedom.
+    d = np.array([0.10 - 0.30, 0.12 - 0.34])
+    half = student_t.ppf(0.975, 1) * d.std(ddof=1) / np.sqrt(2)
+    ci = f"{d.mean():+.3f} (95 % CI {d.mean() - half:+.3f} to {d.mean() + half:+.3f}), n=2"
+    assert ci == "-0.210 (95 % CI -0.337 to -0.083), n=2"
     assert rows[0] == (
         "| CLIP + conv decoder (baseline) (`conv`) | 2 | 0.110 ± 0.014 | 0.110 ± 0.014 | — | — "
-        "| 0.528 | 0.311 |"
+        f"| 0.528 | 0.311 | {ci} |"
     )
     # The diagnostics beside the official numbers, where the runs' scores hold them.
     assert rows[1].endswith(
-        "| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.520 ± 0.028 | 0.700 ± 0.000 | 0.589 | 0.488 |"
+        "| 2 | 0.320 ± 0.028 | 0.320 ± 0.028 | 0.520 ± 0.028 | 0.700 ± 0.000 | 0.589 | 0.488 "
+        "| reference |"
     )
     assert "IoU, class check off" in table and "outside the official protocol" in table
-    assert rows[2].endswith("| n/a (not in the paper) | n/a (not in the paper) |")
+    assert "95 % Student-t interval over those n paired seeds" in table
+    # mfmsa_4 ran the same two seeds: 0.2 − 0.30, 0.2 − 0.34.
+    d = np.array([0.2 - 0.30, 0.2 - 0.34])
+    half = student_t.ppf(0.975, 1) * d.std(ddof=1) / np.sqrt(2)
+    assert rows[2].endswith(
+        "| n/a (not in the paper) | n/a (not in the paper) "
+        f"| {d.mean():+.3f} (95 % CI {d.mean() - half:+.3f} to {d.mean() + half:+.3f}), n=2 |"
+    )
     assert "is 9.6 points (29 % relative)" in text
     assert "OVCoser (OVCamo's baseline): cSm 0.579, cIoU 0.443" in text
     assert "## Every job" in text  # the per-job table follows
+
+
+def test_rows_are_paired_with_full_on_the_seeds_both_ran(tmp_path):
+    """Seeds pair by number, not by position; one common seed gives no interval."""
+    group = "ablation_row_micro"
+    _ablation_job(tmp_path, 0, group, "full", [0.30, 0.34, 0.31])
+    _job(tmp_path, 1, [f"{group}=sam"], {("without", 2): 0.25, ("without", 7): 0.9})
+    atomic_write_text(
+        tmp_path / "1" / ".hydra" / "hydra.yaml",
+        f"hydra:\n  runtime:\n    choices:\n      {group}: sam\n",
+    )
+    _ablation_job(
+        tmp_path, 2, group, "conv", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.0]
+    )
+    table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
+    rows = {
+        line.split("`")[1]: line
+        for line in table.splitlines()
+        if line.startswith("| ") and "`" in line
+    }
+    # sam ran seeds 2 and 7, full 0..2: only seed 2 pairs (0.25 − 0.31).
+    assert rows["sam"].endswith("| -0.060 (no interval: 1 seed), n=1 |")
+    # conv ran seeds 0..10: seeds 0, 1, 2 pair; seed 10 (sorted after 2 as text) does not.
+    d = np.array([0.1 - 0.30, 0.2 - 0.34, 0.3 - 0.31])
+    half = student_t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert rows["conv"].endswith(
+        f"| {d.mean():+.3f} (95 % CI {d.mean() - half:+.3f} to {d.mean() + half:+.3f}), n=3 |"
+    )
 
 
 def test_a_sweep_without_ablation_rows_has_no_ablation_table(tmp_path):
@@ -111,10 +154,11 @@ def test_other_overrides_swept_with_a_row_are_rows_of_their_own(tmp_path):
         overrides = tmp_path / str(num) / ".hydra" / "overrides.yaml"
         atomic_write_text(overrides, f"- {group}=full\n- model.prompt.mode={mode}\n")
     table = write_sweep_summary(tmp_path).read_text().split("## Every job", 1)[0]
-    rows = [line for line in table.splitlines() if "`full`" in line]
+    rows = [line for line in table.splitlines() if "`full`" in line and line.startswith("| ")]
     assert len(rows) == 2
-    assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 | — | — |  |  |" in rows[0]
-    assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 | — | — |  |  |" in rows[1]
+    # Neither is the plain `full` row, so there is nothing to compare them with.
+    assert "model.prompt.mode=topk | 1 | 0.200 | 0.200 | — | — |  |  | — (no full row) |" in rows[0]
+    assert "model.prompt.mode=weighted | 1 | 0.300 | 0.300 | — | — |  |  | — (no full" in rows[1]
 
 
 def test_rows_run_in_several_sweeps_with_other_seeds_stay_one_row(tmp_path):

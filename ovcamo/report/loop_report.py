@@ -471,9 +471,8 @@ def _rare_eval_section(runs: Mapping[str, Sequence[RunFiles]], meta: Mapping[str
         f"The planner's rare classes, scored on {g.samples} new renders of them (candidates: the "
         f"base classes). `real` adds as many new *real* samples of those classes as the planner "
         f"asks the generator for, mixed in the same way: its gain over `without` is what extra "
-        f"data of the right kind can give (the oracle gain). Intervals: paired bootstrap over "
-        f"{g.seeds} seeds and {g.samples} samples ({g.replicates} replicates, 95 % percentile "
-        f"interval).\n",
+        f"data of the right kind can give (the oracle gain). Each seed's gain is its mean over "
+        f"the same samples of one run minus the other, same seed; intervals: {g.method}.\n",
     ]
     rows = [
         [label, x.oracle.format(), x.synthetic.format(), x.share.format(percent=True)]
@@ -487,7 +486,12 @@ def _rare_eval_section(runs: Mapping[str, Sequence[RunFiles]], meta: Mapping[str
         )
     )
     generator = meta.get("generator", "the generator")
-    if not g.oracle.excludes_zero:
+    if g.seeds < 2:
+        verdict = (
+            f"With {g.seeds} seed there is no interval, so no verdict: run at least 2 seeds "
+            "(`loop.seeds`), better 3 or more."
+        )
+    elif not g.oracle.excludes_zero:
         verdict = (
             "The oracle gain's interval includes 0: in this world the rare classes are not short "
             "of data, so no synthetic set could show an effect here."

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from ovcamo.data.io import atomic_write_text
 from ovcamo.report.loop_report import read_diagnostics, read_metrics
+from ovcamo.report.stats import paired_difference
 from ovcamo.report.tables import SIX_METRICS, Spread, markdown_table
 
 try:
@@ -90,18 +92,45 @@ def _ablation_row(job: Path) -> str | None:
 DIAGNOSTICS = {"agnostic_IoU": "IoU, class check off ↑", "class_accuracy": "class accuracy ↑"}
 
 
-def _novel_metrics(job: Path) -> dict[str, list[dict[str, float]]]:
-    """Each run's (variant's) novel-class metrics and diagnostics, one dict per seed."""
+def _novel_metrics(job: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """Each run's (variant's) novel-class metrics and diagnostics: seed -> scores, seeds in
+    increasing order."""
     outputs = json.loads((job / "loop.json").read_text(encoding="utf-8"))["outputs"]
-    per_variant: dict[str, list[dict[str, float]]] = {}
-    for name in sorted(outputs):
-        match = _EVAL.match(name)
-        if match:
-            novel = outputs[name]["novel"]
-            per_variant.setdefault(match["variant"], []).append(
-                {**read_diagnostics(novel), **read_metrics(novel)}
-            )
+    per_variant: dict[str, dict[int, dict[str, float]]] = {}
+    found = sorted(
+        (m["variant"], int(m["seed"]), name) for name in outputs if (m := _EVAL.match(name))
+    )
+    for variant, seed, name in found:
+        novel = outputs[name]["novel"]
+        per_variant.setdefault(variant, {})[seed] = {
+            **read_diagnostics(novel),
+            **read_metrics(novel),
+        }
     return per_variant
+
+
+#: The ablation row every other row is compared with, seed by seed.
+REFERENCE = "full"
+
+
+def _versus_reference(
+    seeds: dict[int, list[dict[str, float]]],
+    reference: dict[int, list[dict[str, float]]] | None,
+    key: str = "cIoU",
+) -> str:
+    """``row − reference`` of ``key`` over the seeds both ran (each seed's runs averaged), with
+    its Student-t interval over those paired seeds."""
+    if reference is None:
+        return f"— (no {REFERENCE} row)"
+    common = sorted(set(seeds) & set(reference))
+    if not common:
+        return "— (no seed in common)"
+
+    def per_seed(runs: dict[int, list[dict[str, float]]]) -> list[float]:
+        return [sum(m[key] for m in runs[s]) / len(runs[s]) for s in common]
+
+    estimate = paired_difference(np.array(per_seed(seeds)), np.array(per_seed(reference)))
+    return f"{estimate.format()}, n={estimate.n}"
 
 
 def _spread(metrics: list[dict[str, float]], key: str) -> str:
@@ -125,7 +154,7 @@ def sweep_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[Any]]
         # The baseline first, then the run with synthetic data, then anything else by name.
         order = sorted(per_variant, key=lambda v: ({"without": 0, "with": 1}.get(v, 2), v))
         for variant in order:
-            metrics = per_variant[variant]
+            metrics = list(per_variant[variant].values())
             rows.append(
                 [
                     job.name,
@@ -151,7 +180,7 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
     jobs = _jobs(Path(sweep_dir))
     overrides = {job: _overrides(job) for job in jobs}
     everywhere = set.intersection(*(set(o) for o in overrides.values())) if jobs else set()
-    found: dict[tuple[str, str], list[dict[str, float]]] = {}
+    found: dict[tuple[str, str], dict[int, list[dict[str, float]]]] = {}
     for job in jobs:
         row = _ablation_row(job)
         if row is None:
@@ -164,14 +193,26 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
             and not o.startswith(RUN_KEYS)
         )
         per_variant = _novel_metrics(job)
-        runs = per_variant.get("without") or next(iter(per_variant.values()), [])
-        found.setdefault((row, extra), []).extend(runs)
+        runs = per_variant.get("without") or next(iter(per_variant.values()), {})
+        by_seed = found.setdefault((row, extra), {})
+        for seed, scores in runs.items():
+            by_seed.setdefault(seed, []).append(scores)
     rank = {r: i for i, r in enumerate(PAPER_ABLATION)}
-    headers = ["row", "seeds", "cSm ↑", "cIoU ↑", *DIAGNOSTICS.values(), "paper cSm", "paper cIoU"]
+    headers = [
+        "row",
+        "seeds",
+        "cSm ↑",
+        "cIoU ↑",
+        *DIAGNOSTICS.values(),
+        "paper cSm",
+        "paper cIoU",
+        f"Δ cIoU vs {REFERENCE} (95 % CI)",
+    ]
+    reference = found.get((REFERENCE, ""))
     rows = []
     for row, extra in sorted(found, key=lambda k: (rank.get(k[0], len(rank)), k[0], k[1])):
         paper = PAPER_ABLATION.get(row, PaperRow(row))
-        metrics = found[row, extra]
+        metrics = [m for runs in found[row, extra].values() for m in runs]
         rows.append(
             [
                 f"{paper.label} (`{row}`)" + (f", {extra}" if extra else ""),
@@ -182,6 +223,9 @@ def ablation_rows(sweep_dir: str | os.PathLike) -> tuple[list[str], list[list[An
                 # A row changed by another override is not the paper's row any more.
                 _paper_value(paper.cSm) if not extra else "",
                 _paper_value(paper.cIoU) if not extra else "",
+                "reference"
+                if (row, extra) == (REFERENCE, "")
+                else _versus_reference(found[row, extra], reference),
             ]
         )
     return headers, rows
@@ -202,7 +246,10 @@ def write_sweep_summary(sweep_dir: str | os.PathLike) -> Path:
             "0.428, is 9.6 points (29 % relative). A micro-world sweep is on another dataset at "
             "another scale: compare the ordering of its rows with the paper's, not the values. "
             "The IoU with the class check off and the class accuracy are diagnostics outside the "
-            "official protocol: they tell a bad mask from a wrong class.\n\n"
+            "official protocol: they tell a bad mask from a wrong class. "
+            f"Δ cIoU vs `{REFERENCE}`: the row's cIoU minus the `{REFERENCE}` row's on the same "
+            "seed, averaged over the n seeds both ran, with its 95 % Student-t interval over "
+            "those n paired seeds (n − 1 degrees of freedom; none with 1 seed).\n\n"
             + markdown_table(a_headers, a_rows, align="lr" + "r" * (len(a_headers) - 2))
             + f"\nFor reference, {OVCOSER.label}: cSm {OVCOSER.cSm:.3f}, cIoU {OVCOSER.cIoU:.3f}."
             "\n\n## Every job\n\n"
