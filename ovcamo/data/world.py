@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ovcamo.data.io import atomic_write_json, encode_png, read_image, read_mask
+from ovcamo.data.io import atomic_write_json, encode_png, read_image, read_mask, safe_join
 from ovcamo.data.ovcamo_format import (
     STANDARD_LAYOUT,
     ClassInfo,
@@ -476,8 +476,9 @@ def _write_scene(root: Path, stem: str, scene: Scene) -> None:
     # Plain writes: the whole folder is published by one rename once complete (see ensure_world).
     (root / "image").mkdir(parents=True, exist_ok=True)
     (root / "mask").mkdir(parents=True, exist_ok=True)
-    (root / "image" / f"{stem}.png").write_bytes(encode_png(scene.image))
-    (root / "mask" / f"{stem}.png").write_bytes(encode_png(scene.mask.astype(np.uint8) * 255))
+    safe_join(root / "image", f"{stem}.png", flat=True).write_bytes(encode_png(scene.image))
+    mask = encode_png(scene.mask.astype(np.uint8) * 255)
+    safe_join(root / "mask", f"{stem}.png", flat=True).write_bytes(mask)
 
 
 # ---------------------------------------------------------------- cache
@@ -603,8 +604,8 @@ def render_grid(
     fig, axes = plt.subplots(3, len(chosen), figsize=(1.6 * len(chosen), 5.2), squeeze=False)
     for j, c in enumerate(chosen):
         s = next(s for s in samples if s["base_class"] == c.name)
-        image = read_image(paths.image_dir(c.split) / f"{s['unique_id']}.png")
-        mask = read_mask(paths.mask_dir(c.split) / f"{s['unique_id']}.png")
+        image = read_image(safe_join(paths.image_dir(c.split), f"{s['unique_id']}.png", flat=True))
+        mask = read_mask(safe_join(paths.mask_dir(c.split), f"{s['unique_id']}.png", flat=True))
         sal = next(e for e in captions if e["class_name"] == c.name)
         salient = read_image(root / "salient" / sal["image"])
         for i, (arr, cmap) in enumerate(((image, None), (mask, "gray"), (salient, None))):

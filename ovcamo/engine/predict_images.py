@@ -252,7 +252,7 @@ def predict_images(cfg: Any) -> Path | None:
                 if draw:
                     label = f"{res.class_name} {res.score:.2f}"
                     write_png(
-                        tmp / "overlays" / f"{p.stem}.png",
+                        safe_join(tmp / "overlays", f"{p.stem}.png", flat=True),
                         overlay_prediction(rgb, res.mask, label),
                     )
                     record["overlay"] = f"overlays/{p.stem}.png"
