@@ -161,8 +161,9 @@ class Stage:
     ``name`` names the declaration; a shared stage is planned once for every run (generators,
     variants, seeds) under that name, a per-run stage (``shared=False``) once per training run of
     :attr:`StageGraph.runs`, named by :attr:`StageGraph.run_name` (e.g. ``train/with/seed0``). ``kind`` is its cache folder and part of its key. ``needs`` are the declarations it
-    depends on (declared before it): their keys go into its inputs and they run before it; a
-    per-run stage's per-run needs are those of the same run. ``build(ctx, **params)`` returns the
+    depends on (declared before it): their keys go into its inputs (``None`` for one the plan
+    lacks: whether a stage is planned is ``when``'s alone) and they run before it; a per-run
+    stage's per-run needs are those of the same run. ``build(ctx, **params)`` returns the
     function ``fn(stage_dir) -> outputs`` that computes it; ``when(cfg)`` says whether a loop plans
     it at all; ``check(cfg, plan, name, cache_dir)``, when given, returns the problems ``check=true``
     finds for it (run once per declaration, on its first planned stage).
