@@ -722,7 +722,7 @@ def run_loop(cfg: DictConfig) -> Path:
 def _log_report(ctx: LoopContext, summary: Any, out_dir: Path, report: Path) -> None:
     """The loop's wandb run: per-class tables of every evaluated run, the report as an artifact."""
     tables = {
-        f"{ctx.plan.name('eval', variant=variant, seed=run.seed)}/{part}/per_class": read_per_class(
+        f"{LOOP_STAGES.name('eval', variant=variant, seed=run.seed)}/{part}/per_class": read_per_class(
             getattr(run, part)
         )
         for variant, runs in summary.runs.items()
