@@ -226,7 +226,7 @@ def _refuse_settings(cfg: Any) -> None:
     from ovcamo.data.io import out_dir_problem
     from ovcamo.engine.check import setting_problems
 
-    problems = setting_problems(cfg)
+    problems = [str(p) for p in setting_problems(cfg)]
     try:
         out_dir = cfg.get("out_dir")
     except Exception:  # unresolvable: reported where the command reads it

@@ -96,7 +96,9 @@ def test_each_row_composes_what_it_names(row, monkeypatch, tmp_path):
 def test_a_mismatched_micro_clip_is_a_problem():
     cfg = _compose("backbone=micro_vit")
     (problem,) = preflight_problems(cfg)
-    assert "clip.model='ovcamo_micro_convnext'" in problem and "clip=micro_vit" in problem
+    assert problem.where == "clip.model"
+    assert "clip.model='ovcamo_micro_convnext'" in problem.message
+    assert "clip=micro_vit" in problem.message
 
 
 @pytest.mark.parametrize("backbone", ["micro_convnext_b", "micro_vit"])

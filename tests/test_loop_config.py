@@ -107,7 +107,8 @@ def test_check_names_the_weights_lakered_trains_from(tmp_path):
     missing = tmp_path / "ldm_init"
     cfg = _compose("generator=lakered_micro", f"generator.train.init_checkpoint={missing}")
     (problem,) = check_generator(cfg.generator)
-    assert problem.startswith(f"generator.train.init_checkpoint: {missing} does not exist")
+    assert problem.where == "generator"
+    assert problem.message.startswith(f"generator.train.init_checkpoint: {missing} does not exist")
     missing.mkdir()
     assert check_generator(cfg.generator) == []
 

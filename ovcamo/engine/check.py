@@ -5,16 +5,57 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ovcamo import CONF_DIR
+from ovcamo.data.ovcamo_format import DataPaths, resolve_records
+from ovcamo.engine.resolve import MICRO
+
+# The torch-backed modules (checkpoints, data mixing, devices, models) are imported inside the
+# functions that need them: ``ovcamo-eval`` imports :func:`setting_problems` from here and its
+# scoring path never loads torch (its forked workers must not inherit torch's locks).
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing a check found wrong: ``where`` is the config key (or file) at fault, ``message``
+    the whole sentence shown to the user, which names ``where`` and the fix."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class CheckFailed(ValueError):
-    """``check=true`` found problems; the message lists all of them."""
+    """``check=true`` (or the check before a run) found problems: ``problems`` lists all of them,
+    the message shows them, one a line under ``heading`` (``None``: on one line, ``; `` between)."""
+
+    def __init__(self, problems: Sequence[Problem], heading: str | None = "check found problems:"):
+        self.problems = list(problems)
+        texts = [str(p) for p in self.problems]
+        super().__init__(
+            "; ".join(texts) if heading is None else heading + "\n  - " + "\n  - ".join(texts)
+        )
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """``cfg.out_dir``, or Hydra's per-job folder inside a multirun sweep."""
+    try:
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(hc.runtime.output_dir)
+    except ValueError:  # no Hydra job is running
+        pass
+    return Path(str(cfg.out_dir)).expanduser()
 
 
 def _sam_line(model: DictConfig) -> str:
@@ -33,20 +74,20 @@ def _sam_line(model: DictConfig) -> str:
     return f"SAM weights: {path} ({path.stat().st_size / 2**20:.1f} MiB)"
 
 
-def _weights_line(what: str, value: Any, problems: list[str]) -> str:
+def _weights_line(what: str, value: Any, problems: list[Problem]) -> str:
     if value in (None, ""):
         return f"{what}: none (random initialisation)"
     text = str(value)
     if os.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors")):
         path = Path(text).expanduser()
         if not path.is_file():
-            problems.append(f"{what}: weights file {path} does not exist")
+            problems.append(Problem(str(path), f"{what}: weights file {path} does not exist"))
             return f"{what}: {path} (MISSING)"
         return f"{what}: {path} ({path.stat().st_size / 2**20:.1f} MiB)"
     return f"{what}: tag {text!r} (fetched by its library on first use; offline, give a file path)"
 
 
-def sam_problems(model: DictConfig) -> list[str]:
+def sam_problems(model: DictConfig) -> list[Problem]:
     """A SAM file that is named but missing, or none at all where the config requires one."""
     from ovcamo.models.sam_decoder import SAM_CHECKPOINTS, SAM_URL, sam_checkpoint_path
 
@@ -60,17 +101,23 @@ def sam_problems(model: DictConfig) -> list[str]:
         if Path(path).expanduser().is_file():
             return []
         return [
-            f"model.sam_checkpoint: the SAM file {path} does not exist. Point SAM_CHECKPOINT (or "
-            f"model.sam_checkpoint) at the official {name} ({SAM_URL}{name}), or pass "
-            "model.sam_checkpoint=none to train the decoder from random weights."
+            Problem(
+                "model.sam_checkpoint",
+                f"model.sam_checkpoint: the SAM file {path} does not exist. Point SAM_CHECKPOINT "
+                f"(or model.sam_checkpoint) at the official {name} ({SAM_URL}{name}), or pass "
+                "model.sam_checkpoint=none to train the decoder from random weights.",
+            )
         ]
     if value is None and model.get("sam_required", False):
         return [
-            "No SAM checkpoint is set, but this experiment reproduces the paper, whose prompt "
-            "encoder and mask decoder start from an official SAM checkpoint. Download "
-            f"{name} ({SAM_URL}{name}) and export SAM_CHECKPOINT=/path/to/{name} (or pass "
-            "model.sam_checkpoint=/path/to/it); to train the decoder from random weights "
-            "instead, which is not the paper's setting, pass model.sam_checkpoint=none."
+            Problem(
+                "model.sam_checkpoint",
+                "No SAM checkpoint is set, but this experiment reproduces the paper, whose prompt "
+                "encoder and mask decoder start from an official SAM checkpoint. Download "
+                f"{name} ({SAM_URL}{name}) and export SAM_CHECKPOINT=/path/to/{name} (or pass "
+                "model.sam_checkpoint=/path/to/it); to train the decoder from random weights "
+                "instead, which is not the paper's setting, pass model.sam_checkpoint=none.",
+            )
         ]
     return []
 
@@ -79,7 +126,7 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def setting_problems(cfg: Any, prefix: str = "") -> list[str]:
+def setting_problems(cfg: Any, prefix: str = "") -> list[Problem]:
     """Numeric settings of any command's config that no run can use, found by key name anywhere
     in ``cfg`` (``hydra`` aside): a batch size (``batch_size``, ``*_batch_size``) below 1, a
     worker count (``num_workers``) below 0, ``epochs`` below 1 and a negative ``max_steps``.
@@ -90,7 +137,7 @@ def setting_problems(cfg: Any, prefix: str = "") -> list[str]:
         "epochs": (1, "a whole number, 1 or more"),
         "max_steps": (0, "a whole number of optimiser steps (0 or null: no limit)"),
     }
-    problems: list[str] = []
+    problems: list[Problem] = []
     for key in cfg:
         if not prefix and key == "hydra":
             continue
@@ -100,7 +147,7 @@ def setting_problems(cfg: Any, prefix: str = "") -> list[str]:
             continue
         rule = rules.get("batch_size" if str(key).endswith("batch_size") else str(key))
         if rule is not None and value is not None and not (_whole(value) and value >= rule[0]):
-            problems.append(f"{prefix}{key}={value!r} must be {rule[1]}")
+            problems.append(Problem(f"{prefix}{key}", f"{prefix}{key}={value!r} must be {rule[1]}"))
         elif OmegaConf.is_dict(value):
             problems += setting_problems(value, f"{prefix}{key}.")
     return problems
@@ -116,37 +163,51 @@ def optimizer_steps(batches_per_epoch: int, cfg_train: Any) -> int:
     return steps
 
 
-def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[str]:
+def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[Problem]:
     """Settings that would make a training run fail late or not be what its config claims,
     found from the config alone: run by ``check=true`` and before any training starts."""
-    from ovcamo.engine.resolve import MICRO
-
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     tc = cfg.train
     problems = setting_problems(cfg)
     if int(tc.get("grad_accum", 1)) < 1:
-        problems.append(f"train.grad_accum must be at least 1, got {tc.get('grad_accum')}")
+        problems.append(
+            Problem(
+                "train.grad_accum",
+                f"train.grad_accum must be at least 1, got {tc.get('grad_accum')}",
+            )
+        )
     problems += sam_problems(cfg.model)
     batch = int(tc.get("batch_size", 1))
     if batch >= 1 and batch % world:
         problems.append(
-            f"train.batch_size={batch} is the global batch, split over the {world} processes, and "
-            f"must be a multiple of {world}: choose a batch size divisible by the number of "
-            "processes (or scale train.lr with the batch you choose)."
+            Problem(
+                "train.batch_size",
+                f"train.batch_size={batch} is the global batch, split over the {world} processes, "
+                f"and must be a multiple of {world}: choose a batch size divisible by the number of "
+                "processes (or scale train.lr with the batch you choose).",
+            )
         )
     select = tc.get("select", "final")
     if select not in ("final", "best"):
-        problems.append(f"train.select must be final or best, got {select!r}")
+        problems.append(
+            Problem("train.select", f"train.select must be final or best, got {select!r}")
+        )
     val_every = tc.get("val_every_epochs")
     if not isinstance(val_every, int | None) or (val_every or 0) < 0:
         problems.append(
-            f"train.val_every_epochs must be a whole number of epochs, 0 or more (0 or null: no "
-            f"validation during the run), got {val_every!r}"
+            Problem(
+                "train.val_every_epochs",
+                "train.val_every_epochs must be a whole number of epochs, 0 or more (0 or null: "
+                f"no validation during the run), got {val_every!r}",
+            )
         )
     elif select == "best" and not val_every:
         problems.append(
-            "train.select=best keeps the best validated checkpoint, but train.val_every_epochs="
-            f"{val_every} never validates: set it to 1 or more"
+            Problem(
+                "train.val_every_epochs",
+                "train.select=best keeps the best validated checkpoint, but train.val_every_epochs="
+                f"{val_every} never validates: set it to 1 or more",
+            )
         )
     backbone = cfg.model.backbone
     clip = cfg.get("clip")
@@ -157,9 +218,13 @@ def preflight_problems(cfg: DictConfig, world_size: int | None = None) -> list[s
             if OmegaConf.load(p).get("model") == backbone.name
         ]
         problems.append(
-            f"backbone.pretrained=micro trains the micro CLIP clip.model={clip.model!r}, but the "
-            f"backbone is {backbone.name!r}: choose the clip config that goes with the backbone"
-            + (f" (clip={matching[0]})" if matching else f" (clip.model={backbone.name})")
+            Problem(
+                "clip.model",
+                f"backbone.pretrained=micro trains the micro CLIP clip.model={clip.model!r}, but "
+                f"the backbone is {backbone.name!r}: choose the clip config that goes with the "
+                "backbone"
+                + (f" (clip={matching[0]})" if matching else f" (clip.model={backbone.name})"),
+            )
         )
     return problems
 
@@ -181,20 +246,24 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     passed" line to a caller that checks more (``ovcamo-loop``)."""
     from ovcamo.checkpoint import resolve_checkpoint_dir
     from ovcamo.data.mixing import SyntheticSetError, load_sources, source_shares
-    from ovcamo.data.ovcamo_format import DataPaths, resolve_records
     from ovcamo.engine.distributed import pick_device
-    from ovcamo.engine.train import run_dir_of
 
-    problems: list[str] = []
+    problems: list[Problem] = []
     lines: list[str] = []
     tc = cfg.train
     problems += preflight_problems(cfg)
     if float(tc.lr) <= 0:
-        problems.append(f"train.lr must be positive, got {tc.lr}")
+        problems.append(Problem("train.lr", f"train.lr must be positive, got {tc.lr}"))
     if tc.get("amp", "bf16") not in ("bf16", "none", None):
-        problems.append(f"train.amp must be bf16 or none, got {tc.get('amp')!r}")
+        problems.append(
+            Problem("train.amp", f"train.amp must be bf16 or none, got {tc.get('amp')!r}")
+        )
     if cfg.get("logger", {}).get("name", "jsonl") not in ("jsonl", "wandb", "none"):
-        problems.append(f"logger.name must be jsonl, wandb or none, got {cfg.logger.name!r}")
+        problems.append(
+            Problem(
+                "logger.name", f"logger.name must be jsonl, wandb or none, got {cfg.logger.name!r}"
+            )
+        )
     device = pick_device(str(cfg.get("device", "auto")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lines.append(f"device: {device}, {world} process(es)")
@@ -206,7 +275,12 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     )
     if backbone.get("pretrained") == "micro":
         if not cfg.data.get("world"):
-            problems.append("backbone.pretrained=micro needs data=micro (a micro-world)")
+            problems.append(
+                Problem(
+                    "backbone.pretrained",
+                    "backbone.pretrained=micro needs data=micro (a micro-world)",
+                )
+            )
         lines.append("  CLIP weights: the micro CLIP (trained on first use, then cached)")
     else:
         lines.append("  " + _weights_line("CLIP weights", backbone.get("pretrained"), problems))
@@ -223,7 +297,7 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
         try:
             paths = DataPaths.from_cfg(cfg.data)
         except KeyError as e:
-            problems.append(str(e))
+            problems.append(Problem("data", str(e)))
             paths = None
         if paths is not None:
             missing = [
@@ -235,9 +309,12 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
             ]
             if missing:
                 problems.append(
-                    "missing dataset paths: "
-                    + ", ".join(missing)
-                    + " (point OVCAMO_ROOT or data.root at the OVCamo download, or set each key)"
+                    Problem(
+                        "data",
+                        "missing dataset paths: "
+                        + ", ".join(missing)
+                        + " (point OVCAMO_ROOT or data.root at the OVCamo download, or set each key)",
+                    )
                 )
             else:
                 for split in ("train", "test"):
@@ -245,11 +322,14 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
                     lines.append(f"data {split}: {report.summary()}")
                     if report.n_errors:
                         problems.append(
-                            f"data {split} split: {report.n_errors} unusable samples "
-                            + (
-                                "(data.strict=true stops on them)"
-                                if cfg.data.get("strict")
-                                else "(they will be skipped)"
+                            Problem(
+                                "data",
+                                f"data {split} split: {report.n_errors} unusable samples "
+                                + (
+                                    "(data.strict=true stops on them)"
+                                    if cfg.data.get("strict")
+                                    else "(they will be skipped)"
+                                ),
                             )
                         )
                 try:
@@ -262,7 +342,7 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
                             + (f", NOVEL classes {s.novel_classes}" if s.novel_classes else "")
                         )
                 except (SyntheticSetError, FileNotFoundError, ValueError) as e:
-                    problems.append(str(e))
+                    problems.append(Problem("data.synthetic", str(e)))
     per_process = f"{int(tc.batch_size) // world} per process" if world > 1 else "1 process"
     batch = f"global batch {tc.batch_size} ({per_process})"
     if sizes and not setting_problems(cfg):
@@ -280,7 +360,11 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     run_dir = run_dir_of(cfg)
     existing = resolve_checkpoint_dir(run_dir / "checkpoints" / "last")
     if existing and not cfg.get("resume", False):
-        problems.append(f"{run_dir} already holds a run: pass resume=true or another out_dir")
+        problems.append(
+            Problem(
+                str(run_dir), f"{run_dir} already holds a run: pass resume=true or another out_dir"
+            )
+        )
     lines.append(
         f"run folder: {run_dir}"
         + (f" (resuming from {existing})" if existing and cfg.get("resume") else "")
@@ -292,7 +376,7 @@ def check_training(cfg: DictConfig, verdict: bool = True) -> list[str]:
     for line in lines:
         print(line)
     if problems:
-        raise CheckFailed("check found problems:\n  - " + "\n  - ".join(problems))
+        raise CheckFailed(problems)
     if verdict:
         print("check passed: nothing was computed")
     return lines

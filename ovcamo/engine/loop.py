@@ -1,6 +1,7 @@
 """``ovcamo-loop``: generate → train without/with synthetic data → evaluate → report.
 
-Every stage is cached under ``<cache_dir>/loop/<kind>/<key>`` (:mod:`ovcamo.engine.stage_cache`),
+The stages are declared once, in :data:`LOOP_STAGES`; their run order, cache keys, printed plan,
+worker lanes and ``check=true`` all follow from those declarations. Every stage is cached under ``<cache_dir>/loop/<kind>/<key>`` (:mod:`ovcamo.engine.stage_cache`),
 where the key is a content hash of the stage's resolved config, of the keys of the stages it
 depends on and of the toolkit's code version (:func:`ovcamo.provenance.code_version`), never of
 paths or wall clock. A killed loop reruns exactly the stages that had not
@@ -12,20 +13,46 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ovcamo.data import load_sample_info
+from generation.planner import make_plan
+from generation.run import generate
+from ovcamo.data import DataPaths, OVCamoDataset, load_sample_info
+from ovcamo.data.config import resolve_data_paths
 from ovcamo.data.io import atomic_write_json
-from ovcamo.engine.stage_cache import StageCache, content_hash, cpu_seconds, stage_key, to_plain
+from ovcamo.data.world import render_extra_set, resolve_world
+from ovcamo.engine.baseline import NAME as BASELINE_NAME
+from ovcamo.engine.baseline import score_baseline
+from ovcamo.engine.check import Problem, preflight_problems
+from ovcamo.engine.evaluate import score_prediction_dir, write_results
+from ovcamo.engine.logging import log_loop_report
+from ovcamo.engine.loop_check import check_generator, check_loop, check_training_run
+from ovcamo.engine.micro_clip import ensure_micro_clip
+from ovcamo.engine.predict import predict_to_dir
+from ovcamo.engine.stage_cache import (
+    Stage,
+    StageCache,
+    StageGraph,
+    StagePlan,
+    content_hash,
+    cpu_seconds,
+    to_plain,
+)
+from ovcamo.engine.train import run as train_run
+from ovcamo.report.loop_report import LoopSummary, RunFiles, read_per_class, write_loop_report
 
 log = logging.getLogger(__name__)
 
@@ -38,101 +65,8 @@ SET_STAGES = {"with": "generate", "real": "real_extra"}
 LOOP_ONLY_KEYS = ("loop", "generator", "planner", "check")
 
 
-@dataclass
-class StagePlan:
-    """The keys of every stage, computed from the config alone (before any compute)."""
-
-    inputs: dict[str, dict[str, Any]]
-    kinds: dict[str, str]
-
-    def key(self, name: str) -> str:
-        return stage_key(self.kinds[name], self.inputs[name])
-
-
 def _without_keys(node: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in keys}
-
-
-def plan_stages(cfg: DictConfig) -> StagePlan:
-    """Inputs of each stage, so keys change exactly when something the stage reads changes.
-
-    The run without synthetic data does not depend on the generator, the planner or
-    ``data.synthetic_ratio``: a sweep over those trains the baseline once.
-    """
-    world = to_plain(cfg.data.get("world"))
-    clip = to_plain(cfg.get("clip"))
-    data = _without_keys(to_plain(cfg.data), ("world", "synthetic", "synthetic_ratio"))
-    inputs: dict[str, dict[str, Any]] = {}
-    kinds: dict[str, str] = {}
-
-    def add(name: str, kind: str, value: dict[str, Any]) -> str:
-        inputs[name], kinds[name] = value, kind
-        return stage_key(kind, value)
-
-    world_key = add("data", "data", {"world": world, "data": data if not world else None})
-    clip_key = add("micro_clip", "clip", {"world": world_key, "clip": clip}) if world else None
-    for variant in cfg.loop.variants:
-        if variant not in VARIANTS:
-            raise KeyError(f"loop.variants: unknown variant {variant!r}; choose from {VARIANTS}")
-    if "real" in cfg.loop.variants and not world:
-        raise KeyError(
-            "loop.variants: 'real' renders extra real samples and needs the micro-world "
-            "(data=micro); on a real dataset use loop.variants=[without,with]"
-        )
-    gen_key = None
-    if any(v in cfg.loop.variants for v in SET_STAGES):
-        gen_key = add(
-            "generate",
-            "generate",
-            {
-                # The planner never draws sources from the held-out part: data.holdout_* matter.
-                "world": world_key,
-                "data": data,
-                "generator": to_plain(cfg.generator),
-                "planner": to_plain(cfg.planner),
-            },
-        )
-    set_keys = {"with": gen_key}
-    rare_key = None
-    if world and gen_key:
-        # The planner's classes and amounts, not the generator's output: a generator sweep keeps
-        # both the real extra set (as many new real samples per class as the plan asks the
-        # generator for) and the rare-class set, and so the real arm's runs.
-        planned = {"world": world_key, "data": data, "planner": to_plain(cfg.planner)}
-        set_keys["real"] = add("real_extra", "real_extra", planned)
-        rare_key = add(
-            "rare_eval",
-            "rare_eval",
-            {**planned, "per_class": int(cfg.loop.rare_eval.per_class)},
-        )
-    if world:
-        add("baseline", "baseline", {"world": world_key, "rare_eval": rare_key})
-    training = {
-        "world": world_key,
-        "clip": clip_key,
-        "data": data,
-        "model": to_plain(cfg.model),
-        "backbone": to_plain(cfg.get("backbone")),
-        "train": to_plain(cfg.train),
-    }
-    for variant in cfg.loop.variants:
-        synthetic = (
-            {"set": set_keys[variant], "ratio": float(cfg.data.synthetic_ratio)}
-            if variant in SET_STAGES
-            else None
-        )
-        for seed in cfg.loop.seeds:
-            train_key = add(
-                f"train/{variant}/seed{seed}",
-                "train",
-                {**training, "synthetic": synthetic, "seed": int(seed)},
-            )
-            add(
-                f"eval/{variant}/seed{seed}",
-                "eval",
-                {"train": train_key, "eval": to_plain(cfg.loop.eval), "rare_eval": rare_key},
-            )
-    return StagePlan(inputs, kinds)
 
 
 def loop_group(cfg: DictConfig, plan: StagePlan) -> str:
@@ -150,11 +84,6 @@ def _outside_hydra_job() -> Iterator[None]:
     training runs must live in their own stage folders instead, or the runs of one job (without and
     with synthetic data, every seed) would share one folder.
     """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-    except ImportError:
-        yield
-        return
     hydra_config = HydraConfig.instance()
     saved = hydra_config.cfg
     hydra_config.cfg = None
@@ -175,11 +104,17 @@ class LoopContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     group: str | None = None
 
-    def run(self, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    def run(self, name: str) -> dict[str, Any]:
+        """Run (or replay from the cache) the planned stage ``name``."""
+        fn = self.plan.build(self, name)
         with _outside_hydra_job():
             record = self.stages.run(name, self.plan.kinds[name], self.plan.inputs[name], fn)
         self.outputs[name] = record.outputs
         return record.outputs
+
+    def output(self, stage: str, **params: Any) -> dict[str, Any] | None:
+        """The outputs of declaration ``stage`` (of the run ``params``), once it has run."""
+        return self.outputs.get(self.plan.name(stage, **params))
 
 
 def training_config(
@@ -224,14 +159,12 @@ def training_config(
 
 
 def _run_config(ctx: LoopContext, variant: str, seed: int, out_dir: Path) -> DictConfig:
-    synthetic = ctx.outputs[SET_STAGES[variant]]["set_dir"] if variant in SET_STAGES else None
+    synthetic = ctx.output(SET_STAGES[variant])["set_dir"] if variant in SET_STAGES else None
     return training_config(ctx.cfg, variant, seed, out_dir, ctx.cache_dir, synthetic, ctx.group)
 
 
 def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.data.config import resolve_data_paths
-
         paths = resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir))
         return {"paths": paths.to_json(), "class_info": str(paths.class_info)}
 
@@ -240,8 +173,6 @@ def _data_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 
 def _clip_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.engine.micro_clip import ensure_micro_clip
-
         checkpoint = ensure_micro_clip(ctx.cfg.clip, ctx.cfg.data.world, ctx.cache_dir)
         return {"checkpoint": str(checkpoint)}
 
@@ -250,8 +181,6 @@ def _clip_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 
 def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from generation.run import generate
-
         gcfg = OmegaConf.create(
             {
                 "data": OmegaConf.to_container(ctx.cfg.data, resolve=False),
@@ -281,9 +210,6 @@ def _generate_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 def _plan(ctx: LoopContext) -> Any:
     """What the planner asks any generator for, planned as ``ovcamo-generate`` plans it: the rare
     classes (``targets``) and one item per sample."""
-    from generation.planner import make_plan
-    from ovcamo.data.config import resolve_data_paths
-
     return make_plan(
         resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir)),
         ctx.cfg.planner,
@@ -296,8 +222,6 @@ def _plan(ctx: LoopContext) -> Any:
 
 def _real_extra_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.data.world import render_extra_set, resolve_world
-
         counts = dict(Counter(item.class_name for item in _plan(ctx).items))
         spec = resolve_world(ctx.cfg.data.world)
         set_dir = render_extra_set(spec, counts, directory / "set", namespace="extra")
@@ -308,8 +232,6 @@ def _real_extra_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 
 def _rare_eval_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.data.world import render_extra_set, resolve_world
-
         rare = sorted(_plan(ctx).targets)
         if not rare:
             return {"set_dir": None, "classes": []}
@@ -324,18 +246,12 @@ def _rare_eval_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
 
 
 def _rare_eval_paths(ctx: LoopContext) -> Any:
-    from ovcamo.data import DataPaths
-
-    set_dir = (ctx.outputs.get("rare_eval") or {}).get("set_dir")
+    set_dir = (ctx.output("rare_eval") or {}).get("set_dir")
     return DataPaths.from_paths_json(Path(set_dir) / "paths.json") if set_dir else None
 
 
 def _baseline_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.data import OVCamoDataset
-        from ovcamo.data.config import resolve_data_paths
-        from ovcamo.engine.baseline import NAME, score_baseline
-
         parts = {"novel": (resolve_data_paths(ctx.cfg.data, cache_dir=str(ctx.cache_dir)), "test")}
         rare = _rare_eval_paths(ctx)
         if rare is not None:
@@ -346,18 +262,16 @@ def _baseline_stage(ctx: LoopContext) -> Callable[[Path], dict[str, Any]]:
             )
             for part, (paths, split) in parts.items()
         }
-        atomic_write_json(directory / "baseline.json", {"name": NAME, **scores})
-        return {"name": NAME, **scores}
+        atomic_write_json(directory / "baseline.json", {"name": BASELINE_NAME, **scores})
+        return {"name": BASELINE_NAME, **scores}
 
     return fn
 
 
 def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.engine.train import run
-
         tcfg = _run_config(ctx, variant, seed, directory / "run")
-        result = run(tcfg)
+        result = train_run(tcfg)
         # Without a validation part there is no best checkpoint: the last one is scored.
         best = result.best_checkpoint or result.last_checkpoint
         return {
@@ -372,12 +286,7 @@ def _train_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], 
 
 def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], dict[str, Any]]:
     def fn(directory: Path) -> dict[str, Any]:
-        from ovcamo.data import OVCamoDataset
-        from ovcamo.data.config import resolve_data_paths
-        from ovcamo.engine.evaluate import score_prediction_dir, write_results
-        from ovcamo.engine.predict import predict_to_dir
-
-        trained = ctx.outputs[f"train/{variant}/seed{seed}"]
+        trained = ctx.output("train", variant=variant, seed=seed)
         pcfg = _run_config(ctx, variant, seed, directory)
         pcfg.checkpoint = trained["best_checkpoint"]
         for key, value in ctx.cfg.loop.eval.items():
@@ -430,22 +339,179 @@ def _eval_stage(ctx: LoopContext, variant: str, seed: int) -> Callable[[Path], d
     return fn
 
 
-def stage_order(cfg: DictConfig) -> list[str]:
-    """Stage names in the order they run: data, micro CLIP, generation, then per seed both runs."""
-    names = ["data"]
-    world = bool(cfg.data.get("world"))
-    if world:
-        names.append("micro_clip")
-    if any(v in cfg.loop.variants for v in SET_STAGES):
-        names.append("generate")
-        if world:
-            names += ["real_extra", "rare_eval"]
-    if world:
-        names.append("baseline")
-    for seed in cfg.loop.seeds:
-        for variant in cfg.loop.variants:
-            names += [f"train/{variant}/seed{seed}", f"eval/{variant}/seed{seed}"]
-    return names
+def _world(cfg: DictConfig) -> Any:
+    return to_plain(cfg.data.get("world"))
+
+
+def _has_world(cfg: DictConfig) -> bool:
+    return bool(_world(cfg))
+
+
+def _data(cfg: DictConfig) -> dict[str, Any]:
+    """The data settings every stage reads; the sets mixed into training are the train stage's."""
+    return _without_keys(to_plain(cfg.data), ("world", "synthetic", "synthetic_ratio"))
+
+
+def _mixes_a_set(cfg: DictConfig) -> bool:
+    return any(v in cfg.loop.variants for v in SET_STAGES)
+
+
+def _planned(cfg: DictConfig, keys: Mapping[str, str | None]) -> dict[str, Any]:
+    """The planner's classes and amounts, not the generator's output: a generator sweep keeps
+    both the real extra set (as many new real samples per class as the plan asks the generator
+    for) and the rare-class set, and so the real arm's runs."""
+    return {"world": keys["data"], "data": _data(cfg), "planner": to_plain(cfg.planner)}
+
+
+def _training(
+    cfg: DictConfig, keys: Mapping[str, str | None], variant: str, seed: int
+) -> dict[str, Any]:
+    """What a training run reads. The run without synthetic data does not depend on the
+    generator, the planner or ``data.synthetic_ratio``: a sweep over those trains it once."""
+    synthetic = (
+        {"set": keys[SET_STAGES[variant]], "ratio": float(cfg.data.synthetic_ratio)}
+        if variant in SET_STAGES
+        else None
+    )
+    return {
+        "world": keys["data"],
+        "clip": keys["micro_clip"],
+        "data": _data(cfg),
+        "model": to_plain(cfg.model),
+        "backbone": to_plain(cfg.get("backbone")),
+        "train": to_plain(cfg.train),
+        "synthetic": synthetic,
+        "seed": int(seed),
+    }
+
+
+def _check_generate(cfg: DictConfig, plan: StagePlan, name: str, cache_dir: Path) -> list[Problem]:
+    # The real-extra arm copies the generated set's class counts: it needs the generator too.
+    return check_generator(cfg.generator)
+
+
+def _check_train(cfg: DictConfig, plan: StagePlan, name: str, cache_dir: Path) -> list[Problem]:
+    """``ovcamo-train``'s own check, on the config of run ``name`` without synthetic data (a run
+    with it differs only in a set that does not exist before generation)."""
+    out_dir = StageCache(cache_dir / "loop").directory(plan.kinds[name], plan.key(name))
+    seed = int(plan.params[name]["seed"])
+    return check_training_run(
+        cfg, training_config(cfg, "without", seed, out_dir / "run", cache_dir)
+    )
+
+
+def _runs(cfg: DictConfig) -> list[dict[str, Any]]:
+    """The training runs, seed by seed: each variant of ``loop.variants`` per seed."""
+    return [{"variant": str(v), "seed": int(s)} for s in cfg.loop.seeds for v in cfg.loop.variants]
+
+
+#: The loop's stages. A key hashes its ``inputs`` (with the keys of the stages it ``needs``), its
+#: kind and the code version; ``shared`` stages run once for every generator, variant and seed;
+#: the others once per training run, in that run's lane.
+LOOP_STAGES = StageGraph(
+    (
+        Stage(
+            "data",
+            "data",
+            lambda cfg, keys: {
+                "world": _world(cfg),
+                "data": None if _has_world(cfg) else _data(cfg),
+            },
+            _data_stage,
+        ),
+        Stage(
+            "micro_clip",
+            "clip",
+            lambda cfg, keys: {"world": keys["data"], "clip": to_plain(cfg.get("clip"))},
+            _clip_stage,
+            needs=("data",),
+            when=_has_world,
+        ),
+        Stage(
+            "generate",
+            "generate",
+            # The planner never draws sources from the held-out part: data.holdout_* matter.
+            lambda cfg, keys: {
+                "world": keys["data"],
+                "data": _data(cfg),
+                "generator": to_plain(cfg.generator),
+                "planner": to_plain(cfg.planner),
+            },
+            _generate_stage,
+            needs=("data",),
+            when=_mixes_a_set,
+            check=_check_generate,
+        ),
+        Stage(
+            "real_extra",
+            "real_extra",
+            _planned,
+            _real_extra_stage,
+            needs=("data",),
+            when=lambda cfg: _has_world(cfg) and _mixes_a_set(cfg),
+        ),
+        Stage(
+            "rare_eval",
+            "rare_eval",
+            lambda cfg, keys: {
+                **_planned(cfg, keys),
+                "per_class": int(cfg.loop.rare_eval.per_class),
+            },
+            _rare_eval_stage,
+            needs=("data",),
+            when=lambda cfg: _has_world(cfg) and _mixes_a_set(cfg),
+        ),
+        Stage(
+            "baseline",
+            "baseline",
+            lambda cfg, keys: {"world": keys["data"], "rare_eval": keys["rare_eval"]},
+            _baseline_stage,
+            needs=("data", "rare_eval"),
+            when=_has_world,
+        ),
+        Stage(
+            "train",
+            "train",
+            _training,
+            _train_stage,
+            needs=("data", "micro_clip", "generate", "real_extra"),
+            shared=False,
+            check=_check_train,
+        ),
+        Stage(
+            "eval",
+            "eval",
+            lambda cfg, keys, variant, seed: {
+                "train": keys["train"],
+                "eval": to_plain(cfg.loop.eval),
+                "rare_eval": keys["rare_eval"],
+            },
+            _eval_stage,
+            needs=("train", "rare_eval"),
+            shared=False,
+        ),
+    ),
+    runs=_runs,
+)
+
+
+def plan_stages(cfg: DictConfig, graph: StageGraph = LOOP_STAGES) -> StagePlan:
+    """Every stage ``cfg`` asks for, with the inputs of its key, so keys change exactly when
+    something the stage reads changes."""
+    for variant in cfg.loop.variants:
+        if variant not in VARIANTS:
+            raise KeyError(f"loop.variants: unknown variant {variant!r}; choose from {VARIANTS}")
+    if "real" in cfg.loop.variants and not _has_world(cfg):
+        raise KeyError(
+            "loop.variants: 'real' renders extra real samples and needs the micro-world "
+            "(data=micro); on a real dataset use loop.variants=[without,with]"
+        )
+    return graph.plan(cfg)
+
+
+def stage_order(cfg: DictConfig, graph: StageGraph = LOOP_STAGES) -> list[str]:
+    """Stage names in the order they run: the shared stages, then run by run (train, eval)."""
+    return plan_stages(cfg, graph).order
 
 
 def describe_plan(cfg: DictConfig, plan: StagePlan, stages: StageCache) -> str:
@@ -457,12 +523,12 @@ def describe_plan(cfg: DictConfig, plan: StagePlan, stages: StageCache) -> str:
         f"(pretrained {cfg.backbone.get('pretrained')})",
         f"  seeds: {list(cfg.loop.seeds)}  runs: {list(cfg.loop.variants)}",
     ]
-    if "with" in cfg.loop.variants:
+    if "generate" in plan.inputs:
         lines.append(
             f"  generator: {cfg.generator.get('name', '?')}  planner rule: "
             f"{cfg.planner.get('rule', '?')}  synthetic ratio: {cfg.data.synthetic_ratio}"
         )
-    for name in stage_order(cfg):
+    for name in plan.order:
         key = plan.key(name)
         state = "cached" if stages.is_done(plan.kinds[name], key) else "to run"
         lines.append(f"  - {name:<24} {key}  {state}")
@@ -470,14 +536,11 @@ def describe_plan(cfg: DictConfig, plan: StagePlan, stages: StageCache) -> str:
 
 
 def _summary(ctx: LoopContext) -> Any:
-    from ovcamo.data.config import resolve_data_paths
-    from ovcamo.report.loop_report import LoopSummary, RunFiles
-
     cfg = ctx.cfg
     runs: dict[str, list[RunFiles]] = {}
     for variant in cfg.loop.variants:
         for seed in cfg.loop.seeds:
-            o = ctx.outputs[f"eval/{variant}/seed{seed}"]
+            o = ctx.output("eval", variant=variant, seed=int(seed))
             runs.setdefault(variant, []).append(
                 RunFiles(
                     int(seed),
@@ -488,10 +551,11 @@ def _summary(ctx: LoopContext) -> Any:
                     Path(o["rare_eval"]) if o.get("rare_eval") else None,
                 )
             )
-    gen = ctx.outputs.get("generate")
+    gen = ctx.output("generate")
+    clip = ctx.output("micro_clip")
     clip_report: dict[str, Any] = {}
-    if ctx.outputs.get("micro_clip"):
-        path = Path(ctx.outputs["micro_clip"]["checkpoint"]).parent / "report.json"
+    if clip:
+        path = Path(clip["checkpoint"]).parent / "report.json"
         if path.is_file():
             clip_report = json.loads(path.read_text(encoding="utf-8"))
     return LoopSummary(
@@ -520,38 +584,15 @@ def _summary(ctx: LoopContext) -> Any:
             },
         },
         synthetic_dir=Path(gen["set_dir"]) if gen else None,
-        baseline=ctx.outputs.get("baseline"),
+        baseline=ctx.output("baseline"),
         grid_samples=int(cfg.loop.report.grid_samples),
         prediction_samples=int(cfg.loop.report.prediction_samples),
     )
 
 
-_SHARED_STAGES = {
-    "data": _data_stage,
-    "micro_clip": _clip_stage,
-    "generate": _generate_stage,
-    "real_extra": _real_extra_stage,
-    "rare_eval": _rare_eval_stage,
-    "baseline": _baseline_stage,
-}
-
-
-def _shared_stages(cfg: DictConfig) -> list[str]:
-    """The stages every training run depends on, in order."""
-    return [n for n in stage_order(cfg) if n in _SHARED_STAGES]
-
-
-def _stage_fn(ctx: LoopContext, name: str) -> Callable[[Path], dict[str, Any]]:
-    if name in _SHARED_STAGES:
-        return _SHARED_STAGES[name](ctx)
-    kind, variant, seed = name.split("/")
-    stage = {"train": _train_stage, "eval": _eval_stage}[kind]
-    return stage(ctx, variant, int(seed.removeprefix("seed")))
-
-
-def _context(cfg: DictConfig) -> LoopContext:
+def _context(cfg: DictConfig, graph: StageGraph = LOOP_STAGES) -> LoopContext:
     cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
-    plan = plan_stages(cfg)
+    plan = plan_stages(cfg, graph)
     return LoopContext(
         cfg, cache_dir, StageCache(cache_dir / "loop"), plan, group=loop_group(cfg, plan)
     )
@@ -560,15 +601,13 @@ def _context(cfg: DictConfig) -> LoopContext:
 def _run_lane(container: dict[str, Any], names: list[str]) -> list[Any]:
     """One worker process on one thread: the shared stages replayed from the cache, then
     ``names``."""
-    import torch
-
     torch.set_num_threads(1)
     ctx = _context(OmegaConf.create(container))
-    for name in _shared_stages(ctx.cfg):
-        ctx.run(name, _stage_fn(ctx, name))
+    for name in ctx.plan.shared():
+        ctx.run(name)
     ctx.stages.records.clear()
     for name in names:
-        ctx.run(name, _stage_fn(ctx, name))
+        ctx.run(name)
     return ctx.stages.records
 
 
@@ -606,16 +645,11 @@ def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
     :func:`lane_slots`; stages of one loop are disjoint folders, so they run side by side), each
     worker on its own GPU when there are several (:func:`worker_gpu_env`); records come back in
     lane order."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-
     container = OmegaConf.to_container(ctx.cfg, resolve=True)
     slots = lane_slots(len(lanes), workers)
     results: list[list[Any]] = [[] for _ in lanes]
     # forkserver: this process has run torch's thread pools, which a fork can deadlock.
     pool_context = multiprocessing.get_context("forkserver")
-    import torch
-
     # One GPU per worker on a machine with several: worker k trains on GPU k mod n.
     n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     pin = (pool_context.Value("i", 0), n_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
@@ -639,26 +673,20 @@ def _run_lanes(ctx: LoopContext, lanes: list[list[str]], workers: int) -> None:
 
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every stage, then write the report; returns ``report.md``'s path."""
-    from ovcamo.report.loop_report import write_loop_report
-
     out_dir = Path(os.path.expanduser(str(cfg.out_dir)))
     if not cfg.loop.variants or not cfg.loop.seeds:
         raise ValueError("loop.variants and loop.seeds must not be empty")
     ctx = _context(cfg)
     print(describe_plan(cfg, ctx.plan, ctx.stages), flush=True)
     t0 = time.perf_counter()
-    for name in _shared_stages(cfg):
-        ctx.run(name, _stage_fn(ctx, name))
-    lanes = [
-        [f"train/{variant}/seed{seed}", f"eval/{variant}/seed{seed}"]
-        for seed in cfg.loop.seeds
-        for variant in cfg.loop.variants
-    ]
+    for name in ctx.plan.shared():
+        ctx.run(name)
+    lanes = ctx.plan.lanes()
     workers = min(int(cfg.loop.get("workers") or 1), len(lanes))
     if workers <= 1:
         for lane in lanes:
             for name in lane:
-                ctx.run(name, _stage_fn(ctx, name))
+                ctx.run(name)
     else:
         _run_lanes(ctx, lanes, workers)
     t_report, c_report = time.perf_counter(), cpu_seconds()
@@ -693,11 +721,10 @@ def run_loop(cfg: DictConfig) -> Path:
 
 def _log_report(ctx: LoopContext, summary: Any, out_dir: Path, report: Path) -> None:
     """The loop's wandb run: per-class tables of every evaluated run, the report as an artifact."""
-    from ovcamo.engine.logging import log_loop_report
-    from ovcamo.report.loop_report import read_per_class
-
     tables = {
-        f"eval/{variant}/seed{run.seed}/{part}/per_class": read_per_class(getattr(run, part))
+        f"{LOOP_STAGES.name('eval', variant=variant, seed=run.seed)}/{part}/per_class": read_per_class(
+            getattr(run, part)
+        )
         for variant, runs in summary.runs.items()
         for run in runs
         for part in ("novel", "base_val")
@@ -715,15 +742,11 @@ def _log_report(ctx: LoopContext, summary: Any, out_dir: Path, report: Path) -> 
 def main(cfg: DictConfig) -> Path | None:
     """``ovcamo-loop``; with ``check=true`` validates inputs and prints the plan, computing nothing."""
     if not cfg.get("check"):
-        from ovcamo.engine.check import preflight_problems
-
         problems = preflight_problems(cfg)
         if problems:
-            print("ovcamo-loop: " + "\n\n".join(problems), file=sys.stderr)
+            print("ovcamo-loop: " + "\n\n".join(map(str, problems)), file=sys.stderr)
             raise SystemExit(2)
     if cfg.get("check"):
-        from ovcamo.engine.loop_check import check_loop
-
         cache_dir = Path(os.path.expanduser(str(cfg.cache_dir)))
         plan = plan_stages(cfg)
         print(describe_plan(cfg, plan, StageCache(cache_dir / "loop")))

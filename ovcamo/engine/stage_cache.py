@@ -147,3 +147,136 @@ class StageCache:
             if isinstance(value, str) and value.startswith("/") and not Path(value).exists():
                 return None
         return done
+
+
+#: ``inputs(cfg, keys, **params)``: what a stage's key hashes; ``keys`` maps each stage it needs to
+#: that stage's key in this plan (``None`` where the plan has no such stage).
+InputsFn = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One declaration of a stage graph.
+
+    ``name`` names the declaration; a shared stage is planned once for every run (generators,
+    variants, seeds) under that name, a per-run stage (``shared=False``) once per training run of
+    :attr:`StageGraph.runs`, named by :attr:`StageGraph.run_name` (e.g. ``train/with/seed0``). ``kind`` is its cache folder and part of its key. ``needs`` are the declarations it
+    depends on (declared before it): their keys go into its inputs (``None`` for one the plan
+    lacks: whether a stage is planned is ``when``'s alone) and they run before it; a per-run
+    stage's per-run needs are those of the same run. ``build(ctx, **params)`` returns the
+    function ``fn(stage_dir) -> outputs`` that computes it; ``when(cfg)`` says whether a loop plans
+    it at all; ``check(cfg, plan, name, cache_dir)``, when given, returns the problems ``check=true``
+    finds for it (run once per declaration, on its first planned stage).
+    """
+
+    name: str
+    kind: str
+    inputs: InputsFn
+    build: Callable[..., Callable[[Path], dict[str, Any]]]
+    needs: tuple[str, ...] = ()
+    shared: bool = True
+    when: Callable[[Any], bool] = lambda cfg: True
+    check: Callable[..., list[Any]] | None = None
+
+
+@dataclass
+class StagePlan:
+    """Every planned stage of one config, in run order, with the inputs its key hashes (computed
+    from the config alone, before any compute)."""
+
+    graph: StageGraph
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, Stage] = field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def order(self) -> list[str]:
+        """The planned stages' names in the order they run: shared ones, then run by run."""
+        return list(self.inputs)
+
+    def key(self, name: str) -> str:
+        return stage_key(self.kinds[name], self.inputs[name])
+
+    def shared(self) -> list[str]:
+        """The shared stages every training run depends on, in order."""
+        return [n for n in self.inputs if self.stages[n].shared]
+
+    def lanes(self) -> list[list[str]]:
+        """The per-run stages, one list per run (they depend only on the shared stages and on each
+        other, so runs go side by side)."""
+        lanes: dict[str, list[str]] = {}
+        for name in self.inputs:
+            if not self.stages[name].shared:
+                lanes.setdefault(content_hash(self.params[name]), []).append(name)
+        return list(lanes.values())
+
+    def name(self, stage: str, **params: Any) -> str:
+        """The planned name of declaration ``stage`` for a run's ``params``."""
+        return self.graph.name(stage, **params)
+
+    def build(self, ctx: Any, name: str) -> Callable[[Path], dict[str, Any]]:
+        """The function that computes stage ``name``."""
+        return self.stages[name].build(ctx, **self.params[name])
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    """The stage declarations of a pipeline, in declaration order, and its training runs
+    (``runs(cfg)``: the parameters of each run, in the order they run; ``run_name``: the name of a
+    per-run stage, formatted with ``stage`` and the run's parameters)."""
+
+    stages: tuple[Stage, ...]
+    runs: Callable[[Any], list[dict[str, Any]]]
+    run_name: str = "{stage}/{variant}/seed{seed}"
+
+    def __post_init__(self) -> None:
+        seen: dict[str, Stage] = {}
+        for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"stage {stage.name!r} is declared twice")
+            for need in stage.needs:
+                if need not in seen:
+                    raise ValueError(f"stage {stage.name!r} needs {need!r}, not declared before it")
+                if stage.shared and not seen[need].shared:
+                    raise ValueError(f"shared stage {stage.name!r} needs per-run stage {need!r}")
+            seen[stage.name] = stage
+
+    def stage(self, name: str) -> Stage:
+        """The declaration called ``name``."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r} is declared")
+
+    def name(self, stage: str, **params: Any) -> str:
+        """The planned name of declaration ``stage`` for a run's ``params``."""
+        declared = self.stage(stage)
+        return declared.name if declared.shared else self.run_name.format(stage=stage, **params)
+
+    def with_stage(self, stage: Stage, after: str) -> StageGraph:
+        """A copy with ``stage`` declared right after the declaration ``after``."""
+        i = self.stages.index(self.stage(after)) + 1
+        return StageGraph((*self.stages[:i], stage, *self.stages[i:]), self.runs, self.run_name)
+
+    def plan(self, cfg: Any) -> StagePlan:
+        """Plan every stage ``cfg`` asks for: shared ones in declaration order, then each run's."""
+        plan = StagePlan(self)
+
+        def add(stage: Stage, params: dict[str, Any]) -> None:
+            keys = {}
+            for need in stage.needs:
+                name = self.name(need, **params)
+                keys[need] = plan.key(name) if name in plan.inputs else None
+            name = self.name(stage.name, **params)
+            plan.inputs[name] = stage.inputs(cfg, keys, **params)
+            plan.kinds[name], plan.stages[name], plan.params[name] = stage.kind, stage, params
+
+        for stage in self.stages:
+            if stage.shared and stage.when(cfg):
+                add(stage, {})
+        for params in self.runs(cfg):
+            for stage in self.stages:
+                if not stage.shared and stage.when(cfg):
+                    add(stage, params)
+        return plan

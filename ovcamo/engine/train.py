@@ -48,7 +48,14 @@ from ovcamo.data.mixing import (
 )
 from ovcamo.data.transforms import EvalTransform, build_train_transform
 from ovcamo.engine import distributed as D
-from ovcamo.engine.check import CheckFailed, optimizer_steps, preflight_problems, protocol_line
+from ovcamo.engine.check import (
+    CheckFailed,
+    check_training,
+    optimizer_steps,
+    preflight_problems,
+    protocol_line,
+    run_dir_of,
+)
 from ovcamo.engine.logging import RunLogger
 from ovcamo.engine.predict import MODEL_CONFIG_FILE, SampleReadError, autocast, evaluate_model
 from ovcamo.engine.resolve import plain, resolve_pretrained
@@ -102,20 +109,6 @@ def collate_train(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "synthetic": [bool(s["synthetic"]) for s in good],
         "skipped": [(s["skipped"], s["error"]) for s in samples if "skipped" in s],
     }
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    """``cfg.out_dir``, or Hydra's per-job folder inside a multirun sweep."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            return Path(hc.runtime.output_dir)
-    except (ImportError, ValueError):
-        pass
-    return Path(str(cfg.out_dir)).expanduser()
 
 
 def config_fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -577,13 +570,11 @@ def _train_class_names(paths: Any) -> list[str]:
 def run(cfg: DictConfig) -> TrainResult | None:
     """Train as ``cfg`` says; returns ``None`` after ``check=true`` (which only validates)."""
     if cfg.get("check", False):
-        from ovcamo.engine.check import check_training
-
         check_training(cfg)
         return None
     problems = preflight_problems(cfg)
     if problems:
-        raise CheckFailed("; ".join(problems))
+        raise CheckFailed(problems, heading=None)
     threads = cfg.train.get("num_threads")
     if threads:
         torch.set_num_threads(int(threads))
