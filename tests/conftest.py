@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before anything is imported that reads them (matplotlib, torch, hydra, wandb): HOME, the XDG
@@ -53,3 +55,17 @@ def _isolated_cache(
 ) -> None:
     """Point the toolkit's cache at a per-session temporary folder."""
     monkeypatch.setenv("OVCAMO_CACHE", str(tmp_path_factory.getbasetemp() / "ovcamo-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Give back the root logger as the test found it. A command run in-process configures
+    logging (Hydra's job logging adds stream handlers bound to the test's captured streams); left
+    in place, a later test's log record would be written to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
