@@ -144,6 +144,8 @@ def test_tiny_ablation_sweep_writes_the_rows_table(tmp_path):
     table = text.split("## Ablation rows", 1)[1].split("## Every job", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
     assert [line.split("`")[1] for line in rows] == ["full", "vit_l14"]  # the paper's order
-    assert rows[0].endswith("| 0.589 | 0.488 |")
-    assert rows[1].endswith(f"| {NOT_FOUND} | 0.458 |")
+    assert rows[0].endswith("| 0.589 | 0.488 | reference |")
+    # One seed each: the difference from full is given, its interval refused.
+    assert f"| {NOT_FOUND} | 0.458 | " in rows[1]
+    assert rows[1].endswith("(no interval: 1 seed), n=1 |")
     assert all(line.split("|")[2].strip() == "1" for line in rows)  # one seed each
