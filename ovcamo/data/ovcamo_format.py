@@ -472,8 +472,7 @@ def _inspect_image(path: Path, full: bool) -> tuple[tuple[int, int] | None, str 
 def _inspect_mask(path: Path, full: bool) -> tuple[tuple[int, int] | None, list[str]]:
     """Return ``(size, notes)``; size ``None`` when the file cannot be decoded or is cut short.
 
-    Masks are always decoded (small single-channel files, about 2 ms each at 1024×768) to find
-    empty ones; ``full`` also classifies their encoding (0/1, 0/255 or soft).
+    Masks are always decoded (small single-channel files, cheap to decode) to find empty ones; ``full`` also classifies their encoding (0/1, 0/255 or soft).
     """
     try:
         with open_image(path) as im:

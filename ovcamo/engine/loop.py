@@ -142,7 +142,7 @@ def training_config(
     tcfg.check = False
     if tcfg.train.get("select", "final") != "best":
         # The loop scores every run on base validation itself (its eval stage); a validation
-        # inside the run would only repeat that (about 6 CPU seconds each on the micro-world).
+        # inside the run would only repeat that work.
         tcfg.train.val_every_epochs = 0
     if group and tcfg.get("logger") is not None:
         tcfg.logger.group = group
