@@ -676,15 +676,21 @@ def agnostic_markdown(results: AgnosticResult) -> str:
         "adaptive threshold. Keys in metrics.json: " + ", ".join(METRIC_KEYS) + ".",
         "",
     ]
-    if results.missing:
+    return "\n".join(lines + _caveats(results.missing, results.resized, "GT masks"))
+
+
+def _caveats(missing: Sequence[str], resized: Sequence[str], what: str) -> list[str]:
+    """The lines ``metrics.md`` ends with when ``allow_missing`` or ``resize_to_gt`` took effect."""
+    lines: list[str] = []
+    if missing:
         lines += [
-            f"**{len(results.missing)} GT masks had no prediction and are not in the averages** "
-            "(allow_missing=true): " + ", ".join(results.missing[:_MAX_LISTED]),
+            f"**{len(missing)} {what} had no prediction and are not in the averages** "
+            "(allow_missing=true): " + ", ".join(missing[:_MAX_LISTED]),
             "",
         ]
-    if results.resized:
-        lines += [f"{len(results.resized)} predictions were resized to their GT size.", ""]
-    return "\n".join(lines)
+    if resized:
+        lines += [f"{len(resized)} predictions were resized to their GT size.", ""]
+    return lines
 
 
 def write_agnostic_results(results: AgnosticResult, out_dir: str | os.PathLike) -> Path:
@@ -735,15 +741,7 @@ def results_markdown(results: EvaluationResult) -> str:
         "",
         paper_table(results.hard["metrics"], title="hard classes"),
     ]
-    if results.missing:
-        lines += [
-            f"**{len(results.missing)} GT samples had no prediction and are not in the averages** "
-            "(allow_missing=true): " + ", ".join(results.missing[:_MAX_LISTED]),
-            "",
-        ]
-    if results.resized:
-        lines += [f"{len(results.resized)} predictions were resized to their GT size.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _caveats(results.missing, results.resized, "GT samples"))
 
 
 def _ranking_ciou(value: float | None) -> str:
